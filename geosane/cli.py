@@ -1,0 +1,150 @@
+"""``geosane``: one entry point, one thin subcommand per stage.
+
+Every subcommand turns a :class:`GeoSANEError` into a one-line message on stderr and exit status 2, so
+scripts and ``ray job submit`` see a clear failure instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from typing import Sequence
+
+from geosane import __version__
+from geosane.errors import GeoSANEError
+
+log = logging.getLogger("geosane")
+
+
+def cmd_collect(args: argparse.Namespace) -> None:
+    from geosane import sources
+    from geosane.collection import Collection, parse_tags
+    from geosane.tokenize import TokenizerConfig
+
+    tags = parse_tags(args.tag)
+    uris = sources.expand(args.sources)
+    log.info("collecting %d model(s) into %s", len(uris), args.out)
+    collection = Collection(args.out)
+    existing = collection.config()
+    config = TokenizerConfig(
+        token_size=args.token_size or (existing.token_size if existing else TokenizerConfig.token_size),
+        mode=args.mode or (existing.mode if existing else TokenizerConfig.mode),
+    )
+    added = collection.add(
+        (sources.load(uri) for uri in uris), config, tags, total=len(uris), progress=not args.quiet
+    )
+    skipped = len(uris) - len(added)
+    print(f"added {len(added)} model(s) to {args.out}" + (f", {skipped} already there" if skipped else ""))
+
+
+def cmd_ls(args: argparse.Namespace) -> None:
+    from geosane.collection import Collection
+
+    records = Collection(args.url).records()
+    rows = [
+        (r.id, r.name, r.family, r.task, r.modality, str(r.in_chans or "-"), f"{r.num_params:,}", f"{r.num_tokens:,}")
+        for r in records
+    ]
+    header = ("id", "name", "family", "task", "modality", "in_chans", "params", "tokens")
+    print_table(header, rows)
+    total = sum(r.num_params for r in records)
+    print(f"\n{len(records)} model(s), {total:,} parameters")
+
+
+def cmd_show(args: argparse.Namespace) -> None:
+    from geosane.collection import Collection
+
+    collection = Collection(args.url)
+    record = collection.record(args.id)
+    layout = collection.layout(record)
+    info = asdict(record)
+    info["layers"] = len(layout.layers)
+    info["kept"] = {entry.name: entry.reason for entry in layout.kept}
+    print(json.dumps(info, indent=2))
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from safetensors.torch import save
+
+    from geosane import storage
+    from geosane.collection import Collection
+    from geosane.sources import KEY_ORDER
+
+    collection = Collection(args.url)
+    record = collection.record(args.id)
+    state_dict = collection.export(record)
+    metadata = {"geosane_id": record.id, "name": record.name, KEY_ORDER: json.dumps(list(state_dict))}
+    storage.write_bytes(args.out, save(state_dict, metadata=metadata))
+    print(f"wrote {len(state_dict)} tensors of {record.name} ({record.id}) to {args.out}")
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    for row in (header, *rows):
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="geosane",
+        description="Learn from the weights of remote-sensing models and generate new ones.",
+    )
+    parser.add_argument("--version", action="version", version=f"geosane {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    collect = commands.add_parser(
+        "collect",
+        help="tokenize models into a collection",
+        description="Read models (files, directories, s3:// URLs, timm:NAME[?in_chans=..&num_classes=..&"
+        "pretrained=FILE&seed=..]) and add their tokens to the collection at --out.",
+    )
+    collect.add_argument("sources", nargs="+", metavar="SOURCE")
+    collect.add_argument("--out", required=True, metavar="URL", help="collection root (path, file://, s3://)")
+    collect.add_argument("--token-size", type=int, default=None, help="values per token (default 230, or the collection's)")
+    collect.add_argument("--mode", choices=["dense", "per-channel"], default=None, help="how matrices are cut (default dense)")
+    collect.add_argument(
+        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        help="metadata for every model of this call; family, task, modality, bands, in_chans, num_classes, "
+        "licence and name set manifest columns, other keys are free-form tags (repeatable)",
+    )
+    collect.set_defaults(func=cmd_collect)
+
+    collection = commands.add_parser("collection", help="inspect and export a collection")
+    actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = actions.add_parser("ls", help="list the models in a collection")
+    ls.add_argument("url", metavar="URL")
+    ls.set_defaults(func=cmd_ls)
+    show = actions.add_parser("show", help="one model's manifest record and kept tensors")
+    show.add_argument("url", metavar="URL")
+    show.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
+    show.set_defaults(func=cmd_show)
+    export = actions.add_parser("export", help="rebuild a model's state dict as safetensors")
+    export.add_argument("url", metavar="URL")
+    export.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
+    export.add_argument("--out", required=True, metavar="FILE.safetensors")
+    export.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        args.func(args)
+    except GeoSANEError as exc:
+        print(f"geosane: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("geosane: interrupted; the collection was left as it was", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Reading model weights safely from files, directories, object storage and timm names.
+
+Nothing here executes code from a file: safetensors are parsed, torch files are loaded with
+``weights_only=True`` (a pickle that needs more than tensors is refused), ONNX files are parsed as protobuf
+and only their initializers are read. Every source becomes a :class:`ModelSource`: a flat state dict plus
+what we know about the model.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import io
+import json
+import logging
+import pickle
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+from urllib.parse import parse_qsl
+
+import torch
+
+from geosane import storage
+from geosane.errors import GeoSANEError
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SUFFIXES = (".safetensors", ".onnx", *TORCH_SUFFIXES)
+TIMM_PREFIX = "timm:"
+TIMM_OPTIONS = ("in_chans", "num_classes", "pretrained", "seed")
+
+
+@dataclass
+class ModelSource:
+    """One model's weights and metadata, as read from its source."""
+
+    name: str
+    uri: str
+    sha256: str
+    state_dict: dict[str, torch.Tensor]
+    family: str = "unknown"
+    task: str = "unknown"
+    in_chans: int | None = None
+    num_classes: int | None = None
+    licence: str = "unknown"
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def expand(uris: list[str]) -> list[str]:
+    """Resolve sources to single models: directories become their model files (recursively, sorted).
+
+    Everything is checked before anything is read, so a typo fails the whole command at once.
+    """
+    resolved: list[str] = []
+    for uri in uris:
+        if uri.startswith(TIMM_PREFIX):
+            resolved.append(uri)
+            continue
+        with storage.errors_named(uri, "read"):
+            fs, path = storage.filesystem(uri)
+            if fs.isdir(path):
+                found = sorted(p for p in fs.find(path) if p.endswith(SUFFIXES))
+                if not found:
+                    raise GeoSANEError(f"{uri}: directory holds no model files ({', '.join(SUFFIXES)})")
+                resolved.extend(fs.unstrip_protocol(p) if "://" in uri else p for p in found)
+            elif not fs.exists(path):
+                raise GeoSANEError(f"{uri}: no such file or directory")
+            elif not path.endswith(SUFFIXES):
+                raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+            else:
+                resolved.append(uri)
+    return resolved
+
+
+def load(uri: str) -> ModelSource:
+    """Read one model (a file URI or a ``timm:`` name)."""
+    if uri.startswith(TIMM_PREFIX):
+        return load_timm(uri)
+    data = storage.read_bytes(uri)
+    digest = hashlib.sha256(data).hexdigest()
+    name = posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
+    if uri.endswith(".safetensors"):
+        state_dict = read_safetensors(data, uri)
+    elif uri.endswith(".onnx"):
+        state_dict = read_onnx(data, uri)
+    elif uri.endswith(TORCH_SUFFIXES):
+        state_dict = read_torch(data, uri)
+    else:
+        raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+    if not state_dict:
+        raise GeoSANEError(f"{uri}: holds no tensors")
+    return ModelSource(name=name, uri=uri, sha256=digest, state_dict=state_dict, in_chans=guess_in_chans(state_dict))
+
+
+#: Safetensors metadata key where GeoSANE records the state dict's key order (the format itself sorts keys).
+KEY_ORDER = "geosane_keys"
+
+
+def read_safetensors(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """Tensors in the state dict's original order: as recorded by GeoSANE, else in the file's data order."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        tensors = load_safetensors(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    except (SafetensorError, ValueError) as exc:
+        raise GeoSANEError(f"{uri}: not a valid safetensors file ({exc})") from exc
+    recorded = header.get("__metadata__", {}).get(KEY_ORDER)
+    order = json.loads(recorded) if recorded else sorted(tensors, key=lambda k: header[k]["data_offsets"][0])
+    return {key: tensors[key] for key in order}
+
+
+def read_torch(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """A torch state dict, plain or nested as ``{"state_dict": ...}`` / ``{"model": ...}``; never unpickles code."""
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc) else ""
+        raise GeoSANEError(
+            f"{uri}: refused to load: the file is a pickle that needs more than tensors to load, "
+            f"and GeoSANE never runs code from model files ({first})"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise GeoSANEError(f"{uri}: not a readable torch file ({str(exc).splitlines()[0]})") from exc
+    return flatten_state_dict(obj, uri)
+
+
+def flatten_state_dict(obj: Any, uri: str) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint object."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                return flatten_state_dict(obj[key], uri)
+        not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        if not not_tensors:
+            return {str(k): v for k, v in obj.items()}
+        raise GeoSANEError(
+            f"{uri}: expected a state dict of tensors (optionally under 'state_dict' or 'model'), "
+            f"but keys {not_tensors[:5]} are not tensors"
+        )
+    raise GeoSANEError(f"{uri}: expected a state dict, got a {type(obj).__name__}")
+
+
+def read_onnx(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """An ONNX model's initializers (its weights); the graph itself is never run."""
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load_from_string(data)
+    except (DecodeError, ValueError) as exc:
+        raise GeoSANEError(f"{uri}: not a valid ONNX file ({exc})") from exc
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise GeoSANEError(f"{uri}: ONNX files with external data are not supported; save with the weights inside")
+    # Order by first use in the (topologically sorted) graph, so tokens follow the network from input to output.
+    first_use: dict[str, int] = {}
+    for position, node in enumerate(model.graph.node):
+        for name in node.input:
+            first_use.setdefault(name, position)
+    inits = sorted(model.graph.initializer, key=lambda init: first_use.get(init.name, len(model.graph.node)))
+    return {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in inits}
+
+
+def guess_in_chans(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """Input channels of the stem, when the model's first weight matrix is a 2-D convolution; else unknown."""
+    for tensor in state_dict.values():
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            return int(tensor.shape[1]) if tensor.dim() == 4 else None
+    return None
+
+
+def parse_timm(uri: str) -> tuple[str, dict[str, str]]:
+    """``timm:resnet18?in_chans=13&num_classes=10&pretrained=/path/w.safetensors&seed=0``."""
+    spec = uri[len(TIMM_PREFIX) :]
+    name, _, query = spec.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    unknown = sorted(set(options) - set(TIMM_OPTIONS))
+    if unknown:
+        raise GeoSANEError(f"{uri}: unknown option(s) {unknown}; expected {', '.join(TIMM_OPTIONS)}")
+    return name, options
+
+
+def load_timm(uri: str) -> ModelSource:
+    """Build a timm architecture (random init, seeded), optionally with local pretrained weights."""
+    import timm
+
+    name, options = parse_timm(uri)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GeoSANEError(f"{uri}: unknown timm model {name!r}{hint}")
+    try:
+        in_chans = int(options.get("in_chans", 3))
+        num_classes = int(options.get("num_classes", 1000))
+        seed = int(options.get("seed", 0))
+    except ValueError as exc:
+        raise GeoSANEError(f"{uri}: in_chans, num_classes and seed must be integers ({exc})") from exc
+    torch.manual_seed(seed)
+    sha256 = ""
+    overlay = None
+    if options.get("pretrained"):
+        pretrained = load(options["pretrained"])
+        overlay = pretrained_overlay(name, pretrained.state_dict)
+        sha256 = pretrained.sha256
+    try:
+        model = timm.create_model(
+            name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, in_chans=in_chans, num_classes=num_classes
+        )
+    except RuntimeError as exc:
+        if overlay is None:
+            raise
+        raise GeoSANEError(
+            f"{uri}: pretrained file {options['pretrained']} does not fit {name} "
+            f"(in_chans={in_chans}, num_classes={num_classes}): {str(exc).splitlines()[0]}"
+        ) from exc
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if options.get("pretrained"):
+        check_fit(uri, name, state_dict, pretrained.state_dict)
+    return ModelSource(
+        name=name,
+        uri=uri,
+        sha256=sha256 or content_sha256(state_dict),
+        state_dict=state_dict,
+        family=timm_family(name),
+        task="classification" if num_classes > 0 else "features",
+        in_chans=in_chans,
+        num_classes=num_classes,
+    )
+
+
+def pretrained_overlay(name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A timm pretrained config that loads ``state_dict`` directly (never a hub), so that timm itself adapts
+    the stem to ``in_chans`` and drops a classifier whose class count differs, as it does for its own weights."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    overlay: dict[str, Any] = {"source": "timm", "state_dict": dict(state_dict)}
+    stems = (cfg.first_conv,) if isinstance(cfg.first_conv, str) else tuple(cfg.first_conv or ())
+    stem = next((state_dict[f"{s}.weight"] for s in stems if f"{s}.weight" in state_dict), None)
+    if stem is not None and stem.dim() == 4:
+        overlay["input_size"] = (int(stem.shape[1]), *cfg.input_size[1:])
+    heads = (cfg.classifier,) if isinstance(cfg.classifier, str) else tuple(cfg.classifier or ())
+    head = next((state_dict[f"{h}.weight"] for h in heads if f"{h}.weight" in state_dict), None)
+    overlay["num_classes"] = int(head.shape[0]) if head is not None else 0
+    return overlay
+
+
+def check_fit(uri: str, name: str, built: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
+    """timm loads non-strictly when it drops a head; make sure everything but the head came from the file."""
+    import timm
+
+    heads = timm.models.get_pretrained_cfg(name).classifier or ()
+    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    missing = [k for k in built if k not in loaded and not k.startswith(tuple(f"{h}." for h in heads))]
+    unexpected = [k for k in loaded if k not in built]
+    if missing or unexpected:
+        raise GeoSANEError(
+            f"{uri}: pretrained file does not fit {name}: {len(missing)} tensor(s) missing from the file "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def timm_family(name: str) -> str:
+    """timm's module for an architecture (``resnet``, ``vision_transformer``, ``swin_transformer``...)."""
+    from timm.models import get_arch_name
+    from timm.models._registry import _model_to_module
+
+    return _model_to_module.get(get_arch_name(name), "unknown")
+
+
+def content_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A hash of names, dtypes, shapes and raw bytes: equal exactly when the tensors are equal bit for bit."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        flat = tensor.detach().contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()

@@ -1,0 +1,335 @@
+"""State dicts to weight tokens and back, exactly.
+
+GeoSANE's tokenizer (DESIGN.md, "Tokenization"): walk the state dict in order; every floating tensor whose
+name ends in ``weight`` becomes a matrix ``[out, rest]`` (1-D weights become ``[C, 1]``), its matching
+``bias`` is appended as one more column, and the matrix is cut into tokens of ``token_size`` values.
+
+- ``dense`` mode flattens the matrix row-major and cuts it; only the last token of a layer is padded.
+- ``per-channel`` mode (SANE) cuts every output row separately; the last token of each row is padded.
+
+Tokens never cross layers. Each token has a 3-D position ``(global index, layer index, index within layer)``
+and a mask of real values (always a prefix of the token). Every tensor that is not tokenized is *kept*: the
+layout lists it by name with the reason, and its values travel with the model, so that
+``detokenize(tokenize(sd)) == sd`` bit for bit, for every tensor.
+
+The work is vectorized: one slice assignment per layer into preallocated buffers, never a loop per token.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Mapping
+
+import torch
+
+from geosane.errors import GeoSANEError
+
+Mode = Literal["dense", "per-channel"]
+MODES: tuple[str, ...] = ("dense", "per-channel")
+
+#: Floating dtypes whose values float32 tokens hold exactly.
+TOKEN_DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+
+#: Why a tensor is kept instead of tokenized, checked in this order. The first rule that matches names the
+#: reason; floating tensors whose names end in ``weight`` are tokenized unless an earlier rule matched.
+KEPT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("normalization statistics", re.compile(r"(^|[._])(running_mean|running_var|num_batches_tracked)$")),
+    ("position embedding", re.compile(r"(^|[._])(pos_embed|absolute_pos_embed|pos_embedding|position_embeddings?)$")),
+    ("special token", re.compile(r"(^|[._])(cls_token|dist_token|reg_token|mask_token)$")),
+    ("relative position table", re.compile(r"relative_position_(bias_table|index)$")),
+)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """How weights become tokens: values per token and how matrices are cut."""
+
+    token_size: int = 230
+    mode: Mode = "dense"
+
+    def __post_init__(self) -> None:
+        if self.token_size < 1:
+            raise GeoSANEError(f"token_size must be >= 1, got {self.token_size}")
+        if self.mode not in MODES:
+            raise GeoSANEError(f"unknown tokenizer mode {self.mode!r}; expected one of {', '.join(MODES)}")
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One tokenized weight (and its bias): where its tokens are and how to rebuild it."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    start: int  # first token of this layer in the model's sequence
+    count: int  # number of tokens
+    bias: str | None = None
+    bias_dtype: str | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.shape[0]
+
+    @property
+    def cols(self) -> int:
+        """Values per row, bias column included."""
+        rest = math.prod(self.shape[1:]) if len(self.shape) > 1 else 1
+        return rest + (1 if self.bias else 0)
+
+
+@dataclass(frozen=True)
+class KeptEntry:
+    """A tensor stored as it is, beside the tokens."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything needed to invert tokenization: the key order, the layers and the kept tensors."""
+
+    token_size: int
+    mode: Mode
+    keys: tuple[str, ...]
+    layers: tuple[LayerEntry, ...]
+    kept: tuple[KeptEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.layers[-1].start + self.layers[-1].count if self.layers else 0
+
+    def to_dict(self) -> dict:
+        return {
+            "token_size": self.token_size,
+            "mode": self.mode,
+            "keys": list(self.keys),
+            "layers": [asdict(layer) for layer in self.layers],
+            "kept": [asdict(kept) for kept in self.kept],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Layout":
+        try:
+            return cls(
+                token_size=int(data["token_size"]),
+                mode=data["mode"],
+                keys=tuple(data["keys"]),
+                layers=tuple(LayerEntry(**{**e, "shape": tuple(e["shape"])}) for e in data["layers"]),
+                kept=tuple(KeptEntry(**{**e, "shape": tuple(e["shape"])}) for e in data["kept"]),
+            )
+        except (KeyError, TypeError) as exc:
+            raise GeoSANEError(f"malformed layout: {exc}") from exc
+
+
+@dataclass
+class Tokens:
+    """A model as tokens: values ``[N, T]`` float32, positions ``[N, 3]`` int64, real values per token ``[N]``.
+
+    The real values of a token are always a prefix of it, so ``valid`` holds the whole mask; ``mask`` expands
+    it to ``[N, T]`` booleans on demand (for a 300M-parameter model that is 300 MB nobody may need).
+    """
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    positions: torch.Tensor
+    layout: Layout
+    kept: dict[str, torch.Tensor]
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return prefix_mask(self.valid, self.layout.token_size)
+
+
+def prefix_mask(valid: torch.Tensor, token_size: int) -> torch.Tensor:
+    """``[..., T]`` booleans that are True for the first ``valid`` values of each token."""
+    return torch.arange(token_size) < valid.unsqueeze(-1)
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_from_name(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise GeoSANEError(f"unknown dtype {name!r} in layout")
+    return dtype
+
+
+def named_reason(name: str) -> str | None:
+    """The first KEPT_RULES reason whose pattern matches ``name``."""
+    for reason, pattern in KEPT_RULES:
+        if pattern.search(name):
+            return reason
+    return None
+
+
+def kept_reason(name: str, tensor: torch.Tensor) -> str | None:
+    """Why ``name`` is not tokenized, or None when it is a weight to tokenize."""
+    if not (tensor.is_floating_point() or tensor.is_complex()):
+        return "integer or boolean buffer"
+    reason = named_reason(name)
+    if reason is not None:
+        return reason
+    if not name.endswith("weight"):
+        return "not a weight"
+    if dtype_name(tensor.dtype) not in TOKEN_DTYPES:
+        return f"dtype {dtype_name(tensor.dtype)} not exact in float32 tokens"
+    if tensor.dim() == 0 or tensor.numel() == 0:
+        return "scalar or empty weight"
+    return None
+
+
+def matching_bias(name: str, weight: torch.Tensor, state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    """The bias that belongs to weight ``name`` (``x.weight`` -> ``x.bias``, ``in_proj_weight`` -> ``in_proj_bias``)."""
+    bias_name = name[: -len("weight")] + "bias"
+    bias = state_dict.get(bias_name)
+    if (
+        isinstance(bias, torch.Tensor)
+        and dtype_name(bias.dtype) in TOKEN_DTYPES
+        and bias.dim() == 1
+        and bias.shape[0] == weight.shape[0]
+        and named_reason(bias_name) is None
+    ):
+        return bias_name
+    return None
+
+
+def plan_layout(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Layout:
+    """Decide, without touching values, which tensors become which tokens."""
+    for name, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor):
+            raise GeoSANEError(f"state_dict entry {name!r} is a {type(tensor).__name__}, expected a tensor")
+    consumed: set[str] = set()
+    layers: list[LayerEntry] = []
+    start = 0
+    for name, tensor in state_dict.items():
+        if kept_reason(name, tensor) is not None:
+            continue
+        bias = matching_bias(name, tensor, state_dict)
+        if bias:
+            consumed.add(bias)
+        rows = tensor.shape[0]
+        cols = (tensor.numel() // rows) + (1 if bias else 0)
+        if config.mode == "dense":
+            count = math.ceil(rows * cols / config.token_size)
+        else:
+            count = rows * math.ceil(cols / config.token_size)
+        layers.append(
+            LayerEntry(
+                name=name,
+                shape=tuple(tensor.shape),
+                dtype=dtype_name(tensor.dtype),
+                start=start,
+                count=count,
+                bias=bias,
+                bias_dtype=dtype_name(state_dict[bias].dtype) if bias else None,
+            )
+        )
+        start += count
+    tokenized = {layer.name for layer in layers} | consumed
+    kept = tuple(
+        KeptEntry(name, tuple(t.shape), dtype_name(t.dtype), kept_reason(name, t) or "bias without its weight")
+        for name, t in state_dict.items()
+        if name not in tokenized
+    )
+    return Layout(config.token_size, config.mode, tuple(state_dict), tuple(layers), kept)
+
+
+def _layer_matrix(tokens: torch.Tensor, layer: LayerEntry, layout: Layout) -> torch.Tensor:
+    """A ``[rows, cols]`` view of the layer's values inside the token buffer (bias column included)."""
+    size = layout.token_size
+    block = tokens[layer.start : layer.start + layer.count]
+    if layout.mode == "dense":
+        return block.reshape(-1)[: layer.rows * layer.cols].view(layer.rows, layer.cols)
+    per_row = layer.count // layer.rows
+    return block.reshape(layer.rows, per_row * size)[:, : layer.cols]
+
+
+def _padding(tokens: torch.Tensor, layer: LayerEntry, layout: Layout) -> torch.Tensor:
+    """A view of the layer's padding: the tail of its last token (dense) or of each row's last token."""
+    block = tokens[layer.start : layer.start + layer.count]
+    if layout.mode == "dense":
+        return block.reshape(-1)[layer.rows * layer.cols :]
+    return block.reshape(layer.rows, -1)[:, layer.cols :]
+
+
+def tokenize(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Tokens:
+    """Turn a state dict into tokens, mask, positions and the layout that inverts them."""
+    layout = plan_layout(state_dict, config)
+    size = config.token_size
+    n = layout.num_tokens
+    tokens = torch.empty(n, size, dtype=torch.float32)
+    valid = torch.empty(n, dtype=torch.int64)  # real values per token; the mask is a prefix of this length
+    layer_index = torch.empty(n, dtype=torch.int64)
+    layer_start = torch.empty(n, dtype=torch.int64)
+    for index, layer in enumerate(layout.layers):
+        matrix = _layer_matrix(tokens, layer, layout)
+        weight = state_dict[layer.name].detach().reshape(layer.rows, -1)
+        if layer.bias:
+            matrix[:, :-1].copy_(weight)
+            matrix[:, -1].copy_(state_dict[layer.bias].detach())
+        else:
+            matrix.copy_(weight)
+        _padding(tokens, layer, layout).zero_()
+        span = slice(layer.start, layer.start + layer.count)
+        layer_index[span] = index
+        layer_start[span] = layer.start
+        if config.mode == "dense":
+            valid[span] = size
+            valid[layer.start + layer.count - 1] = layer.rows * layer.cols - (layer.count - 1) * size
+        else:
+            per_row = layer.count // layer.rows
+            row_valid = torch.full((per_row,), size, dtype=torch.int64)
+            row_valid[-1] = layer.cols - (per_row - 1) * size
+            valid[span] = row_valid.repeat(layer.rows)
+    global_index = torch.arange(n)
+    positions = torch.stack([global_index, layer_index, global_index - layer_start], dim=1)
+    kept = {entry.name: state_dict[entry.name] for entry in layout.kept}
+    return Tokens(tokens, valid, positions, layout, kept)
+
+
+def detokenize(
+    tokens: torch.Tensor, layout: Layout, kept: Mapping[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
+    """Rebuild the state dict, in its original key order and dtypes, from tokens and kept tensors.
+
+    Kept tensors missing from ``kept`` (for instance when decoding generated tokens without the prompt's
+    buffers) are an error: export must return every tensor or say which one it cannot.
+    """
+    expected = (layout.num_tokens, layout.token_size)
+    if tuple(tokens.shape) != expected:
+        raise GeoSANEError(f"tokens have shape {tuple(tokens.shape)}, layout expects {expected}")
+    tokens = tokens.to(torch.float32)
+    kept = kept or {}
+    rebuilt: dict[str, torch.Tensor] = {}
+    for layer in layout.layers:
+        matrix = _layer_matrix(tokens, layer, layout)
+        weight = torch.empty(layer.shape, dtype=dtype_from_name(layer.dtype))
+        if layer.bias:
+            weight.view(layer.rows, -1).copy_(matrix[:, :-1])
+            bias = torch.empty(layer.rows, dtype=dtype_from_name(layer.bias_dtype or "float32"))
+            rebuilt[layer.bias] = bias.copy_(matrix[:, -1])
+        else:
+            weight.view(layer.rows, -1).copy_(matrix)
+        rebuilt[layer.name] = weight
+    for entry in layout.kept:
+        if entry.name not in kept:
+            raise GeoSANEError(f"kept tensor {entry.name!r} ({entry.reason}) is missing")
+        value = kept[entry.name]
+        if tuple(value.shape) != entry.shape or dtype_name(value.dtype) != entry.dtype:
+            raise GeoSANEError(
+                f"kept tensor {entry.name!r}: expected shape {entry.shape} {entry.dtype}, "
+                f"got {tuple(value.shape)} {dtype_name(value.dtype)}"
+            )
+        rebuilt[entry.name] = value
+    return {key: rebuilt[key] for key in layout.keys}
