@@ -34,7 +34,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
         mode=args.mode or (existing.mode if existing else TokenizerConfig.mode),
     )
     added = collection.add(
-        (sources.load(uri) for uri in uris), config, tags, total=len(uris), progress=not args.quiet
+        (sources.load(uri, name) for uri, name in uris.items()), config, tags, total=len(uris), progress=not args.quiet
     )
     skipped = len(uris) - len(added)
     print(f"added {len(added)} model(s) to {args.out}" + (f", {skipped} already there" if skipped else ""))

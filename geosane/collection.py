@@ -315,7 +315,7 @@ class Collection:
             written.append(url)
             with storage.atomic_open(url) as handle:
                 write(handle)
-        log.info("%s: %d tokens as %s", source.uri, record.num_tokens, record.id)
+        log.debug("%s: %d tokens as %s", source.uri, record.num_tokens, record.id)
         return record
 
     def _write_manifest(self, manifest: dict | None, config: TokenizerConfig, added: list[ModelRecord]) -> None:

@@ -48,15 +48,16 @@ class ModelSource:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def expand(uris: list[str]) -> list[str]:
-    """Resolve sources to single models: directories become their model files (recursively, sorted).
+def expand(uris: list[str]) -> dict[str, str]:
+    """Resolve sources to single models, ``{uri: name}``: directories become their model files (recursively,
+    sorted), named by their path inside the directory (``galileo_nano/encoder``).
 
     Everything is checked before anything is read, so a typo fails the whole command at once.
     """
-    resolved: list[str] = []
+    resolved: dict[str, str] = {}
     for uri in uris:
         if uri.startswith(TIMM_PREFIX):
-            resolved.append(uri)
+            resolved[uri] = parse_timm(uri)[0]
             continue
         with storage.errors_named(uri, "read"):
             fs, path = storage.filesystem(uri)
@@ -64,23 +65,25 @@ def expand(uris: list[str]) -> list[str]:
                 found = sorted(p for p in fs.find(path) if p.endswith(SUFFIXES))
                 if not found:
                     raise GeoSANEError(f"{uri}: directory holds no model files ({', '.join(SUFFIXES)})")
-                resolved.extend(fs.unstrip_protocol(p) if "://" in uri else p for p in found)
+                for file in found:
+                    name = posixpath.splitext(posixpath.relpath(file, path.rstrip("/")))[0]
+                    resolved[fs.unstrip_protocol(file) if "://" in uri else posixpath.normpath(file)] = name
             elif not fs.exists(path):
                 raise GeoSANEError(f"{uri}: no such file or directory")
             elif not path.endswith(SUFFIXES):
                 raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
             else:
-                resolved.append(uri)
+                resolved[uri] = posixpath.splitext(posixpath.basename(path))[0]
     return resolved
 
 
-def load(uri: str) -> ModelSource:
-    """Read one model (a file URI or a ``timm:`` name)."""
+def load(uri: str, name: str | None = None) -> ModelSource:
+    """Read one model (a file URI or a ``timm:`` name); ``name`` defaults to the file's stem."""
     if uri.startswith(TIMM_PREFIX):
         return load_timm(uri)
     data = storage.read_bytes(uri)
     digest = hashlib.sha256(data).hexdigest()
-    name = posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
+    name = name or posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
     if uri.endswith(".safetensors"):
         state_dict = read_safetensors(data, uri)
     elif uri.endswith(".onnx"):

@@ -62,7 +62,7 @@ def test_torchgeo_models_export_bit_exact(tmp_path: Path, name: str) -> None:
 
 def test_real_pretrained_weights_export_bit_exact(tmp_path: Path, shared: Path) -> None:
     files = [shared / "weights/presto/default_model.pt"] + sorted((shared / "weights/galileo_nano").glob("*.pt"))
-    uris = sources.expand([str(f) for f in files])
+    uris = list(sources.expand([str(f) for f in files]))
     collection = Collection(str(tmp_path / "c"))
     added = collection.add((sources.load(u) for u in uris), progress=False)
     assert len(added) == 5
@@ -92,7 +92,7 @@ def test_file_and_s3_collections_read_back_identically(tmp_path: Path, bucket: s
         assert_bit_exact(sd, remote.export(b.id))
     # models can also be collected from object storage
     storage.write_bytes(f"{bucket}/models/w.safetensors", _safetensors_bytes(sds[0]))
-    found = sources.expand([f"{bucket}/models"])
+    found = list(sources.expand([f"{bucket}/models"]))
     assert found == [f"{bucket}/models/w.safetensors"]
     assert sorted(sources.load(found[0]).state_dict) == sorted(sds[0])
 

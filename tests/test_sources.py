@@ -43,6 +43,7 @@ def test_directories_expand_recursively_and_skip_other_files(tmp_path: Path) -> 
     (tmp_path / "config.json").write_text("{}")
     found = sources.expand([str(tmp_path)])
     assert [Path(p).name for p in found] == ["a.safetensors", "m.pt"]
+    assert list(found.values()) == ["a", "sub/m"]
 
 
 class Exploit:
