@@ -81,6 +81,28 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {len(state_dict)} tensors of {record.name} ({record.id}) to {args.out}")
 
 
+def cmd_stats(args: argparse.Namespace) -> None:
+    from geosane.collection import Collection
+    from geosane.plots import collection_stats, plot_make_up
+
+    records = Collection(args.url).records()
+    stats = collection_stats(records)
+    for name, counts in stats.items():
+        print(f"\n{name}:")
+        print_table(("", "count" if "parameters" not in name else "parameters"), [(k, f"{v:,}") for k, v in counts.items()])
+    png = args.png or "collection-stats.png"
+    plot_make_up(stats, f"{args.url}: {len(records)} models", png)
+    print(f"\nwrote {png}")
+
+
+def cmd_zoo(args: argparse.Namespace) -> None:
+    from geosane.zoo import ZooConfig, run_zoo
+
+    config = ZooConfig.from_yaml(args.config)
+    added = run_zoo(config, args.out, args.storage, args.data_root, progress=not args.quiet)
+    print(f"zoo {config.name}: added {len(added)} checkpoint(s) to {args.out}")
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     for row in (header, *rows):
@@ -114,6 +136,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.set_defaults(func=cmd_collect)
 
+    zoo = commands.add_parser(
+        "zoo",
+        help="train a model zoo with Ray Tune into a collection",
+        description="Every Tune trial trains one timm model on a real dataset and checkpoints it at the "
+        "config's epochs; every checkpoint is added to the collection with its test metric. Re-running the "
+        "same config resumes an interrupted zoo.",
+    )
+    zoo.add_argument("--config", required=True, metavar="FILE.yaml", help="zoo config, e.g. sweeps/zoo-small.yaml")
+    zoo.add_argument("--out", required=True, metavar="URL", help="collection root")
+    zoo.add_argument("--storage", default="runs", metavar="PATH|URL", help="Tune experiment storage (default: runs)")
+    zoo.add_argument("--data-root", default=None, help="data root (default: $GEOSANE_DATA, then ../shared/data)")
+    zoo.set_defaults(func=cmd_zoo)
+
     collection = commands.add_parser("collection", help="inspect and export a collection")
     actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("ls", help="list the models in a collection")
@@ -128,6 +163,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
     export.add_argument("--out", required=True, metavar="FILE.safetensors")
     export.set_defaults(func=cmd_export)
+    stats = actions.add_parser("stats", help="counts by architecture, task, modality and parameters, with a PNG")
+    stats.add_argument("url", metavar="URL")
+    stats.add_argument("--png", default=None, metavar="FILE.png", help="pie charts (default collection-stats.png)")
+    stats.set_defaults(func=cmd_stats)
     return parser
 
 

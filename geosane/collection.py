@@ -154,8 +154,8 @@ def make_record(source: ModelSource, tokens: Tokens, config: TokenizerConfig, ta
         source_sha256=source.sha256,
         family=source.family,
         task=source.task,
-        modality=source.tags.get("modality", "unknown"),
-        bands=None,
+        modality=source.modality,
+        bands=source.bands,
         in_chans=source.in_chans,
         num_classes=source.num_classes,
         num_params=sum(t.numel() for t in floats),
@@ -164,10 +164,11 @@ def make_record(source: ModelSource, tokens: Tokens, config: TokenizerConfig, ta
         mode=config.mode,
         licence=source.licence,
         tags={k: v for k, v in {**source.tags, **tags}.items() if k not in RECORD_TAGS},
+        metrics=dict(source.metrics),
         added=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     for key in RECORD_TAGS:
-        value = tags.get(key, source.tags.get(key))
+        value = tags.get(key)
         if value is None:
             continue
         if key in ("in_chans", "num_classes"):

@@ -45,6 +45,9 @@ class ModelSource:
     in_chans: int | None = None
     num_classes: int | None = None
     licence: str = "unknown"
+    modality: str = "unknown"
+    bands: list[str] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -54,8 +57,13 @@ def expand(uris: list[str]) -> dict[str, str]:
 
     Everything is checked before anything is read, so a typo fails the whole command at once.
     """
+    from geosane import pretrained
+
     resolved: dict[str, str] = {}
     for uri in uris:
+        if uri.startswith(pretrained.PREFIX):
+            resolved.update(pretrained.expand(uri))
+            continue
         if uri.startswith(TIMM_PREFIX):
             resolved[uri] = parse_timm(uri)[0]
             continue
@@ -78,17 +86,23 @@ def expand(uris: list[str]) -> dict[str, str]:
 
 
 def load(uri: str, name: str | None = None) -> ModelSource:
-    """Read one model (a file URI or a ``timm:`` name); ``name`` defaults to the file's stem."""
+    """Read one model (a file URI, a ``timm:`` name or a ``pretrained:`` entry); ``name`` defaults to the
+    file's stem."""
+    from geosane import pretrained
+
     if uri.startswith(TIMM_PREFIX):
         return load_timm(uri)
+    if uri.startswith(pretrained.PREFIX):
+        return pretrained.load(uri)
+    path = uri.split("::")[0]  # a chained URL (zip://member::archive) names its file first
     data = storage.read_bytes(uri)
     digest = hashlib.sha256(data).hexdigest()
-    name = name or posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
-    if uri.endswith(".safetensors"):
+    name = name or posixpath.splitext(posixpath.basename(path.rstrip("/")))[0]
+    if path.endswith(".safetensors"):
         state_dict = read_safetensors(data, uri)
-    elif uri.endswith(".onnx"):
+    elif path.endswith(".onnx"):
         state_dict = read_onnx(data, uri)
-    elif uri.endswith(TORCH_SUFFIXES):
+    elif path.endswith(TORCH_SUFFIXES):
         state_dict = read_torch(data, uri)
     else:
         raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")

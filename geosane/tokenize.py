@@ -1,7 +1,7 @@
 """State dicts to weight tokens and back, exactly.
 
 GeoSANE's tokenizer (DESIGN.md, "Tokenization"): walk the state dict in order; every floating tensor whose
-name ends in ``weight`` becomes a matrix ``[out, rest]`` (1-D weights become ``[C, 1]``), its matching
+name ends in ``weight`` (or ``kernel``, as TF-converted ONNX files name it) becomes a matrix ``[out, rest]`` (1-D weights become ``[C, 1]``), its matching
 ``bias`` is appended as one more column, and the matrix is cut into tokens of ``token_size`` values.
 
 - ``dense`` mode flattens the matrix row-major and cuts it; only the last token of a layer is padded.
@@ -44,6 +44,11 @@ KEPT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("special token", re.compile(r"(^|[._])(cls_token|dist_token|reg_token|mask_token)$")),
     ("relative position table", re.compile(r"relative_position_(bias_table|index)$")),
 )
+
+
+#: Weight names: PyTorch's ``weight`` (``x.weight``, ``in_proj_weight``) and TF/Keras ``kernel`` as ONNX
+#: converters keep it (``conv2d_1/kernel:0``). The bias of a weight has the same stem and tail.
+WEIGHT_NAME = re.compile(r"^(?P<stem>.*)(weight|kernel)(?P<tail>:\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ def kept_reason(name: str, tensor: torch.Tensor) -> str | None:
     reason = named_reason(name)
     if reason is not None:
         return reason
-    if not name.endswith("weight"):
+    if not WEIGHT_NAME.match(name):
         return "not a weight"
     if dtype_name(tensor.dtype) not in TOKEN_DTYPES:
         return f"dtype {dtype_name(tensor.dtype)} not exact in float32 tokens"
@@ -190,8 +195,11 @@ def kept_reason(name: str, tensor: torch.Tensor) -> str | None:
 
 
 def matching_bias(name: str, weight: torch.Tensor, state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    """The bias that belongs to weight ``name`` (``x.weight`` -> ``x.bias``, ``in_proj_weight`` -> ``in_proj_bias``)."""
-    bias_name = name[: -len("weight")] + "bias"
+    """The bias that belongs to weight ``name`` (``x.weight`` -> ``x.bias``, ``in_proj_weight`` -> ``in_proj_bias``,
+    ``conv/kernel:0`` -> ``conv/bias:0``)."""
+    match = WEIGHT_NAME.match(name)
+    assert match is not None
+    bias_name = f"{match['stem']}bias{match['tail'] or ''}"
     bias = state_dict.get(bias_name)
     if (
         isinstance(bias, torch.Tensor)

@@ -90,3 +90,15 @@ def test_help_lists_every_command() -> None:
     sub = geosane("collection", "--help")
     for action in ("ls", "show", "export"):
         assert action in sub.stdout
+
+
+def test_collection_stats_prints_counts_and_writes_a_png(tmp_path: Path, shared: Path) -> None:
+    out = str(tmp_path / "c")
+    assert geosane("-q", "collect", "pretrained:galileo_nano", "timm:test_vit", "--out", out).returncode == 0
+    png = tmp_path / "stats.png"
+    result = geosane("collection", "stats", out, "--png", str(png))
+    assert result.returncode == 0, result.stderr
+    assert "galileo" in result.stdout and "vision_transformer" in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.split()[:2] == ["galileo", "4"] for line in lines)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000

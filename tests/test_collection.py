@@ -70,12 +70,21 @@ def test_real_pretrained_weights_export_bit_exact(tmp_path: Path, shared: Path) 
         original = torch.load(uri, map_location="cpu", weights_only=True)
         assert_bit_exact(original, collection.export(record.id))
         assert record.source_sha256 == __import__("hashlib").sha256(Path(uri).read_bytes()).hexdigest()
-    # an ONNX remote-sensing specialist from the package registry, when installed
-    ukis = pytest.importorskip("ukis_csmask")
-    onnx_file = Path(ukis.__file__).parent / "model_6b_l1c.onnx"
-    record = collection.add([sources.load(str(onnx_file))], progress=False)[0]
-    assert record.in_chans == 6 and record.num_params > 19_000_000
-    assert_bit_exact(sources.read_onnx(onnx_file.read_bytes(), str(onnx_file)), collection.export(record.id))
+
+
+@pytest.mark.parametrize("group", ["ukis-csmask-1.0.0", "ukis-csmask-0.2.1"])
+def test_real_onnx_specialists_export_bit_exact(tmp_path: Path, group: str) -> None:
+    """The ukis-csmask cloud/shadow U-Nets, read from their registry wheels (set-up downloads them)."""
+    from geosane import pretrained
+
+    uri = next(u for u in pretrained.expand(f"pretrained:{group}") if "6b" in u)
+    collection = Collection(str(tmp_path / "c"))
+    record = collection.add([sources.load(uri)], progress=False)[0]
+    assert record.in_chans == 6 and record.bands == pretrained.S2_6 and record.licence == "Apache-2.0"
+    assert record.num_params > (19_000_000 if group.endswith("1.0.0") else 7_000_000)
+    location = pretrained.location(uri)
+    original = sources.read_onnx(storage.read_bytes(location), location)
+    assert_bit_exact(original, collection.export(record.id))
 
 
 def test_file_and_s3_collections_read_back_identically(tmp_path: Path, bucket: str) -> None:

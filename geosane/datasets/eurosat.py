@@ -1,0 +1,102 @@
+"""EuroSAT: Sentinel-2 patches, 64x64, 10 land-cover classes; RGB (all 27,000) and multispectral (13 bands)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from geosane.datasets.base import Dataset, stratified_split
+from geosane.errors import GeoSANEError
+
+CLASSES = (
+    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
+    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+)
+MS_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
+
+
+def class_of(sample_id: str) -> int:
+    """``Forest_1031`` -> index of ``Forest``."""
+    return CLASSES.index(sample_id.rsplit("_", 1)[0])
+
+
+class EuroSATRGB(Dataset):
+    """All of EuroSAT RGB through ``torchvision.datasets.EuroSAT`` (which downloads for users who lack it)."""
+
+    name = "eurosat_rgb"
+    task = "classification"
+    modality = "rgb"
+    bands = ("B04", "B03", "B02")
+    classes = CLASSES
+
+    def __init__(self, root: Path, download: bool = False) -> None:
+        super().__init__(root)
+        import torchvision
+
+        try:
+            self.source = torchvision.datasets.EuroSAT(str(self.root), download=download)
+        except RuntimeError as exc:
+            raise GeoSANEError(f"EuroSAT RGB not found under {self.root}/eurosat/2750 ({exc})") from exc
+        if tuple(self.source.classes) != CLASSES:
+            raise GeoSANEError(f"EuroSAT classes under {self.root} are {self.source.classes}, expected {CLASSES}")
+        self.paths = {Path(path).stem: path for path, _ in self.source.samples}
+
+    def samples(self) -> tuple[list[str], list[int]]:
+        ids = sorted(self.paths)
+        return ids, [class_of(i) for i in ids]
+
+    def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        images = np.stack([np.asarray(Image.open(self.paths[i]).convert("RGB")) for i in ids])
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
+        return x.contiguous(), torch.tensor([class_of(i) for i in ids])
+
+
+class EuroSATMS(Dataset):
+    """EuroSAT multispectral (13 bands, uint16 L1C reflectance) from the shipped sample.
+
+    Its official ``train``/``test`` folders are respected: test is the shipped test folder, and selection is a
+    stratified part of the shipped train folder. Users with the full set can use torchgeo's ``EuroSAT``.
+    """
+
+    name = "eurosat_ms"
+    task = "classification"
+    modality = "multispectral"
+    bands = MS_BANDS
+    classes = CLASSES
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.folder = self.root / "eurosat_ms"
+        if not self.folder.is_dir():
+            raise GeoSANEError(f"EuroSAT multispectral not found at {self.folder}")
+        self.paths = {p.stem: p for p in sorted(self.folder.glob("*/*/*.tif"))}
+        self.official = {p.stem: p.parts[-3] for p in self.paths.values()}
+
+    def samples(self) -> tuple[list[str], list[int]]:
+        ids = sorted(self.paths)
+        return ids, [class_of(i) for i in ids]
+
+    def make_splits(self) -> dict:
+        """The shipped test folder is test; a stratified tenth of the shipped train folder is selection."""
+        trainval = sorted(i for i in self.paths if self.official[i] == "train")
+        inner = stratified_split(trainval, [class_of(i) for i in trainval], self.seed)
+        return self.with_statistics(
+            {
+                "train": sorted(inner["train"] + inner["test"]),
+                "selection": inner["selection"],
+                "test": sorted(i for i in self.paths if self.official[i] == "test"),
+            }
+        )
+
+    def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        import rasterio
+
+        arrays = []
+        for i in ids:
+            with rasterio.open(self.paths[i]) as src:
+                arrays.append(src.read().astype(np.float32))
+        return torch.from_numpy(np.stack(arrays)), torch.tensor([class_of(i) for i in ids])

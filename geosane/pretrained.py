@@ -1,0 +1,123 @@
+"""The real pretrained remote-sensing models we have, with what the manifest should say about them.
+
+``geosane collect pretrained:all --out URL`` (or ``pretrained:presto``, ``pretrained:galileo_nano``,
+``pretrained:ukis-csmask-1.0.0``, ``pretrained:ukis-csmask-0.2.1``) adds them with their licence, task,
+modality and bands. Presto and Galileo come from the shared weights folder (``<data root>/../weights``);
+the ukis-csmask U-Nets are ONNX files inside the package's wheels from the registry, which set-up downloads
+to ``.venv/wheels`` (or ``$GEOSANE_WHEELS``); they are read from the wheel, never installed or run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geosane.errors import GeoSANEError
+
+PREFIX = "pretrained:"
+#: ukis-csmask band order; its 4-band models take the first four.
+S2_6 = ["Blue", "Green", "Red", "NIR", "SWIR16", "SWIR22"]
+PRESTO_BANDS = ["VV", "VH", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12",
+                "temperature_2m", "total_precipitation", "elevation", "slope", "NDVI"]
+GALILEO_BANDS = ["S1", "S2", "ERA5", "TerraClimate", "VIIRS", "SRTM", "DynamicWorld", "WorldCereal", "location"]
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One group of real pretrained files and their metadata."""
+
+    family: str
+    task: str
+    modality: str
+    bands: list[str]
+    licence: str
+    files: dict[str, str]  # model name -> path in the weights folder, or member of the wheel
+    wheel: str | None = None  # registry wheel holding the files
+    num_classes: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+CATALOGUE: dict[str, Pretrained] = {
+    "presto": Pretrained(
+        family="presto", task="self-supervised", modality="multimodal", bands=PRESTO_BANDS, licence="MIT",
+        files={"presto": "presto/default_model.pt"}, tags={"upstream": "nasaharvest/presto"},
+    ),
+    "galileo_nano": Pretrained(
+        family="galileo", task="self-supervised", modality="multimodal", bands=GALILEO_BANDS, licence="MIT",
+        files={f"galileo_nano/{part}": f"galileo_nano/{part}.pt"
+               for part in ("encoder", "decoder", "second_decoder", "target_encoder")},
+        tags={"upstream": "nasaharvest/galileo"},
+    ),
+    "ukis-csmask-1.0.0": Pretrained(
+        family="unet-efficientnet-b4", task="segmentation", modality="multispectral", bands=S2_6, licence="Apache-2.0",
+        num_classes=3, wheel="ukis_csmask-1.0.0-py3-none-any.whl",
+        files={f"ukis-csmask-1.0.0/{m}": f"ukis_csmask/{m}.onnx"
+               for m in ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")},
+        tags={"upstream": "ukis-csmask 1.0.0", "classes": "background,cloud,shadow"},
+    ),
+    "ukis-csmask-0.2.1": Pretrained(
+        family="unet", task="segmentation", modality="multispectral", bands=S2_6, licence="Apache-2.0",
+        num_classes=3, wheel="ukis_csmask-0.2.1-py3-none-any.whl",
+        files={f"ukis-csmask-0.2.1/{m}": f"ukis_csmask/{m}.onnx" for m in ("model_4b", "model_6b")},
+        tags={"upstream": "ukis-csmask 0.2.1", "classes": "background,cloud,shadow"},
+    ),
+}
+
+
+def wheels_dir() -> Path:
+    return Path(os.environ.get("GEOSANE_WHEELS", Path(sys.prefix) / "wheels"))
+
+
+def weights_dir(data_root: str | None = None) -> Path:
+    from geosane.datasets.base import data_root as resolve
+
+    return resolve(data_root).parent / "weights"
+
+
+def expand(uri: str) -> dict[str, str]:
+    """``pretrained:all`` or ``pretrained:GROUP`` -> ``{pretrained:GROUP#MODEL: MODEL}``."""
+    group = uri[len(PREFIX) :]
+    groups = list(CATALOGUE) if group == "all" else [group]
+    unknown = [g for g in groups if g not in CATALOGUE]
+    if unknown:
+        raise GeoSANEError(f"{uri}: unknown pretrained group; known: all, {', '.join(CATALOGUE)}")
+    models = {f"{PREFIX}{g}#{name}": name for g in groups for name in CATALOGUE[g].files}
+    for model in models:  # fail before reading anything if a file is missing
+        location(model)
+    return models
+
+
+def location(uri: str) -> str:
+    """Where a ``pretrained:GROUP#MODEL`` lives: a path in the weights folder or a member of a wheel."""
+    group, _, name = uri[len(PREFIX) :].partition("#")
+    if group not in CATALOGUE or name not in CATALOGUE[group].files:
+        raise GeoSANEError(f"{uri}: not in the pretrained catalogue")
+    entry = CATALOGUE[group]
+    if entry.wheel:
+        wheel = wheels_dir() / entry.wheel
+        if not wheel.exists():
+            raise GeoSANEError(f"{uri}: wheel {wheel} not found; `make setup` downloads it from the registry")
+        return f"zip://{entry.files[name]}::{wheel}"
+    path = weights_dir() / entry.files[name]
+    if not path.exists():
+        raise GeoSANEError(f"{uri}: {path} not found")
+    return str(path)
+
+
+def load(uri: str):
+    """Read a catalogued model and give it the catalogue's metadata."""
+    from geosane import sources
+
+    group, _, name = uri[len(PREFIX) :].partition("#")
+    entry = CATALOGUE[group]
+    source = sources.load(location(uri), name)
+    source.family, source.task, source.modality = entry.family, entry.task, entry.modality
+    source.bands = entry.bands[: source.in_chans] if source.in_chans else list(entry.bands)
+    source.licence, source.tags = entry.licence, dict(entry.tags)
+    source.num_classes = entry.num_classes
+    source.tags["catalogue"] = group
+    if entry.wheel:
+        source.tags["wheel"] = entry.wheel
+    return source

@@ -1,0 +1,303 @@
+"""A model zoo trained by Ray Tune: every trial trains one model on real data and checkpoints it often.
+
+SANE and GeoSANE learn from populations of models. ``geosane zoo --config sweeps/zoo-small.yaml --out URL``
+expands the config's groups (dataset x architectures x trials) into trials, lets Tune sample learning rate
+and weight decay, runs the trials in parallel on the cluster's CPUs/GPUs, saves a checkpoint at each listed
+epoch with its test metric, and finally adds every checkpoint to the collection with its metadata.
+
+Interrupted zoos resume: re-running the same config finds Tune's experiment in ``--storage`` and restores it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import yaml
+
+from geosane.errors import GeoSANEError
+
+log = logging.getLogger(__name__)
+
+#: Search-space primitives a config may use: data, never code.
+SPACES = ("choice", "loguniform", "uniform", "randint")
+
+
+@dataclass
+class ZooGroup:
+    """Trials of one dataset: architectures are used round-robin, trial k gets seed k."""
+
+    dataset: str
+    architectures: list[str]
+    trials: int
+    epochs: int
+    checkpoint_epochs: list[int] | None = None  # default: every epoch
+    train_limit: int | None = None
+    test_limit: int | None = None
+    batch_size: int = 64
+    search: dict[str, Any] = field(default_factory=dict)  # overrides the zoo's search space for this group
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm arguments, e.g. {patch_size: 8}
+
+
+@dataclass
+class ZooConfig:
+    name: str
+    groups: list[ZooGroup]
+    search: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int = 0  # 0: as many as resources allow
+    licence: str = "MIT"
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ZooConfig":
+        try:
+            raw = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise GeoSANEError(f"zoo config {path} not found") from exc
+        try:
+            groups = [ZooGroup(**g) for g in raw.pop("groups")]
+            config = cls(groups=groups, **raw)
+        except (KeyError, TypeError) as exc:
+            raise GeoSANEError(f"{path}: invalid zoo config ({exc})") from exc
+        for key, spec in [*config.search.items(), *(i for g in config.groups for i in g.search.items())]:
+            if isinstance(spec, dict) and (len(spec) != 1 or next(iter(spec)) not in SPACES):
+                raise GeoSANEError(f"{path}: search.{key} must be a value or one of {{{', '.join(SPACES)}: ...}}")
+        return config
+
+    def trials(self, group: ZooGroup) -> list[dict[str, Any]]:
+        """The explicit trials of one group, which Tune grids over."""
+        checkpoints = group.checkpoint_epochs or list(range(1, group.epochs + 1))
+        if max(checkpoints) > group.epochs:
+            raise GeoSANEError(f"{group.dataset}: checkpoint epoch {max(checkpoints)} > epochs {group.epochs}")
+        return [
+            {**asdict(group), "arch": group.architectures[k % len(group.architectures)], "seed": self.seed + k,
+             "checkpoint_epochs": checkpoints}
+            for k in range(group.trials)
+        ]
+
+
+def search_space(config: ZooConfig, group: ZooGroup) -> dict[str, Any]:
+    """Tune's space for one group: a grid over its trials, with learning rate and weight decay drawn."""
+    from ray import tune
+
+    space: dict[str, Any] = {"member": tune.grid_search(config.trials(group))}
+    for key, spec in {**config.search, **group.search}.items():
+        if isinstance(spec, dict):
+            kind, args = next(iter(spec.items()))
+            space[key] = getattr(tune, kind)(args) if kind == "choice" else getattr(tune, kind)(*args)
+        else:
+            space[key] = spec
+    return space
+
+
+# ------------------------------------------------------------------------------------------- data
+
+
+def load_data(config: ZooConfig, data_root: str | None) -> dict[str, dict[str, Any]]:
+    """Every dataset the zoo needs, in memory: train and test tensors plus what the manifest records."""
+    from geosane import datasets
+
+    data: dict[str, dict[str, Any]] = {}
+    for group in config.groups:
+        if group.dataset in data:
+            continue
+        dataset = datasets.get(group.dataset, data_root)
+        if dataset.task not in ("classification", "segmentation"):
+            raise GeoSANEError(f"zoo trains classification and segmentation; {group.dataset} is {dataset.task}")
+        train = dataset.load("train", limit=group.train_limit)
+        test = dataset.load("test", limit=group.test_limit)
+        log.info("%s: %d train, %d test samples", group.dataset, len(train), len(test))
+        data[group.dataset] = {"train": (train.x, train.y), "test": (test.x, test.y), **dataset.describe()}
+    return data
+
+
+# ------------------------------------------------------------------------------------------- trial
+
+
+def train_member(config: dict[str, Any], data: dict[str, dict[str, Any]]) -> None:
+    """One Tune trial: train one model, checkpoint at the listed epochs; resumes from Tune's last checkpoint."""
+    from ray import tune
+
+    def report(metrics: dict[str, Any], folder: str | None) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder) if folder else None)
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            resume = read_checkpoint(folder)
+    fit_member(config, data, report, resume)
+
+
+def read_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """A zoo checkpoint: the model (safetensors), the training state and the member's record."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    return {
+        "model": load_file(folder / "model.safetensors"),
+        "state": torch.load(folder / "train_state.pt", weights_only=True),
+        "member": json.loads((folder / "member.json").read_text()),
+    }
+
+
+def fit_member(
+    config: dict[str, Any],
+    data: dict[str, dict[str, Any]],
+    report: Callable[[dict[str, Any], str | None], None],
+    resume: dict[str, Any] | None = None,
+) -> None:
+    """Train one zoo member; at each checkpoint epoch evaluate on test and ``report`` a checkpoint folder."""
+    from safetensors.torch import save_file
+
+    from geosane.tasks import create_model, evaluate, loss_fn
+
+    member = config["member"]
+    info = data[member["dataset"]]
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    torch.manual_seed(member["seed"])
+    x_train, y_train = info["train"]
+    x_test, y_test = info["test"]
+    model = create_model(member["arch"], info["task"], len(info["bands"]), len(info["classes"]), x_train.shape[-1],
+                         **member["model_kwargs"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    steps_per_epoch = max(1, len(x_train) // member["batch_size"])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], total_steps=member["epochs"] * steps_per_epoch)
+    generator = torch.Generator().manual_seed(member["seed"])
+    start = 1
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["state"]["optimizer"])
+        schedule.load_state_dict(resume["state"]["schedule"])
+        generator.set_state(resume["state"]["generator"])
+        start = int(resume["state"]["epoch"]) + 1
+    metric = "test_accuracy" if info["task"] == "classification" else "test_miou"
+    for epoch in range(start, member["epochs"] + 1):
+        began = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(x_train), generator=generator)
+        for step in range(steps_per_epoch):
+            batch = order[step * member["batch_size"] : (step + 1) * member["batch_size"]]
+            x, y = x_train[batch], y_train[batch]
+            if torch.rand(1, generator=generator) < 0.5:  # horizontal flip, labels follow for segmentation
+                x = x.flip(-1)
+                y = y.flip(-1) if info["task"] == "segmentation" else y
+            loss = loss_fn(info["task"], model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        metrics = {"epoch": epoch, "train_loss": loss.item(), "epoch_seconds": time.perf_counter() - began}
+        if epoch not in member["checkpoint_epochs"]:
+            report(metrics, None)
+            continue
+        metrics[metric] = evaluate(model, info["task"], x_test, y_test, len(info["classes"]))
+        with tempfile.TemporaryDirectory() as folder:
+            save_file({k: v.contiguous() for k, v in model.state_dict().items()}, Path(folder) / "model.safetensors")
+            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+                        "generator": generator.get_state(), "epoch": epoch}, Path(folder) / "train_state.pt")
+            (Path(folder) / "member.json").write_text(json.dumps(
+                {**member, "lr": config["lr"], "weight_decay": config["weight_decay"], "epoch": epoch,
+                 "metrics": {metric: metrics[metric], "test_samples": len(x_test)}}))
+            report(metrics, folder)
+
+
+# ------------------------------------------------------------------------------------------- driver
+
+
+def trial_name(trial) -> str:
+    """``eurosat_rgb-test_resnet-s3-00003``: what the trial trains, readable in Tune's tables and folders."""
+    member = trial.config["member"]
+    return f"{member['dataset']}-{member['arch']}-s{member['seed']}-{trial.trial_id.split('_')[-1]}"
+
+
+def run_zoo(config: ZooConfig, out: str, storage: str, data_root: str | None = None, progress: bool = True) -> list:
+    """Run (or resume) the zoo's Tune experiment, then add every checkpoint to the collection at ``out``."""
+    import ray
+    from ray import tune
+
+    from geosane.collection import Collection
+
+    storage = str(Path(storage).resolve()) if "://" not in storage else storage
+    data = load_data(config, data_root)
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(
+        tune.with_parameters(train_member, data=data), {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+    )
+    sources = []
+    for index, group in enumerate(config.groups):  # one Tune experiment per group, each resumable on its own
+        results = fit_group(config, index, trainable, storage, progress)
+        errors = [r.error for r in results if r.error]
+        if errors:
+            raise GeoSANEError(f"{len(errors)} {group.dataset} trial(s) failed; first error: {errors[0]}")
+        sources += [checkpoint_source(c, data, config) for r in results for c, _ in r.best_checkpoints]
+    sources.sort(key=lambda s: s.name)
+    return Collection(out).add(sources, total=len(sources), progress=progress)
+
+
+def fit_group(config: ZooConfig, index: int, trainable, storage: str, progress: bool):
+    """Run, or resume, the Tune experiment of group ``index`` and return its results."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    group = config.groups[index]
+    name = f"{config.name}-{index}-{group.dataset}"
+    experiment = f"{storage.rstrip('/')}/{name}"
+    if tune.Tuner.can_restore(experiment):
+        log.info("resuming the zoo experiment at %s", experiment)
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True).fit()
+    tuner = tune.Tuner(
+        trainable,
+        param_space=search_space(config, group),
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(random_state=config.seed),
+            max_concurrent_trials=config.max_concurrent or None,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=1 if progress else 0,
+        ),
+    )
+    return tuner.fit()
+
+
+def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooConfig):
+    """A collection source from one zoo checkpoint, with everything the manifest should say about it."""
+    from geosane.sources import ModelSource, content_sha256, timm_family
+
+    with checkpoint.as_directory() as folder:
+        saved = read_checkpoint(folder)
+    member, state_dict = saved["member"], saved["model"]
+    info = data[member["dataset"]]
+    return ModelSource(
+        name=f"{member['arch']}-{member['dataset']}-s{member['seed']}-e{member['epoch']}",
+        uri=f"zoo:{config.name}/{member['dataset']}/{member['arch']}/seed{member['seed']}/epoch{member['epoch']}",
+        sha256=content_sha256(state_dict),
+        state_dict=state_dict,
+        family=timm_family(member["arch"]),
+        task=info["task"],
+        in_chans=len(info["bands"]),
+        num_classes=len(info["classes"]),
+        licence=config.licence,
+        modality=info["modality"],
+        bands=list(info["bands"]),
+        metrics=member["metrics"],
+        tags={"arch": member["arch"], "dataset": member["dataset"], "epoch": str(member["epoch"]),
+              "seed": str(member["seed"]), "lr": f"{member['lr']:.3g}", "weight_decay": f"{member['weight_decay']:.3g}",
+              "zoo": config.name},
+    )

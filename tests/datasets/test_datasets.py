@@ -1,0 +1,108 @@
+"""Every registered dataset, on the real data in ../shared/data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from geosane import datasets
+from geosane.datasets.base import SPLITS
+from geosane.errors import GeoSANEError
+
+EXPECTED = {
+    # name: (task, bands, classes, total samples)
+    "eurosat_rgb": ("classification", 3, 10, 27000),
+    "eurosat_ms": ("classification", 13, 10, 270),
+    "cloudmask": ("segmentation", 6, 3, 3 * 64),
+    "sen1floods11": ("segmentation", 2, 2, 64),
+    "neon_trees": ("detection", 3, 1, 4),
+}
+
+
+@pytest.fixture(scope="module")
+def root(shared: Path) -> Path:
+    return shared / "data"
+
+
+@pytest.mark.parametrize("name", datasets.list_datasets())
+def test_registry_datasets_load_with_written_down_splits(root: Path, name: str) -> None:
+    task, bands, classes, total = EXPECTED[name]
+    dataset = datasets.get(name, str(root))
+    assert (dataset.task, dataset.in_chans, dataset.num_classes) == (task, bands, classes)
+    info = json.loads(dataset.split_file.read_text())  # the split file is part of the project
+    members = [set(info[s]) for s in SPLITS]
+    assert sum(len(m) for m in members) == total
+    assert not (members[0] & members[1] or members[0] & members[2] or members[1] & members[2]), "splits overlap"
+    assert len(info["mean"]) == len(info["std"]) == bands
+    split = dataset.load("selection", limit=4)
+    if task == "detection":
+        assert all(x.shape[0] == 3 for x in split.x) and all(b.shape[1] == 4 and len(b) > 0 for b in split.y)
+        return
+    assert split.x.dtype == torch.float32 and split.x.shape[1] == bands and split.x.shape[-1] == 64
+    if task == "classification":
+        assert split.y.shape == (len(split),) and int(split.y.max()) < classes
+    else:
+        labels = split.y[split.y != 255]
+        assert split.y.shape == (len(split), 64, 64) and int(labels.max()) < classes
+
+
+@pytest.mark.parametrize("name", ["eurosat_ms", "cloudmask", "sen1floods11", "neon_trees"])
+def test_splits_are_deterministic(root: Path, name: str) -> None:
+    dataset = datasets.get(name, str(root))
+    remade = dataset.make_splits()
+    written = json.loads(dataset.split_file.read_text())
+    assert {s: remade[s] for s in SPLITS} == {s: written[s] for s in SPLITS}
+    assert torch.allclose(torch.tensor(remade["mean"]), torch.tensor(written["mean"]))
+
+
+def test_eurosat_rgb_split_is_stratified(root: Path) -> None:
+    from geosane.datasets.eurosat import CLASSES, class_of
+
+    info = datasets.get("eurosat_rgb", str(root)).splits()
+    counts = {s: torch.bincount(torch.tensor([class_of(i) for i in info[s]]), minlength=10) for s in SPLITS}
+    total = sum(counts.values())
+    for split, fraction in zip(SPLITS, (0.7, 0.1, 0.2)):
+        assert torch.allclose(counts[split] / total, torch.full((10,), fraction), atol=0.002), split
+    # labels come from the folder the image is in: a Forest patch is labelled Forest
+    rgb = datasets.get("eurosat_rgb", str(root))
+    x, y = rgb.read(["Forest_1", "SeaLake_10"])
+    assert y.tolist() == [CLASSES.index("Forest"), CLASSES.index("SeaLake")] and x.shape == (2, 3, 64, 64)
+
+
+def test_eurosat_ms_keeps_the_shipped_test_folder(root: Path) -> None:
+    dataset = datasets.get("eurosat_ms", str(root))
+    test = set(dataset.splits()["test"])
+    assert test == {p.stem for p in (root / "eurosat_ms" / "test").glob("*/*.tif")}
+
+
+def test_cloudmask_labels_and_sensor_holdout(root: Path) -> None:
+    dataset = datasets.get("cloudmask", str(root), holdout="landsat5")
+    info = dataset.make_splits()
+    assert all(i.startswith("landsat5") for i in info["test"]) and len(info["test"]) == 64
+    assert not any(i.startswith("landsat5") for i in info["train"] + info["selection"])
+    # upstream mapping: raw 0 -> shadow (2), 1-3 -> background (0), 4 -> cloud (1)
+    import numpy as np
+
+    raw = np.load(root / "cloudmask" / "sentinel2.npz")["msk"][..., 0]
+    _, labels = dataset.scene("sentinel2")
+    assert (labels[raw == 0] == 2).all() and (labels[raw == 4] == 1).all() and (labels[raw == 3] == 0).all()
+    with pytest.raises(GeoSANEError, match="unknown holdout sensor"):
+        datasets.get("cloudmask", str(root), holdout="modis")
+
+
+def test_unknown_dataset_and_missing_root(tmp_path: Path) -> None:
+    with pytest.raises(GeoSANEError, match="unknown dataset 'mnist'"):
+        datasets.get("mnist")
+    with pytest.raises(GeoSANEError, match="EuroSAT multispectral not found"):
+        datasets.get("eurosat_ms", str(tmp_path))
+
+
+def test_data_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, root: Path) -> None:
+    assert datasets.data_root(str(tmp_path)) == tmp_path
+    monkeypatch.setenv("GEOSANE_DATA", str(tmp_path))
+    assert datasets.data_root() == tmp_path
+    monkeypatch.delenv("GEOSANE_DATA")
+    assert datasets.data_root().resolve() == root.resolve()

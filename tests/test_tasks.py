@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from geosane.errors import GeoSANEError
+from geosane.tasks import create_model, evaluate, mean_iou
+
+
+def test_mean_iou_by_hand() -> None:
+    target = torch.tensor([[0, 0, 1, 1], [2, 2, 255, 255]])
+    prediction = torch.tensor([[0, 1, 1, 1], [2, 0, 0, 2]])
+    # class 0: |{0}| / |{0,1,5}| = 1/3; class 1: 2/3; class 2: 1/2; ignored pixels do not count
+    assert mean_iou(prediction, target, 3) == pytest.approx((1 / 3 + 2 / 3 + 1 / 2) / 3)
+
+
+@pytest.mark.parametrize("arch", ["test_resnet", "test_efficientnet", "test_convnext"])
+def test_segmentation_models_take_any_band_count(arch: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(arch, "segmentation", in_chans=6, num_classes=3)
+    x = torch.randn(2, 6, 64, 64)
+    assert model(x).shape == (2, 3, 64, 64)
+    score = evaluate(model, "segmentation", x, torch.zeros(2, 64, 64, dtype=torch.long), 3)
+    assert 0.0 <= score <= 1.0
+
+
+def test_classification_and_errors() -> None:
+    model = create_model("test_vit", "classification", in_chans=13, num_classes=10, img_size=64)
+    assert model(torch.randn(1, 13, 64, 64)).shape == (1, 10)
+    with pytest.raises(GeoSANEError, match="unknown timm architecture"):
+        create_model("nope", "classification", 3, 10)
+    with pytest.raises(GeoSANEError, match="unknown task 'detection'"):
+        create_model("test_resnet", "detection", 3, 10)
