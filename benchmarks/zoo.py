@@ -8,9 +8,14 @@ Saves the figures with the config and versions to benchmarks/results/zoo.json.
 
 from __future__ import annotations
 
+import os
+import sys
+
+# benchmarks/tokenize.py shares its name with the standard library's tokenize: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
 import argparse
 import json
-import os
 import platform
 import tempfile
 import time

@@ -9,6 +9,12 @@ RGB accuracy at the last epoch (aim >= 0.80); and cloud/shadow mIoU against pred
 
 from __future__ import annotations
 
+import os
+import sys
+
+# benchmarks/tokenize.py shares its name with the standard library's tokenize: keep this folder off the path.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
 import argparse
 import json
 import statistics

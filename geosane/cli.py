@@ -103,6 +103,23 @@ def cmd_zoo(args: argparse.Namespace) -> None:
     print(f"zoo {config.name}: added {len(added)} checkpoint(s) to {args.out}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from geosane.train import TrainConfig, run_training
+
+    overrides = {
+        "collection": args.collection, "storage": args.storage, "name": args.name, "model": args.model,
+        "workers": args.workers, "zero_stage": args.zero_stage, "bf16": args.bf16, "offload": args.offload,
+        "steps": args.steps, "use_gpu": args.gpu,
+    }
+    config = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(
+        **{k: v for k, v in overrides.items() if v is not None}
+    )
+    result = run_training(config, progress=not args.quiet)
+    metrics = result.metrics or {}
+    print(f"run {config.name}: step {metrics.get('step')}, val reconstruction {metrics.get('val_reconstruction')}; "
+          f"final model in {config.storage}/{config.name}/final")
+
+
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     for row in (header, *rows):
@@ -148,6 +165,25 @@ def build_parser() -> argparse.ArgumentParser:
     zoo.add_argument("--storage", default="runs", metavar="PATH|URL", help="Tune experiment storage (default: runs)")
     zoo.add_argument("--data-root", default=None, help="data root (default: $GEOSANE_DATA, then ../shared/data)")
     zoo.set_defaults(func=cmd_zoo)
+
+    train = commands.add_parser(
+        "train",
+        help="train the weight autoencoder (Ray Train + DeepSpeed ZeRO)",
+        description="Train the autoencoder on a collection; usable unchanged as a `ray job submit` entrypoint. "
+        "Re-running with the same --name resumes the run from its latest checkpoint.",
+    )
+    train.add_argument("--collection", required=True, metavar="URL")
+    train.add_argument("--storage", default=None, metavar="URL", help="run storage (default: runs)")
+    train.add_argument("--name", default=None, help="run name (default: autoencoder)")
+    train.add_argument("--config", default=None, metavar="FILE.yaml", help="settings; flags override them")
+    train.add_argument("--model", choices=["tiny", "base", "geosane"], default=None)
+    train.add_argument("--workers", type=int, default=None)
+    train.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None)
+    train.add_argument("--bf16", action="store_true", default=None)
+    train.add_argument("--offload", action="store_true", default=None, help="offload optimizer state to CPU")
+    train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
+    train.set_defaults(func=cmd_train)
 
     collection = commands.add_parser("collection", help="inspect and export a collection")
     actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,0 +1,357 @@
+"""Train the weight autoencoder with Ray Train and DeepSpeed ZeRO, fed by Ray Data from a collection.
+
+Every worker runs a DeepSpeed engine (ZeRO stage 0-3, bf16 optional, optimizer offload optional, gradient
+accumulation, AdamW with weight decay on >= 2-D tensors only, OneCycle). Every ``checkpoint_every`` steps all
+ranks save their ZeRO shards and report them as one Ray Train checkpoint in the run's storage; a restarted
+worker group (``FailureConfig``) and a re-run with the same ``--name`` resume from the latest one. Each rank
+also records the SHA-256 of the files it saved, so a corrupt or mismatched checkpoint is refused with a clear
+message before DeepSpeed reads it. At the end a consolidated fp32 checkpoint (safetensors + config) is written
+to ``<storage>/<name>/final`` for generation. TensorBoard logs go to ``<storage>/<name>/tensorboard``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from geosane import storage
+from geosane.errors import GeoSANEError
+
+log = logging.getLogger(__name__)
+TAG = "state"  # DeepSpeed's checkpoint tag inside every reported checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; recorded with every checkpoint and the final model."""
+
+    collection: str = ""
+    storage: str = "runs"
+    name: str = "autoencoder"
+    model: str = "tiny"
+    window: int | None = None  # overrides the model size's window
+    workers: int = 2
+    use_gpu: bool = False
+    zero_stage: int = 2
+    bf16: bool = False
+    offload: bool = False
+    steps: int = 200
+    batch_size: int = 8  # windows per worker per micro-step
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    val_fraction: float = 0.2
+    noise: float = 0.1
+    erase_probability: float = 0.0
+    gamma: float = 0.05
+    temperature: float = 0.1
+    max_failures: int = 1
+    seed: int = 0
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError as exc:
+            raise GeoSANEError(f"train config {path} not found") from exc
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise GeoSANEError(f"{path}: unknown setting(s) {unknown}")
+        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def validate(self) -> None:
+        if self.zero_stage not in (0, 1, 2, 3):
+            raise GeoSANEError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if not self.collection:
+            raise GeoSANEError("no collection given (--collection URL)")
+        if self.steps < 1 or self.checkpoint_every < 1:
+            raise GeoSANEError("steps and checkpoint_every must be >= 1")
+
+
+def autoencoder_config(config: TrainConfig, token_size: int):
+    from geosane.model import config_named
+
+    overrides: dict[str, Any] = {"token_size": token_size}
+    if config.window:
+        overrides["window"] = config.window
+    return config_named(config.model, **overrides)
+
+
+def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
+    zero: dict[str, Any] = {"stage": config.zero_stage}
+    if config.offload:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "gradient_clipping": 1.0,
+        "zero_optimization": zero,
+        "bf16": {"enabled": config.bf16},
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW decays matrices (>= 2-D) only: never biases, norms or embeddings of one dimension."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+# ------------------------------------------------------------------------------ checkpoints on disk
+
+
+def record_files(folder: Path, rank: int, config: TrainConfig, progress: dict[str, Any]) -> None:
+    """Write ``rank<r>.json``: progress (step...), the settings that must match to resume, the files' sha256."""
+    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    (folder / f"rank{rank}.json").write_text(json.dumps({**progress, "resume_key": resume_key(config), "files": files}))
+
+
+def verify_checkpoint(folder: Path, world_size: int, config: TrainConfig) -> dict[str, Any]:
+    """Check every rank's record against the files and this run's settings; return rank 0's record."""
+    steps = set()
+    for rank in range(world_size):
+        record_file = folder / f"rank{rank}.json"
+        if not record_file.exists():
+            raise GeoSANEError(f"checkpoint {folder}: no record of rank {rank} (saved by another number of workers?)")
+        record = json.loads(record_file.read_text())
+        if record["resume_key"] != resume_key(config):
+            raise GeoSANEError(
+                f"checkpoint {folder} was saved with different settings {record['resume_key']}, "
+                f"this run has {resume_key(config)}; use another --name to start afresh"
+            )
+        for name, digest in record["files"].items():
+            path = folder / name
+            if not path.exists():
+                raise GeoSANEError(f"checkpoint {folder}: {name} is missing")
+            if sha256_file(path) != digest:
+                raise GeoSANEError(f"checkpoint {folder}: {name} is corrupt (sha256 differs from when it was saved)")
+        steps.add(record["step"])
+    if len(steps) != 1:
+        raise GeoSANEError(f"checkpoint {folder}: ranks saved different steps {sorted(steps)}")
+    return json.loads((folder / "rank0.json").read_text())
+
+
+def resume_key(config: TrainConfig) -> dict[str, Any]:
+    """Settings a checkpoint can only be resumed with unchanged (shapes and sharding of the saved state)."""
+    return {"model": config.model, "window": config.window, "workers": config.workers, "zero_stage": config.zero_stage,
+            "bf16": config.bf16, "offload": config.offload}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ the worker loop
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import deepspeed
+    import ray.train
+    import torch
+    from deepspeed.utils import safe_get_full_fp32_param
+    from torch.utils.tensorboard import SummaryWriter
+
+    from geosane.losses import LossConfig, geosane_loss
+    from geosane.model import AutoencoderConfig, WeightAutoencoder
+
+    config = TrainConfig(**loop_config["train"])
+    model_config = loop_config["model"]
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(config.seed)
+    model = WeightAutoencoder(AutoencoderConfig(**model_config))
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config)
+    )
+    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    device = engine.device
+    loss_config = LossConfig(config.gamma, config.temperature)
+
+    step, val_start = 0, None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            saved = verify_checkpoint(Path(folder), world, config)
+            engine.load_checkpoint(folder, tag=TAG)
+        step, val_start = saved["step"], saved["val_reconstruction_start"]
+        if rank == 0:
+            log.info("resumed from step %d", step)
+
+    tensorboard = Path(tempfile.mkdtemp(prefix="geosane-tensorboard-"))
+    writer = SummaryWriter(str(tensorboard)) if rank == 0 else None
+    run = loop_config["run"]
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val")
+
+    def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in batch.items()}
+
+    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        positions = batch["positions"]
+        mask = torch.arange(batch["tokens"].shape[-1], device=device) < batch["valid"].unsqueeze(-1)
+        _, recon1, proj1 = engine(batch["view1"].to(dtype), positions)
+        _, recon2, proj2 = engine(batch["view2"].to(dtype), positions)
+        return geosane_loss((recon1, recon2), (proj1, proj2), batch["tokens"], mask, loss_config)
+
+    @torch.no_grad()
+    def validate() -> float:
+        engine.eval()
+        total, count = 0.0, 0
+        for batch in val_shard.iter_torch_batches(batch_size=config.batch_size, drop_last=False):
+            losses = forward(to_device(batch))
+            total += float(losses["reconstruction"]) * len(batch["tokens"])
+            count += len(batch["tokens"])
+        engine.train()
+        return total / max(count, 1)
+
+    if val_start is None:
+        val_start = validate()  # the held-out models before any training: the yardstick for progress
+    began, tokens_seen = time.perf_counter(), 0
+    metrics: dict[str, Any] = {"step": step, "val_reconstruction_start": val_start}
+    while step < config.steps:
+        for batch in train_shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True):
+            batch = to_device(batch)
+            losses = forward(batch)
+            engine.backward(losses["loss"])
+            engine.step()
+            tokens_seen += int(batch["valid"].gt(0).sum()) * world
+            if not engine.is_gradient_accumulation_boundary() and config.grad_accum > 1:
+                continue
+            step += 1
+            metrics = {
+                "step": step,
+                "loss": float(losses["loss"]),
+                "reconstruction": float(losses["reconstruction"]),
+                "contrastive": float(losses["contrastive"]),
+                "lr": schedule.get_last_lr()[0],
+                "grad_norm": float(engine.get_global_grad_norm() or 0.0),
+                "tokens_per_s": tokens_seen / (time.perf_counter() - began),
+                "val_reconstruction_start": val_start,
+            }
+            if step % config.eval_every == 0 or step == config.steps:
+                metrics["val_reconstruction"] = validate()
+            if writer:
+                for key, value in metrics.items():
+                    if key != "step":
+                        writer.add_scalar(key, value, step)
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                if writer:
+                    writer.flush()
+                    upload(tensorboard, storage.join(run, "tensorboard"))
+                save_and_report(engine, config, metrics, rank)
+            else:
+                ray.train.report(metrics)
+            if step >= config.steps:
+                break
+
+    if metrics.keys() == {"step", "val_reconstruction_start"}:  # resumed a finished run: report where it stands
+        ray.train.report({**metrics, "val_reconstruction": validate()})
+
+    # the consolidated fp32 model for generation: gather every full parameter on all ranks, rank 0 writes it
+    full = {name: safe_get_full_fp32_param(p) for name, p in engine.module.named_parameters()}
+    if rank == 0:
+        from safetensors.torch import save
+
+        parameters = dict(engine.module.named_parameters())
+        state = {n: (full[n] if full[n] is not None else parameters[n]).detach().float().cpu().contiguous() for n in full}
+        storage.write_bytes(storage.join(run, "final", "model.safetensors"), save(state))
+        storage.write_bytes(storage.join(run, "final", "config.json"), json.dumps(
+            {"autoencoder": model_config, "train": asdict(config), "step": step, "metrics": metrics}, indent=1).encode())
+        writer.close()
+        upload(tensorboard, storage.join(run, "tensorboard"))
+
+
+def upload(folder: Path, url: str) -> None:
+    fs, path = storage.filesystem(url)
+    fs.put(str(folder) + "/", path.rstrip("/") + "/", recursive=True)
+
+
+def save_and_report(engine, config: TrainConfig, metrics: dict[str, Any], rank: int) -> None:
+    """All ranks save their DeepSpeed shards and report them; Ray Train merges them into one checkpoint."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        engine.save_checkpoint(folder, tag=TAG)
+        record_files(Path(folder), rank, config, {k: metrics[k] for k in ("step", "val_reconstruction_start")})
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
+
+
+# ------------------------------------------------------------------------------ the driver
+
+
+def run_training(config: TrainConfig, progress: bool = True):
+    """Build the data and the trainer, fit (resuming if this run name has checkpoints), copy TensorBoard logs."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from geosane.collection import Collection
+    from geosane.data import split_models, window_dataset
+    from geosane.views import ViewConfig
+
+    config.validate()
+    collection = Collection(config.collection)
+    records = collection.records()
+    token_size = records[0].token_size
+    model_config = autoencoder_config(config, token_size)
+    split = split_models([r.id for r in records], config.val_fraction, config.seed)
+    views = ViewConfig(window=model_config.window, noise=config.noise, erase_probability=config.erase_probability)
+    if not ray.is_initialized():
+        if os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit): use what it has
+            ray.init(include_dashboard=False)
+        else:  # one machine: the workers take a CPU each and Ray Data needs CPUs beside them to feed them
+            ray.init(num_cpus=max(os.cpu_count() or 1, config.workers + 2), include_dashboard=False,
+                     log_to_driver=progress)
+    storage_root = str(Path(config.storage).resolve()) if "://" not in config.storage else config.storage
+    run = storage.join(storage_root, config.name)
+    storage.write_bytes(storage.join(run, "split.json"), json.dumps(
+        {"collection": config.collection, "train": split.train, "val": split.val}, indent=1).encode())
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"train": asdict(config), "model": model_config.to_dict(), "run": run},
+        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+        run_config=ray.train.RunConfig(
+            name=config.name,
+            storage_path=storage_root,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+        ),
+        datasets={
+            "train": window_dataset(config.collection, split.train, views, train=True, seed=config.seed),
+            "val": window_dataset(config.collection, split.val, views, train=False, seed=config.seed),
+        },
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface ours with its message
+        cause = exc
+        while cause is not None and not isinstance(cause, GeoSANEError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause
+        raise
+    return result

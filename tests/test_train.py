@@ -1,0 +1,162 @@
+"""The autoencoder trained by Ray Train + DeepSpeed on two CPU workers, from a collection on S3 (moto).
+
+One Ray session for the module; each test builds its own TorchTrainer.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from geosane import sources, storage
+from geosane.collection import Collection
+from geosane.errors import GeoSANEError
+from geosane.model import AutoencoderConfig, WeightAutoencoder
+from geosane.tokenize import TokenizerConfig
+from geosane.train import TrainConfig, run_training
+
+MODELS = [
+    "timm:test_resnet?num_classes=10&seed=0",
+    "timm:test_resnet?num_classes=10&seed=1",
+    "timm:test_efficientnet?num_classes=10&seed=0",
+    "timm:test_efficientnet?in_chans=13&num_classes=10&seed=1",
+    "timm:test_vit?num_classes=10&seed=0",
+    "timm:test_convnext?num_classes=10&seed=0",
+]
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    import os
+
+    import ray
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "geosane" / "torch_extensions"))
+    # two train workers plus room for Ray Data's tasks beside them (the 2 cores are shared, not reserved)
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_collection(s3_server, ray_session) -> str:
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="geosane-train")
+    url = "s3://geosane-train/collection"
+    Collection(url).add((sources.load(u) for u in MODELS), TokenizerConfig(token_size=64), progress=False)
+    return url
+
+
+def config(collection: str, storage_root: Path, name: str, **overrides) -> TrainConfig:
+    settings = dict(collection=collection, storage=str(storage_root), name=name, model="tiny", window=16,
+                    workers=2, steps=40, batch_size=8, lr=3e-3, checkpoint_every=10, eval_every=40,
+                    val_fraction=0.34, max_failures=0)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def reconstruction_error(run: Path, collection: str, model_id: str) -> tuple[float, float]:
+    """Raw MSE of the final autoencoder's reconstruction of a held-out model, and of the mean-token baseline."""
+    from safetensors.torch import load_file
+
+    from geosane.views import ViewConfig, cut_windows, window_starts
+
+    final = json.loads((run / "final" / "config.json").read_text())
+    model = WeightAutoencoder(AutoencoderConfig(**final["autoencoder"]))
+    model.load_state_dict(load_file(run / "final" / "model.safetensors"))
+    model.eval()
+    coll = Collection(collection)
+    held_out = coll.tokens(model_id)
+    train_ids = json.loads((run / "split.json").read_text())["train"]
+    train_tokens = torch.cat([coll.tokens(i).tokens[coll.tokens(i).mask.all(1)] for i in train_ids])
+    mean_token = train_tokens.mean(0)
+    window = final["autoencoder"]["window"]
+    starts = window_starts(len(held_out.tokens), ViewConfig(window=window), None)
+    w = cut_windows(held_out.tokens.numpy(), held_out.positions.numpy(), held_out.valid.numpy(), starts, window)
+    tokens, positions = torch.from_numpy(w["tokens"]), torch.from_numpy(w["positions"])
+    mask = torch.arange(tokens.shape[-1]) < torch.from_numpy(w["valid"]).unsqueeze(-1)
+    with torch.no_grad():
+        _, reconstruction, _ = model(tokens, positions)
+    model_error = ((reconstruction - tokens) ** 2)[mask].mean()
+    baseline_error = ((mean_token.expand_as(tokens) - tokens) ** 2)[mask].mean()
+    return float(model_error), float(baseline_error)
+
+
+def logged_steps_per_file(run: Path, tag: str) -> list[dict[int, float]]:
+    """The scalars of ``tag`` in each TensorBoard events file of a run, by step."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    per_file = []
+    for events in sorted((run / "tensorboard").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        per_file.append({e.step: e.value for e in accumulator.Scalars(tag)})
+    return per_file
+
+
+def logged_steps(run: Path, tag: str) -> dict[int, float]:
+    return {step: value for steps in logged_steps_per_file(run, tag) for step, value in steps.items()}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_trains_from_s3_under_zero(stage: int, s3_collection: str, tmp_path: Path) -> None:
+    result = run_training(config(s3_collection, tmp_path, f"zero{stage}", zero_stage=stage), progress=False)
+    assert int(result.metrics["step"]) == 40
+    start, end = result.metrics["val_reconstruction_start"], result.metrics["val_reconstruction"]
+    assert end < 0.6 * start, f"held-out reconstruction went from {start} to {end}"
+    losses = logged_steps(tmp_path / f"zero{stage}", "loss")
+    assert sorted(losses) == list(range(1, 41))
+    assert sum(losses[s] for s in range(31, 41)) < sum(losses[s] for s in range(1, 11))
+    split = json.loads((tmp_path / f"zero{stage}" / "split.json").read_text())
+    assert split["val"] and not set(split["val"]) & set(split["train"]), "validation holds out whole models"
+    for model_id in split["val"]:
+        model_error, baseline_error = reconstruction_error(tmp_path / f"zero{stage}", s3_collection, model_id)
+        assert model_error < baseline_error
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint(s3_collection: str, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from ray.util.state import list_actors
+
+    settings = config(s3_collection, tmp_path, "faulty", steps=60, max_failures=1)
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(result=run_training(settings, progress=False)))
+    thread.start()
+    run = tmp_path / "faulty"
+    deadline = time.time() + 300
+    while not list(run.glob("checkpoint_*/rank1.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    assert list(run.glob("checkpoint_*/rank1.json")), "no checkpoint appeared"
+    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
+    assert len(workers) == 2
+    os.kill(workers[-1].pid, signal.SIGKILL)
+    thread.join(timeout=600)
+    assert int(outcome["result"].metrics["step"]) == 60
+    # each worker group writes its own TensorBoard file: the restarted group's steps continue after the
+    # checkpoint it resumed from instead of starting again at 1
+    firsts = sorted(min(steps) for steps in logged_steps_per_file(run, "loss"))
+    assert len(firsts) == 2 and firsts[0] == 1
+    assert firsts[1] > 1 and firsts[1] % settings.checkpoint_every == 1
+
+    # re-running the finished run with the same name resumes from its last checkpoint (no new steps needed)
+    again = run_training(settings, progress=False)
+    assert int(again.metrics["step"]) == 60
+
+
+def test_corrupt_or_mismatched_checkpoint_is_refused(s3_collection: str, tmp_path: Path) -> None:
+    settings = config(s3_collection, tmp_path, "fragile", steps=10)
+    run_training(settings, progress=False)
+    with pytest.raises(GeoSANEError, match="saved with different settings"):
+        run_training(config(s3_collection, tmp_path, "fragile", steps=20, zero_stage=3), progress=False)
+    checkpoint = sorted((tmp_path / "fragile").glob("checkpoint_*"))[-1]
+    shard = next(checkpoint.rglob("*optim_states.pt"))
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(GeoSANEError, match="is corrupt"):
+        run_training(config(s3_collection, tmp_path, "fragile", steps=20), progress=False)
