@@ -17,13 +17,14 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/wheels ukis-csmask==0.2.1
 	touch $@
 
-# The main job on the embedded default: real pretrained weights from ../shared plus timm architectures at
-# 13 Sentinel-2 bands, tokenized into a local collection, then listed.
+# The main job on the embedded default (local Ray, local files, the shipped data): the real pretrained models
+# and a tiny Ray Tune zoo into one collection, its make-up as a picture, then the weight autoencoder trained on
+# it with Ray Train + DeepSpeed ZeRO-2 on two local workers.
 demo: setup
-	$(BIN)/geosane collect ../shared/weights --out out/collection --tag licence=MIT --tag modality=multimodal
-	$(BIN)/geosane collect "timm:resnet18?in_chans=13&num_classes=10" "timm:vit_small_patch16_224?in_chans=13&num_classes=10" \
-		"timm:mobilenetv3_large_100?in_chans=13&num_classes=10" --out out/collection --tag modality=multispectral
-	$(BIN)/geosane collection ls out/collection
+	$(BIN)/geosane collect pretrained:all --out out/collection
+	$(BIN)/geosane zoo --config sweeps/zoo-tiny.yaml --out out/collection --storage out/runs
+	$(BIN)/geosane collection stats out/collection --png out/collection-stats.png
+	$(BIN)/geosane train --collection out/collection --storage out/runs --name demo --config configs/train-tiny.yaml
 
 test: setup
 	$(BIN)/python -m pytest

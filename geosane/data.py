@@ -1,7 +1,7 @@
 """Ray Data pipeline from a collection's token shards to training batches.
 
 ``read_parquet`` streams the shards from ``file://`` or ``s3://`` (through the same fsspec filesystem the rest
-of GeoSANE uses), rows are grouped back into models, each model is cut into windows (random for training,
+of GeoSANE uses), each block's rows are put back in token order per model, cut into windows (random for training,
 a fixed tiling for validation) and training windows get two augmented views. Ray Train hands each worker its
 shard of the training windows. Validation holds out whole *models*, never windows of a trained model.
 """
@@ -56,19 +56,29 @@ def shard_paths(collection: Collection, ids: list[str]) -> list[str]:
 PASSES = itertools.count()  # per worker process: a fresh draw of windows on every pass over the data
 
 
-def model_windows(rows: dict[str, np.ndarray], views: ViewConfig, train: bool, seed: int) -> dict[str, np.ndarray]:
-    """``map_groups`` function: all token rows of one model -> its windows (with two views when training)."""
-    order = np.argsort(rows["index"])
-    tokens = np.stack(rows["tokens"])[order] if rows["tokens"].dtype == object else rows["tokens"][order]
-    positions = np.stack([rows[c][order] for c in ("index", "layer", "within")], axis=1)
-    valid = rows["valid"][order]
-    # seeded by the run's seed, the model's size and the pass: the same scheduling gives the same windows
-    rng = np.random.default_rng([seed, len(tokens), int(tokens[:, 0].view(np.uint32).sum() % 2**31), next(PASSES)])
-    starts = window_starts(len(tokens), views, rng if train else None)
-    windows = cut_windows(tokens, positions, valid, starts, views.window)
-    if train:
-        return make_views(windows, views, rng)
-    return {**windows, "view1": windows["tokens"], "view2": windows["tokens"]}
+def block_windows(block: dict[str, np.ndarray], views: ViewConfig, train: bool, seed: int) -> dict[str, np.ndarray]:
+    """``map_batches`` function over whole blocks: cut windows from each model's rows in the block.
+
+    Shards are written in token order and a read block holds contiguous rows of its files, so windows are cut
+    without an all-to-all group-by; only windows that would straddle two blocks of one large file are lost.
+    """
+    out: dict[str, list[np.ndarray]] = {}
+    for path in np.unique(block["path"]):
+        rows = block["path"] == path
+        order = np.argsort(block["index"][rows])
+        raw = block["tokens"][rows]
+        tokens = (np.stack(raw) if raw.dtype == object else raw)[order]
+        positions = np.stack([block[c][rows][order] for c in ("index", "layer", "within")], axis=1)
+        valid = block["valid"][rows][order]
+        # seeded by the run's seed, the rows and the pass: the same scheduling draws the same windows
+        rng = np.random.default_rng([seed, int(positions[0, 0]), len(tokens), next(PASSES)])
+        windows = cut_windows(tokens, positions, valid, window_starts(len(tokens), views, rng if train else None),
+                              views.window)
+        windows = make_views(windows, views, rng) if train else {**windows, "view1": windows["tokens"],
+                                                                  "view2": windows["tokens"]}
+        for key, value in windows.items():
+            out.setdefault(key, []).append(value)
+    return {key: np.concatenate(values) for key, values in out.items()}
 
 
 def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, train: bool, seed: int = 0):
@@ -77,10 +87,7 @@ def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, train
 
     collection = Collection(collection_url)
     paths = shard_paths(collection, ids)
-    dataset = ray.data.read_parquet(
-        paths, filesystem=pyarrow_filesystem(collection_url), columns=COLUMNS, include_paths=True
-    )
-    # one partition per model (bounded): Ray Data's default of 200 shuffle partitions is for big tables
-    return dataset.groupby("path", num_partitions=min(len(paths), 32)).map_groups(
-        model_windows, batch_format="numpy", fn_kwargs={"views": views, "train": train, "seed": seed}
+    dataset = ray.data.read_parquet(paths, filesystem=pyarrow_filesystem(collection_url), include_paths=True)
+    return dataset.select_columns([*COLUMNS, "path"]).map_batches(
+        block_windows, batch_size=None, batch_format="numpy", fn_kwargs={"views": views, "train": train, "seed": seed}
     )

@@ -14,13 +14,18 @@ class LossConfig:
     temperature: float = 0.1
 
 
+def batch_statistics(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation of the real values of a batch."""
+    real = target[mask]
+    return real.mean(), real.std().clamp_min(1e-8)
+
+
 def masked_normalized_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """MSE over real values only, after standardizing both sides with the batch's real target statistics.
 
     Weights of different models live on very different scales; standardizing keeps the loss about shape.
     """
-    real = target[mask]
-    mean, std = real.mean(), real.std().clamp_min(1e-8)
+    mean, std = batch_statistics(target, mask)
     error = ((prediction - mean) / std - (target - mean) / std) ** 2
     return error[mask].mean()
 

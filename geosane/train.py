@@ -172,11 +172,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from deepspeed.utils import safe_get_full_fp32_param
     from torch.utils.tensorboard import SummaryWriter
 
-    from geosane.losses import LossConfig, geosane_loss
+    from geosane.losses import LossConfig, batch_statistics, geosane_loss
     from geosane.model import AutoencoderConfig, WeightAutoencoder
 
     config = TrainConfig(**loop_config["train"])
     model_config = loop_config["model"]
+    torch.set_num_threads(1)  # one core per worker; more only oversubscribes the machine
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(config.seed)
@@ -210,11 +211,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         return {k: v.to(device) for k, v in batch.items()}
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Both views through the autoencoder in the batch's standardized units (the units of the loss)."""
         positions = batch["positions"]
         mask = torch.arange(batch["tokens"].shape[-1], device=device) < batch["valid"].unsqueeze(-1)
-        _, recon1, proj1 = engine(batch["view1"].to(dtype), positions)
-        _, recon2, proj2 = engine(batch["view2"].to(dtype), positions)
-        return geosane_loss((recon1, recon2), (proj1, proj2), batch["tokens"], mask, loss_config)
+        mean, std = batch_statistics(batch["tokens"], mask)
+        outputs = [engine(((batch[v] - mean) / std * mask).to(dtype), positions) for v in ("view1", "view2")]
+        reconstructions = tuple(o[1].float() * std + mean for o in outputs)
+        projections = tuple(o[2] for o in outputs)
+        return geosane_loss(reconstructions, projections, batch["tokens"], mask, loss_config)
 
     @torch.no_grad()
     def validate() -> float:
@@ -231,14 +235,18 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         val_start = validate()  # the held-out models before any training: the yardstick for progress
     began, tokens_seen = time.perf_counter(), 0
     metrics: dict[str, Any] = {"step": step, "val_reconstruction_start": val_start}
+    waited = 0.0
     while step < config.steps:
+        fetched = time.perf_counter()
         for batch in train_shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True):
+            waited += time.perf_counter() - fetched
             batch = to_device(batch)
             losses = forward(batch)
             engine.backward(losses["loss"])
             engine.step()
             tokens_seen += int(batch["valid"].gt(0).sum()) * world
             if not engine.is_gradient_accumulation_boundary() and config.grad_accum > 1:
+                fetched = time.perf_counter()
                 continue
             step += 1
             metrics = {
@@ -249,6 +257,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "lr": schedule.get_last_lr()[0],
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
                 "tokens_per_s": tokens_seen / (time.perf_counter() - began),
+                "data_wait_fraction": waited / (time.perf_counter() - began),
                 "val_reconstruction_start": val_start,
             }
             if step % config.eval_every == 0 or step == config.steps:
@@ -266,6 +275,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 ray.train.report(metrics)
             if step >= config.steps:
                 break
+            fetched = time.perf_counter()
 
     if metrics.keys() == {"step", "val_reconstruction_start"}:  # resumed a finished run: report where it stands
         ray.train.report({**metrics, "val_reconstruction": validate()})
@@ -341,7 +351,8 @@ def run_training(config: TrainConfig, progress: bool = True):
         ),
         datasets={
             "train": window_dataset(config.collection, split.train, views, train=True, seed=config.seed),
-            "val": window_dataset(config.collection, split.val, views, train=False, seed=config.seed),
+            # fixed windows without augmentation: computed once, reused at every evaluation
+            "val": window_dataset(config.collection, split.val, views, train=False, seed=config.seed).materialize(),
         },
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )

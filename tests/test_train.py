@@ -49,13 +49,14 @@ def s3_collection(s3_server, ray_session) -> str:
 
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket="geosane-train")
     url = "s3://geosane-train/collection"
-    Collection(url).add((sources.load(u) for u in MODELS), TokenizerConfig(token_size=64), progress=False)
+    # small tokens, so that the tiny autoencoder's 16 latent values per token can hold what a token holds
+    Collection(url).add((sources.load(u) for u in MODELS), TokenizerConfig(token_size=16), progress=False)
     return url
 
 
 def config(collection: str, storage_root: Path, name: str, **overrides) -> TrainConfig:
     settings = dict(collection=collection, storage=str(storage_root), name=name, model="tiny", window=16,
-                    workers=2, steps=40, batch_size=8, lr=3e-3, checkpoint_every=10, eval_every=40,
+                    workers=2, steps=40, batch_size=8, lr=1e-2, checkpoint_every=10, eval_every=40,
                     val_fraction=0.34, max_failures=0)
     return TrainConfig(**{**settings, **overrides})
 
@@ -80,8 +81,11 @@ def reconstruction_error(run: Path, collection: str, model_id: str) -> tuple[flo
     w = cut_windows(held_out.tokens.numpy(), held_out.positions.numpy(), held_out.valid.numpy(), starts, window)
     tokens, positions = torch.from_numpy(w["tokens"]), torch.from_numpy(w["positions"])
     mask = torch.arange(tokens.shape[-1]) < torch.from_numpy(w["valid"]).unsqueeze(-1)
-    with torch.no_grad():
-        _, reconstruction, _ = model(tokens, positions)
+    real = tokens[mask]
+    mean, std = real.mean(), real.std()
+    with torch.no_grad():  # the autoencoder works in standardized units, as in training
+        _, reconstruction, _ = model((tokens - mean) / std * mask, positions)
+    reconstruction = reconstruction * std + mean
     model_error = ((reconstruction - tokens) ** 2)[mask].mean()
     baseline_error = ((mean_token.expand_as(tokens) - tokens) ** 2)[mask].mean()
     return float(model_error), float(baseline_error)
@@ -119,11 +123,12 @@ def test_trains_from_s3_under_zero(stage: int, s3_collection: str, tmp_path: Pat
         assert model_error < baseline_error
 
 
+@pytest.mark.slow
 def test_killed_worker_resumes_from_the_last_checkpoint(s3_collection: str, tmp_path: Path) -> None:
     import os
     import signal
 
-    from ray.util.state import list_actors
+    import psutil
 
     settings = config(s3_collection, tmp_path, "faulty", steps=60, max_failures=1)
     outcome: dict = {}
@@ -131,11 +136,12 @@ def test_killed_worker_resumes_from_the_last_checkpoint(s3_collection: str, tmp_
     thread.start()
     run = tmp_path / "faulty"
     deadline = time.time() + 300
-    while not list(run.glob("checkpoint_*/rank1.json")) and time.time() < deadline:
+    snapshot = run / "checkpoint_manager_snapshot.json"  # written once Ray Train has registered a checkpoint
+    while not snapshot.exists() and time.time() < deadline:
         time.sleep(0.5)
-    assert list(run.glob("checkpoint_*/rank1.json")), "no checkpoint appeared"
-    workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainWorker" in a.class_name]
-    assert len(workers) == 2
+    assert snapshot.exists(), "no checkpoint was registered"
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "ray::RayTrainWorker" in " ".join(p.info["cmdline"] or [])]
+    assert len(workers) == 2, [w.info["cmdline"] for w in workers]
     os.kill(workers[-1].pid, signal.SIGKILL)
     thread.join(timeout=600)
     assert int(outcome["result"].metrics["step"]) == 60
@@ -150,6 +156,30 @@ def test_killed_worker_resumes_from_the_last_checkpoint(s3_collection: str, tmp_
     assert int(again.metrics["step"]) == 60
 
 
+def test_checkpoint_records_catch_corruption_and_mismatch(tmp_path: Path) -> None:
+    from geosane.train import record_files, verify_checkpoint
+
+    settings = TrainConfig(collection="c", workers=2)
+    for rank in range(2):
+        shard = tmp_path / "state" / f"zero_pp_rank_{rank}_optim_states.pt"
+        shard.parent.mkdir(exist_ok=True)
+        shard.write_bytes(bytes(range(256)) * (rank + 1))
+        record_files(tmp_path, rank, settings, {"step": 30, "val_reconstruction_start": 1.5})
+    assert verify_checkpoint(tmp_path, 2, settings)["step"] == 30
+    with pytest.raises(GeoSANEError, match="saved with different settings"):
+        verify_checkpoint(tmp_path, 2, TrainConfig(collection="c", workers=2, zero_stage=3))
+    with pytest.raises(GeoSANEError, match="no record of rank 2"):
+        verify_checkpoint(tmp_path, 3, TrainConfig(collection="c", workers=3))
+    shard = tmp_path / "state" / "zero_pp_rank_1_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:-1] + b"!")
+    with pytest.raises(GeoSANEError, match="zero_pp_rank_1_optim_states.pt is corrupt"):
+        verify_checkpoint(tmp_path, 2, settings)
+    shard.unlink()
+    with pytest.raises(GeoSANEError, match="is missing"):
+        verify_checkpoint(tmp_path, 2, settings)
+
+
+@pytest.mark.slow
 def test_corrupt_or_mismatched_checkpoint_is_refused(s3_collection: str, tmp_path: Path) -> None:
     settings = config(s3_collection, tmp_path, "fragile", steps=10)
     run_training(settings, progress=False)

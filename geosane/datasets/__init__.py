@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from geosane.datasets.base import SPLITS, Dataset, Split, data_root
 from geosane.datasets.cloudmask import CloudMask
-from geosane.datasets.eurosat import EuroSATMS, EuroSATRGB
+from geosane.datasets.eurosat import EuroSATMS, EuroSATMSFull, EuroSATRGB
 from geosane.datasets.neon_trees import NeonTrees
 from geosane.datasets.sen1floods11 import Sen1Floods11
 from geosane.errors import GeoSANEError
 
 REGISTRY: dict[str, type[Dataset]] = {
-    cls.name: cls for cls in (EuroSATRGB, EuroSATMS, CloudMask, Sen1Floods11, NeonTrees)
+    cls.name: cls for cls in (EuroSATRGB, EuroSATMS, EuroSATMSFull, CloudMask, Sen1Floods11, NeonTrees)
 }
 
 

@@ -100,3 +100,49 @@ class EuroSATMS(Dataset):
             with rasterio.open(self.paths[i]) as src:
                 arrays.append(src.read().astype(np.float32))
         return torch.from_numpy(np.stack(arrays)), torch.tensor([class_of(i) for i in ids])
+
+
+class EuroSATMSFull(Dataset):
+    """The full EuroSAT multispectral set (27,000 patches) through ``torchgeo.datasets.EuroSAT``.
+
+    Uses torchgeo's official train/val/test split files (val is our selection split); ``download=True`` lets
+    torchgeo fetch the set into ``<root>/eurosat_ms_full`` for users with internet access. Normalization
+    statistics come from a seeded sample of 1,000 training patches, computed when first needed.
+    """
+
+    name = "eurosat_ms_full"
+    task = "classification"
+    modality = "multispectral"
+    bands = MS_BANDS  # torchgeo's band order, the files' order
+    classes = CLASSES
+    SPLIT_NAMES = {"train": "train", "selection": "val", "test": "test"}
+
+    def __init__(self, root: Path, download: bool = False) -> None:
+        super().__init__(root)
+        from torchgeo.datasets import EuroSAT as TorchgeoEuroSAT
+        from torchgeo.datasets.errors import DatasetNotFoundError
+
+        folder = self.root / "eurosat_ms_full"
+        try:
+            self.sources = {ours: TorchgeoEuroSAT(str(folder), split=theirs, download=download)
+                            for ours, theirs in self.SPLIT_NAMES.items()}
+        except DatasetNotFoundError as exc:
+            raise GeoSANEError(f"full EuroSAT multispectral not found in {folder} (torchgeo: {exc})") from exc
+        self.paths = {Path(p).stem: p for source in self.sources.values() for p, _ in source.samples}
+        self._splits: dict | None = None
+
+    def splits(self) -> dict:
+        if self._splits is None:
+            splits = {ours: sorted(Path(p).stem for p, _ in source.samples) for ours, source in self.sources.items()}
+            rng = np.random.default_rng(self.seed)
+            sample = sorted(rng.choice(splits["train"], size=min(1000, len(splits["train"])), replace=False))
+            x, _ = self.read(list(sample))
+            self._splits = {"dataset": self.name, "source": "torchgeo official splits", **splits,
+                            "mean": x.mean(dim=(0, 2, 3)).tolist(), "std": x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()}
+        return self._splits
+
+    def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from torchgeo.datasets.utils import rasterio_loader
+
+        images = np.stack([rasterio_loader(self.paths[i]) for i in ids]).astype(np.float32)  # [N, H, W, C]
+        return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor([class_of(i) for i in ids])

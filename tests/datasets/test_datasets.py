@@ -27,7 +27,7 @@ def root(shared: Path) -> Path:
     return shared / "data"
 
 
-@pytest.mark.parametrize("name", datasets.list_datasets())
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_registry_datasets_load_with_written_down_splits(root: Path, name: str) -> None:
     task, bands, classes, total = EXPECTED[name]
     dataset = datasets.get(name, str(root))
@@ -106,3 +106,32 @@ def test_data_root_resolution(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, r
     assert datasets.data_root() == tmp_path
     monkeypatch.delenv("GEOSANE_DATA")
     assert datasets.data_root().resolve() == root.resolve()
+
+
+def test_full_eurosat_ms_goes_through_torchgeo(root: Path, tmp_path: Path) -> None:
+    """torchgeo's EuroSAT (the path for users with the full set), on the shipped patches laid out as torchgeo
+    expects them, with its official split files naming them."""
+    from torchgeo.datasets import EuroSAT
+
+    from geosane.datasets.eurosat import CLASSES
+
+    images = tmp_path / "eurosat_ms_full" / EuroSAT.base_dir
+    shipped = sorted((root / "eurosat_ms").glob("*/*/*.tif"))
+    for tif in shipped:
+        (images / tif.parent.name).mkdir(parents=True, exist_ok=True)
+        (images / tif.parent.name / tif.name).symlink_to(tif)
+    names = {split: [p.name.replace(".tif", ".jpg") for p in shipped if p.parts[-3] == split] for split in ("train", "test")}
+    val = [n for c in CLASSES for n in [m for m in names["train"] if m.startswith(c + "_")][:2]]  # every class
+    train = [n for n in names["train"] if n not in val]
+    for theirs, files in (("train", train), ("val", val), ("test", names["test"])):
+        (tmp_path / "eurosat_ms_full" / EuroSAT.split_filenames[theirs]).write_text("\n".join(files) + "\n")
+    full = datasets.get("eurosat_ms_full", str(tmp_path))
+    info = full.splits()
+    assert (len(info["train"]), len(info["selection"]), len(info["test"])) == (196, 20, 54)
+    test = full.load("test", limit=5)
+    sample = datasets.get("eurosat_ms", str(root))
+    raw, labels = sample.read(test.ids)
+    assert test.x.shape == (5, 13, 64, 64) and torch.equal(test.y, labels)
+    assert torch.allclose(test.x * torch.tensor(info["std"]).view(1, -1, 1, 1) + torch.tensor(info["mean"]).view(1, -1, 1, 1), raw, atol=1e-2)
+    with pytest.raises(GeoSANEError, match="full EuroSAT multispectral not found"):
+        datasets.get("eurosat_ms_full", str(tmp_path / "empty"))
