@@ -357,12 +357,25 @@ def run_training(config: TrainConfig, progress: bool = True):
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     try:
-        result = trainer.fit()
-    except Exception as exc:  # Ray wraps worker errors; surface ours with its message
-        cause = exc
-        while cause is not None and not isinstance(cause, GeoSANEError):
-            cause = cause.__cause__
-        if cause is not None:
-            raise cause
-        raise
-    return result
+        return trainer.fit()
+    except Exception as exc:  # Ray wraps worker errors; surface ours with its own message
+        cause = geosane_cause(exc)
+        if cause is None:
+            raise
+        raise GeoSANEError(cause.args[0] if cause.args else str(cause)) from exc
+
+
+def geosane_cause(error: BaseException) -> GeoSANEError | None:
+    """The GeoSANEError inside Ray's wrappers (worker failures, task errors, chained causes), if any."""
+    pending: list[Any] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, GeoSANEError):
+            return current
+        pending += [getattr(current, "cause", None), current.__cause__, current.__context__,
+                    *getattr(current, "worker_failures", {}).values()]
+    return None

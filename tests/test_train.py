@@ -169,7 +169,7 @@ def test_checkpoint_records_catch_corruption_and_mismatch(tmp_path: Path) -> Non
     with pytest.raises(GeoSANEError, match="saved with different settings"):
         verify_checkpoint(tmp_path, 2, TrainConfig(collection="c", workers=2, zero_stage=3))
     with pytest.raises(GeoSANEError, match="no record of rank 2"):
-        verify_checkpoint(tmp_path, 3, TrainConfig(collection="c", workers=3))
+        verify_checkpoint(tmp_path, 3, settings)
     shard = tmp_path / "state" / "zero_pp_rank_1_optim_states.pt"
     shard.write_bytes(shard.read_bytes()[:-1] + b"!")
     with pytest.raises(GeoSANEError, match="zero_pp_rank_1_optim_states.pt is corrupt"):
@@ -185,7 +185,7 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(s3_collection: str, tmp_pat
     run_training(settings, progress=False)
     with pytest.raises(GeoSANEError, match="saved with different settings"):
         run_training(config(s3_collection, tmp_path, "fragile", steps=20, zero_stage=3), progress=False)
-    checkpoint = sorted((tmp_path / "fragile").glob("checkpoint_*"))[-1]
+    checkpoint = sorted(p for p in (tmp_path / "fragile").glob("checkpoint_*") if p.is_dir())[-1]
     shard = next(checkpoint.rglob("*optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(GeoSANEError, match="is corrupt"):
