@@ -53,7 +53,8 @@ def create_model(
     raise GeoSANEError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
 
-def loss_fn(task: str, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross entropy for both tasks (per image or per pixel); label 255 marks nodata pixels and is ignored."""
     return F.cross_entropy(logits, target, ignore_index=255)
 
 

@@ -156,7 +156,7 @@ class Tokens:
 
 def prefix_mask(valid: torch.Tensor, token_size: int) -> torch.Tensor:
     """``[..., T]`` booleans that are True for the first ``valid`` values of each token."""
-    return torch.arange(token_size) < valid.unsqueeze(-1)
+    return torch.arange(token_size, device=valid.device) < valid.unsqueeze(-1)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -174,6 +174,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     from geosane.losses import LossConfig, batch_statistics, geosane_loss
     from geosane.model import AutoencoderConfig, WeightAutoencoder
+    from geosane.tokenize import prefix_mask
 
     config = TrainConfig(**loop_config["train"])
     model_config = loop_config["model"]
@@ -213,7 +214,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Both views through the autoencoder in the batch's standardized units (the units of the loss)."""
         positions = batch["positions"]
-        mask = torch.arange(batch["tokens"].shape[-1], device=device) < batch["valid"].unsqueeze(-1)
+        mask = prefix_mask(batch["valid"], batch["tokens"].shape[-1])
         mean, std = batch_statistics(batch["tokens"], mask)
         outputs = [engine(((batch[v] - mean) / std * mask).to(dtype), positions) for v in ("view1", "view2")]
         reconstructions = tuple(o[1].float() * std + mean for o in outputs)

@@ -191,7 +191,7 @@ def fit_member(
             if torch.rand(1, generator=generator) < 0.5:  # horizontal flip, labels follow for segmentation
                 x = x.flip(-1)
                 y = y.flip(-1) if info["task"] == "segmentation" else y
-            loss = loss_fn(info["task"], model(x), y)
+            loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
