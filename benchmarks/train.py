@@ -1,16 +1,18 @@
 """Training throughput and memory: Ray Train + DeepSpeed against plain PyTorch, Ray Data against pyarrow,
 and the largest autoencoder each ZeRO stage can train on this machine.
 
-    .venv/bin/python benchmarks/train.py [--collection URL] [--steps 30] [--memory]
+    .venv/bin/python benchmarks/train.py [--collection URL] [--steps 200] [--memory]
 
-1. tokens/s of the Ray Train + DeepSpeed loop (2 workers) against a single-process PyTorch loop on the same
-   windows at the same global batch (aim: overhead at most 1.2x);
-2. Ray Data input throughput (read_parquet -> windows -> views) against reading the same shards with pyarrow;
-3. with --memory: per ZeRO stage (2 workers), DeepSpeed's estimate of model-state memory for each named
-   autoencoder size, and for those the estimate says fit in this machine's memory, the measured peak RSS of
-   completing training steps. Configs the estimate rules out are not run (an out-of-memory run can take the
+1. Steady-state tokens/s of the Ray Train + DeepSpeed loop (2 workers, ZeRO-0 and ZeRO-2) against a
+   single-process PyTorch loop (2 threads) on windows of the same models at the same global batch (aim: overhead
+   at most 1.2x). Start-up (Ray, the workers, the first batch) is reported apart: it is paid once per run.
+2. Ray Data input throughput (read_parquet -> windows -> views) against reading the same shards with pyarrow,
+   for the first pass (with Ray Data's start-up) and a second pass.
+3. With --memory: per ZeRO stage (2 workers, bf16), DeepSpeed's estimate of model-state memory for a ladder of
+   autoencoder sizes, and for the largest size the estimate says fits this machine, the measured peak memory of
+   completing training steps. Sizes the estimate rules out are not run (an out-of-memory run can take the
    machine down).
-Figures are printed and saved to benchmarks/results/train.json.
+Figures are printed and saved to benchmarks/results/train.json (and train-memory.json with --memory).
 """
 
 from __future__ import annotations
@@ -25,29 +27,36 @@ import argparse
 import json
 import platform
 import tempfile
+import threading
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pyarrow.parquet as pq
 import torch
 
 from geosane import sources, storage
 from geosane.collection import Collection, software_versions
-from geosane.data import split_models, window_dataset
-from geosane.losses import LossConfig, geosane_loss
-from geosane.model import WeightAutoencoder, config_named
+from geosane.data import split_models, window_dataset, windows_per_model_for
+from geosane.losses import LossConfig
+from geosane.model import AutoencoderConfig, WeightAutoencoder, config_named
 from geosane.tokenize import TokenizerConfig
-from geosane.train import TrainConfig, run_training
+from geosane.train import STEPS_PER_PASS, TrainConfig, autoencoder_losses, parameter_groups, run_training
 from geosane.views import ViewConfig, cut_windows, make_views, window_starts
 
 MODELS = [f"timm:{arch}?num_classes=10&seed={seed}" for arch in ("test_resnet", "test_efficientnet", "test_vit",
                                                                    "test_convnext") for seed in (0, 1)]
+RESULTS = Path(__file__).parent / "results"
 
 
 def build_collection(url: str) -> None:
     if not Collection(url).exists():
         Collection(url).add((sources.load(u) for u in MODELS), TokenizerConfig(), progress=False)
+
+
+# ------------------------------------------------------------------------------ input throughput
 
 
 def pyarrow_windows(collection: Collection, ids: list[str], views: ViewConfig) -> tuple[int, float]:
@@ -66,94 +75,278 @@ def pyarrow_windows(collection: Collection, ids: list[str], views: ViewConfig) -
     return tokens, time.perf_counter() - start
 
 
-def ray_data_windows(url: str, ids: list[str], views: ViewConfig) -> tuple[int, float]:
-    start, tokens = time.perf_counter(), 0
-    for batch in window_dataset(url, ids, views, train=True).iter_batches(batch_size=64, batch_format="numpy"):
-        tokens += int((batch["valid"] > 0).sum())
-    return tokens, time.perf_counter() - start
+def ray_data_passes(url: str, ids: list[str], views: ViewConfig, passes: int = 2) -> list[tuple[int, float]]:
+    """(tokens, seconds) of each pass over a streaming split of the window dataset, as a Train worker reads it."""
+    iterator = window_dataset(url, ids, views, train=True).streaming_split(1)[0]
+    out = []
+    for _ in range(passes):
+        start, tokens = time.perf_counter(), 0
+        for batch in iterator.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=4):
+            tokens += int((batch["valid"] > 0).sum())
+        out.append((tokens, time.perf_counter() - start))
+    return out
 
 
-def plain_pytorch(url: str, ids: list[str], model_name: str, window: int, batch: int, steps: int) -> float:
-    """The same model, loss and windows in one process with torch.optim.AdamW: tokens/s."""
+# ------------------------------------------------------------------------------ training throughput
+
+
+def plain_pytorch(url: str, ids: list[str], views: ViewConfig, model_config: AutoencoderConfig, batch: int,
+                  steps: int) -> tuple[float, float]:
+    """The same model, loss, optimizer and windows in one process: (steady tokens/s, first step's seconds)."""
     torch.manual_seed(0)
-    views = ViewConfig(window=window)
-    collection = Collection(url)
-    token_size = collection.records()[0].token_size
-    model = WeightAutoencoder(config_named(model_name, window=window, token_size=token_size))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    windows = [b for b in window_dataset(url, ids, views, train=True).iter_torch_batches(batch_size=batch, drop_last=True)]
-    start, tokens, done = time.perf_counter(), 0, 0
-    while done < steps:
-        for b in windows:
-            mask = torch.arange(token_size) < b["valid"].unsqueeze(-1)
-            _, r1, p1 = model(b["view1"], b["positions"])
-            _, r2, p2 = model(b["view2"], b["positions"])
-            loss = geosane_loss((r1, r2), (p1, p2), b["tokens"], mask, LossConfig())["loss"]
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
+    model = WeightAutoencoder(model_config)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=steps)
+    dataset = window_dataset(url, ids, views, train=True)
+    windows = list(dataset.iter_torch_batches(batch_size=batch, drop_last=True))
+    loss_config = LossConfig()
+    tokens, began, first = 0, time.perf_counter(), 0.0
+    for done in range(steps):
+        b = windows[done % len(windows)]
+        loss = autoencoder_losses(model, b, loss_config, bf16=False)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        if done == 0:
+            first, began = time.perf_counter() - began, time.perf_counter()
+        else:
             tokens += int(b["valid"].gt(0).sum())
-            done += 1
-            if done >= steps:
-                break
-    return tokens / (time.perf_counter() - start)
+    return tokens / (time.perf_counter() - began), first
+
+
+def throughput(args: argparse.Namespace, url: str) -> dict:
+    collection = Collection(url)
+    split = split_models([r.id for r in collection.records()], 0.25, 0)
+    model_config = config_named(args.model, window=args.window, token_size=collection.records()[0].token_size)
+    views = ViewConfig(window=args.window)
+    # the windows per model that training uses for this run (see geosane.train.run_training)
+    views = replace(views, windows_per_model=windows_per_model_for(
+        url, split.train, views, min(args.steps, STEPS_PER_PASS) * 2 * args.batch))
+
+    results: dict = {}
+    tokens, seconds = pyarrow_windows(collection, split.train, views)
+    results["pyarrow_tokens_per_s"] = round(tokens / seconds)
+    (first_tokens, first_seconds), (tokens, seconds) = ray_data_passes(url, split.train, views)
+    results["ray_data_first_pass_tokens_per_s"] = round(first_tokens / first_seconds)
+    results["ray_data_tokens_per_s"] = round(tokens / seconds)
+    results["ray_data_over_pyarrow"] = round(results["ray_data_tokens_per_s"] / results["pyarrow_tokens_per_s"], 3)
+
+    torch.set_num_threads(2)  # the plain loop gets both cores, as the two workers do together
+    plain, plain_first = plain_pytorch(url, split.train, views, model_config, 2 * args.batch, args.steps)
+    results["plain_pytorch_tokens_per_s"] = round(plain)
+    results["plain_pytorch_first_step_seconds"] = round(plain_first, 2)
+    for stage in (0, 2):
+        with tempfile.TemporaryDirectory() as runs:
+            config = TrainConfig(collection=url, storage=runs, name=f"bench-zero{stage}", model=args.model,
+                                 window=args.window, workers=2, zero_stage=stage, steps=args.steps,
+                                 batch_size=args.batch, checkpoint_every=args.steps, eval_every=args.steps,
+                                 val_fraction=0.25, max_failures=0)
+            began = time.perf_counter()
+            metrics = run_training(config, progress=False).metrics
+        results[f"zero{stage}"] = {
+            "tokens_per_s": round(metrics["tokens_per_s"]),
+            "overhead_plain_over_ray": round(plain / metrics["tokens_per_s"], 3),
+            "data_wait_fraction": round(metrics["data_wait_fraction"], 3),
+            "startup_seconds": round(metrics["startup_seconds"], 1),
+            "fit_seconds": round(time.perf_counter() - began, 1),
+        }
+    return results
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+#: Sizes from tiny to the published one; geosane-N are the geosane width with N encoder and N decoder blocks.
+LADDER = {
+    "tiny": config_named("tiny"),
+    "base": config_named("base"),
+    **{f"geosane-{n}": replace(config_named("geosane"), encoder_blocks=n, decoder_blocks=n) for n in (4, 8, 12)},
+    "geosane": config_named("geosane"),
+}
+MEMORY_WINDOW = 16  # windows of 16 tokens, 1 per worker: activations stay small, model states dominate
+
+
+def model_sizes(config: AutoencoderConfig) -> tuple[int, int]:
+    """(parameters, parameters of the largest module) without allocating: DeepSpeed's estimators take these."""
+    with torch.device("meta"):
+        model = WeightAutoencoder(config)
+    return (sum(p.numel() for p in model.parameters()),
+            max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()))
+
+
+def estimate_bytes(stage: int, parameters: int, largest: int, workers: int, offload: bool) -> tuple[int, str]:
+    """Model-state bytes on this host, and where the figure comes from.
+
+    On a machine without GPUs a worker's "GPU memory" is host memory too, so DeepSpeed's device share (per worker)
+    and host share add up. The host share without offload is the model as each worker builds it before DeepSpeed
+    converts it (fp32, then bf16 copies and flat fp32 buffers): it is live beside the device share while the
+    engine starts, which is when a run on this machine peaks.
+    """
+    from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    if stage == 3:
+        host, device, _ = estimate_zero3_model_states_mem_needs(parameters, largest, workers, 1, cpu_offload=offload,
+                                                                 cpu_offload_params=False, zero_init=True)
+        return host + workers * device, "deepspeed estimate_zero3_model_states_mem_needs"
+    host, device = estimate_zero2_model_states_mem_needs(parameters, workers, 1, cpu_offload=offload)
+    if stage == 2:
+        return host + workers * device, "deepspeed estimate_zero2_model_states_mem_needs"
+    # DeepSpeed has no estimator for stages 0 and 1: its stage-2 count, with the fp32 master weights, gradients
+    # and Adam moments (16 bytes a parameter) whole on every worker at stage 0 (BF16_Optimizer) and the gradients
+    # (2 bytes) whole at stage 1
+    split = 16 * parameters // workers
+    extra = 16 * parameters - split if stage == 0 else 2 * parameters - 2 * parameters // workers
+    return host + workers * (device + extra), "DeepSpeed's stage-2 estimator plus what stages 0/1 do not split"
+
+
+def memory_probe_loop(loop_config: dict) -> None:
+    """On every worker: build the engine exactly as training does, run two steps on random tokens, report the
+    peak resident memory of every rank."""
+    import resource
+
+    import ray.train
+    import torch.distributed as dist
+
+    from geosane.train import build_engine
+
+    torch.set_num_threads(1)
+    config = TrainConfig(**loop_config["train"])
+    model_config = AutoencoderConfig(**loop_config["model"])
+    engine, _ = build_engine(config, model_config)
+    generator = torch.Generator().manual_seed(ray.train.get_context().get_world_rank())
+    losses = []
+    for _ in range(config.steps):
+        tokens = torch.randn(config.batch_size, model_config.window, model_config.token_size, generator=generator)
+        batch = {"tokens": tokens, "view1": tokens * 1.1, "view2": tokens * 0.9,
+                 "valid": torch.full(tokens.shape[:2], model_config.token_size),
+                 "positions": torch.randint(0, 1000, (*tokens.shape[:2], 3), generator=generator)}
+        loss = autoencoder_losses(engine, batch, LossConfig(), config.bf16)["loss"]
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss))
+    peaks = [None] * dist.get_world_size()
+    dist.all_gather_object(peaks, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # Ray Train keeps the metrics of reported checkpoints: rank 0 reports a small one
+    with tempfile.TemporaryDirectory() as folder:
+        rank0 = ray.train.get_context().get_world_rank() == 0
+        ray.train.report({"peak_rss_bytes": peaks, "losses": losses},
+                         checkpoint=ray.train.Checkpoint.from_directory(folder) if rank0 else None)
+
+
+def train_workers_rss() -> int:
+    return sum(p.info["memory_info"].rss for p in psutil.process_iter(["cmdline", "memory_info"])
+               if p.info["cmdline"] and "RayTrainWorker" in " ".join(p.info["cmdline"]))
+
+
+def probe(stage: int, name: str) -> dict:
+    """Two bf16 training steps of ``name`` under ``stage`` with 2 workers; the measured peaks."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    config = TrainConfig(collection="-", model=name, zero_stage=stage, bf16=True, batch_size=1, steps=2, workers=2)
+    model_config = replace(LADDER[name], window=MEMORY_WINDOW)
+    polled, done = [0], threading.Event()
+
+    def poll() -> None:  # the workers' summed resident memory, every 0.2 s
+        while not done.wait(0.2):
+            polled[0] = max(polled[0], train_workers_rss())
+
+    threading.Thread(target=poll, daemon=True).start()
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory() as runs:
+        trainer = TorchTrainer(
+            memory_probe_loop,
+            train_loop_config={"train": asdict(config), "model": model_config.to_dict()},
+            scaling_config=ray.train.ScalingConfig(num_workers=2),
+            run_config=ray.train.RunConfig(name=f"memory-{stage}-{name}", storage_path=runs,
+                                           failure_config=ray.train.FailureConfig(max_failures=0)),
+        )
+        try:
+            metrics = trainer.fit().metrics
+        except Exception as exc:  # noqa: BLE001  (recorded: a size that does not complete is a result)
+            done.set()
+            return {"completed": False, "error": str(exc)[-500:], "seconds": round(time.perf_counter() - began)}
+    done.set()
+    return {"completed": True, "peak_rss_gib_per_worker": [round(b / 2**30, 2) for b in metrics["peak_rss_bytes"]],
+            "peak_rss_gib_total": round(sum(metrics["peak_rss_bytes"]) / 2**30, 2),
+            "polled_peak_gib_total": round(polled[0] / 2**30, 2), "losses": [round(x, 4) for x in metrics["losses"]],
+            "seconds": round(time.perf_counter() - began)}
+
+
+def memory(args: argparse.Namespace) -> dict:
+    available = psutil.virtual_memory().available
+    baseline = probe(2, "tiny")  # the runtime itself (torch, DeepSpeed, Ray) in two workers
+    runtime = sum(baseline.get("peak_rss_gib_per_worker", [1.5, 1.5])) * 2**30
+    budget = args.memory_fraction * available
+    table, runs = [], {}
+    for stage in (0, 1, 2, 3):
+        for offload in ((False, True) if stage >= 2 else (False,)):
+            fitting = []
+            for name, config in LADDER.items():
+                parameters, largest = model_sizes(replace(config, window=MEMORY_WINDOW, token_size=230))
+                states, source = estimate_bytes(stage, parameters, largest, 2, offload)
+                fits = states + runtime <= budget
+                table.append({"stage": stage, "offload": offload, "model": name, "parameters": parameters,
+                              "estimate_gib": round(states / 2**30, 2),
+                              "estimate_with_runtime_gib": round((states + runtime) / 2**30, 2),
+                              "fits": fits, "source": source})
+                fitting += [name] if fits else []
+            if offload:  # estimated only: on a machine without GPUs offload moves states within the same memory
+                continue
+            # run the largest size the estimate admits; if it does not complete, the next smaller
+            for name in reversed(fitting):
+                print(f"stage {stage}: {name} ...", flush=True)
+                runs[f"zero{stage}"] = {"model": name, **probe(stage, name)}
+                print(f"  {json.dumps(runs[f'zero{stage}'])}", flush=True)
+                if runs[f"zero{stage}"]["completed"]:
+                    break
+    return {"available_gib": round(available / 2**30, 2), "budget_gib": round(budget / 2**30, 2),
+            "runtime_baseline": baseline, "estimates": table, "largest_completed": runs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", default=None, help="collection URL (default: 8 timm test models, built once)")
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8, help="windows per worker; the plain loop uses 2x")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    parser.add_argument("--memory", action="store_true", help="only the memory ladder (takes about 15 min)")
+    parser.add_argument("--memory-fraction", type=float, default=0.85,
+                        help="run sizes whose estimate plus the runtime stays under this share of available memory")
     args = parser.parse_args()
 
     import ray
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "geosane" / "torch_extensions"))
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # 2 workers + room for Ray Data
-    url = args.collection or str(Path(tempfile.gettempdir()) / "geosane-bench-collection")
-    build_collection(url)
-    collection = Collection(url)
-    ids = [r.id for r in collection.records()]
-    split = split_models(ids, 0.25, 0)
-    views = ViewConfig(window=args.window)
-
-    results: dict = {}
-    tokens, seconds = pyarrow_windows(collection, split.train, views)
-    results["pyarrow_tokens_per_s"] = round(tokens / seconds)
-    tokens, seconds = ray_data_windows(url, split.train, views)
-    results["ray_data_tokens_per_s"] = round(tokens / seconds)
-    results["ray_data_over_pyarrow"] = round(results["ray_data_tokens_per_s"] / results["pyarrow_tokens_per_s"], 3)
-
-    torch.set_num_threads(2)
-    results["plain_pytorch_tokens_per_s"] = round(plain_pytorch(url, split.train, args.model, args.window, 2 * args.batch, args.steps))
-    with tempfile.TemporaryDirectory() as runs:
-        config = TrainConfig(collection=url, storage=runs, name="bench", model=args.model, window=args.window,
-                             workers=2, zero_stage=2, steps=args.steps, batch_size=args.batch, checkpoint_every=args.steps,
-                             eval_every=args.steps, val_fraction=0.25, max_failures=0)
-        result = run_training(config, progress=False)
-    results["ray_deepspeed_tokens_per_s"] = round(result.metrics["tokens_per_s"])
-    results["overhead_plain_over_ray"] = round(results["plain_pytorch_tokens_per_s"] / results["ray_deepspeed_tokens_per_s"], 3)
+    if args.memory:
+        results, out = memory(args), RESULTS / "train-memory.json"
+    else:
+        url = args.collection or str(Path(tempfile.gettempdir()) / "geosane-bench-collection")
+        build_collection(url)
+        results, out = throughput(args, url), RESULTS / "train.json"
     ray.shutdown()
 
-    for key, value in results.items():
-        print(f"{key}: {value}")
-    out = {
-        "benchmark": "train",
-        "config": vars(args) | {"workers": 2, "zero_stage": 2, "global_batch": 2 * args.batch},
+    print(json.dumps(results, indent=1))
+    record = {
+        "benchmark": out.stem,
+        "config": vars(args) | {"workers": 2, "global_batch": 2 * args.batch},
         "results": results,
-        "notes": "tokens/s counts real tokens of training windows; the Ray figure comes from the loop's own "
-                 "tokens_per_s metric (both workers' tokens, time since the loop started, data wait included).",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "notes": "tokens/s counts real tokens of training windows. The Ray figures are the loop's own steady-state "
+                 "tokens_per_s (both workers' tokens from the end of the first step to the last, data wait, "
+                 "reports and pass restarts included); start-up is reported apart.",
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
         "versions": software_versions() | {"ray": ray.__version__},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"saved {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"saved {out}")
 
 
 if __name__ == "__main__":

@@ -9,15 +9,12 @@ shard of the training windows. Validation holds out whole *models*, never window
 from __future__ import annotations
 
 import hashlib
-import itertools
 from dataclasses import dataclass
-
-import numpy as np
 
 from geosane import storage
 from geosane.collection import Collection
 from geosane.errors import GeoSANEError
-from geosane.views import ViewConfig, cut_windows, make_views, window_starts
+from geosane.views import ViewConfig, block_windows, hidden_units, windows_per_pass
 
 COLUMNS = ["index", "layer", "within", "valid", "tokens"]
 
@@ -53,41 +50,40 @@ def shard_paths(collection: Collection, ids: list[str]) -> list[str]:
     return [storage.filesystem(storage.join(collection.url, records[i].shard))[1] for i in ids]
 
 
-PASSES = itertools.count()  # per worker process: a fresh draw of windows on every pass over the data
-
-
-def block_windows(block: dict[str, np.ndarray], views: ViewConfig, train: bool, seed: int) -> dict[str, np.ndarray]:
-    """``map_batches`` function over whole blocks: cut windows from each model's rows in the block.
-
-    Shards are written in token order and a read block holds contiguous rows of its files, so windows are cut
-    without an all-to-all group-by; only windows that would straddle two blocks of one large file are lost.
-    """
-    out: dict[str, list[np.ndarray]] = {}
-    for path in np.unique(block["path"]):
-        rows = block["path"] == path
-        order = np.argsort(block["index"][rows])
-        raw = block["tokens"][rows]
-        tokens = (np.stack(raw) if raw.dtype == object else raw)[order]
-        positions = np.stack([block[c][rows][order] for c in ("index", "layer", "within")], axis=1)
-        valid = block["valid"][rows][order]
-        # seeded by the run's seed, the rows and the pass: the same scheduling draws the same windows
-        rng = np.random.default_rng([seed, int(positions[0, 0]), len(tokens), next(PASSES)])
-        windows = cut_windows(tokens, positions, valid, window_starts(len(tokens), views, rng if train else None),
-                              views.window)
-        windows = make_views(windows, views, rng) if train else {**windows, "view1": windows["tokens"],
-                                                                  "view2": windows["tokens"]}
-        for key, value in windows.items():
-            out.setdefault(key, []).append(value)
-    return {key: np.concatenate(values) for key, values in out.items()}
-
-
 def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, train: bool, seed: int = 0):
-    """A Ray Dataset of windows of the models ``ids``: tokens, positions, valid, view1, view2."""
+    """A Ray Dataset of windows of the models ``ids``: tokens, positions, valid, view1, view2.
+
+    One pass draws ``views.windows_per_model`` random windows per window-length of every model (training) or
+    tiles every model once (validation); iterating the dataset again draws a fresh pass. With
+    ``views.permute_hidden_units`` each training pass permutes the hidden units of every model's permutable MLPs.
+    """
     import ray.data
 
     collection = Collection(collection_url)
     paths = shard_paths(collection, ids)
-    dataset = ray.data.read_parquet(paths, filesystem=pyarrow_filesystem(collection_url), include_paths=True)
+    # The classic parquet reader reads footers once on the driver; the V2 reader starts 32 footer-reading actors
+    # for every pass, which on a laptop costs more than the pass itself.
+    ray.data.DataContext.get_current().use_datasource_v2 = False
+    # one block per shard (Ray would split small files to reach its default parallelism): a block holds a
+    # whole model unless the model is larger than a block (128 MB)
+    dataset = ray.data.read_parquet(paths, filesystem=pyarrow_filesystem(collection_url), include_paths=True,
+                                    override_num_blocks=len(paths))
+    hidden = None
+    if train and views.permute_hidden_units:  # each shard's permutable MLPs, from the layouts
+        records = [collection.record(i) for i in ids]
+        hidden = {r.shard.rsplit("/", 1)[-1]: (r.mode, hidden_units(collection.layout(r))) for r in records}
     return dataset.select_columns([*COLUMNS, "path"]).map_batches(
-        block_windows, batch_size=None, batch_format="numpy", fn_kwargs={"views": views, "train": train, "seed": seed}
+        block_windows, batch_size=None, batch_format="numpy",
+        fn_kwargs={"views": views, "train": train, "seed": seed, "hidden": hidden},
     )
+
+
+def windows_per_model_for(collection_url: str, ids: list[str], views: ViewConfig, min_windows: int) -> float:
+    """The ``windows_per_model`` that makes one pass over the models ``ids`` at least ``min_windows`` long.
+
+    Each pass restarts Ray Data's streaming execution (about half a second); small collections draw more windows
+    per pass instead of restarting every few steps. Large collections keep one window per window-length.
+    """
+    records = {r.id: r for r in Collection(collection_url).records()}
+    per_pass = sum(windows_per_pass(records[i].num_tokens, views) for i in ids) / views.windows_per_model
+    return max(views.windows_per_model, min_windows / per_pass)

@@ -69,12 +69,28 @@ class PositionEmbedding(nn.Module):
         return sum(sinusoidal(positions[..., i], self.dim) for i in range(positions.shape[-1]))
 
 
-def transformer(config: AutoencoderConfig, blocks: int) -> nn.TransformerEncoder:
-    layer = nn.TransformerEncoderLayer(
-        config.d_model, config.heads, dim_feedforward=4 * config.d_model, dropout=config.dropout,
-        activation="gelu", batch_first=True, norm_first=True,
-    )
-    return nn.TransformerEncoder(layer, blocks, norm=nn.LayerNorm(config.d_model), enable_nested_tensor=False)
+class Transformer(nn.Module):
+    """Pre-LayerNorm transformer blocks (non-causal attention, 4x GELU MLP) and a final LayerNorm.
+
+    Each block is built on its own, not deep-copied as ``nn.TransformerEncoder`` does: copies start from equal
+    weights, and under DeepSpeed's ``zero.Init`` a copy of a partitioned parameter is empty.
+    """
+
+    def __init__(self, config: AutoencoderConfig, blocks: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                config.d_model, config.heads, dim_feedforward=4 * config.d_model, dropout=config.dropout,
+                activation="gelu", batch_first=True, norm_first=True,
+            )
+            for _ in range(blocks)
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.norm(hidden)
 
 
 class WeightAutoencoder(nn.Module):
@@ -83,10 +99,10 @@ class WeightAutoencoder(nn.Module):
         self.config = config
         self.positions = PositionEmbedding(config.d_model)
         self.token_in = nn.Linear(config.token_size, config.d_model)
-        self.encoder = transformer(config, config.encoder_blocks)
+        self.encoder = Transformer(config, config.encoder_blocks)
         self.to_latent = nn.Linear(config.d_model, config.latent_dim)
         self.latent_in = nn.Linear(config.latent_dim, config.d_model)
-        self.decoder = transformer(config, config.decoder_blocks)
+        self.decoder = Transformer(config, config.decoder_blocks)
         self.token_out = nn.Linear(config.d_model, config.token_size)
         self.projection = nn.Sequential(
             nn.Linear(config.window * config.latent_dim, 4 * config.projection_dim),

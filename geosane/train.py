@@ -17,7 +17,7 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,9 @@ from geosane.errors import GeoSANEError
 
 log = logging.getLogger(__name__)
 TAG = "state"  # DeepSpeed's checkpoint tag inside every reported checkpoint
+PREFETCH_BATCHES = 4  # batches Ray Data prepares ahead of the step that needs them
+STEPS_PER_PASS = 50  # a pass over the training models holds at least this many steps (each pass restarts Ray Data)
+SHUFFLE_BATCHES = 8  # each worker shuffles its windows in a buffer of this many batches (blocks are one model each)
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TrainConfig:
     val_fraction: float = 0.2
     noise: float = 0.1
     erase_probability: float = 0.0
+    permute_hidden_units: bool = False  # each pass sees models with their MLP hidden units permuted (same function)
     gamma: float = 0.05
     temperature: float = 0.1
     max_failures: int = 1
@@ -91,6 +95,8 @@ def autoencoder_config(config: TrainConfig, token_size: int):
 
 def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": config.zero_stage}
+    if config.use_gpu:  # reduce gradients on a side CUDA stream while the backward pass goes on
+        zero.update(overlap_comm=True, contiguous_gradients=True)
     if config.offload:
         zero["offload_optimizer"] = {"device": "cpu"}
     return {
@@ -164,31 +170,92 @@ def sha256_file(path: Path) -> str:
 # ------------------------------------------------------------------------------ the worker loop
 
 
+def build_engine(config: TrainConfig, model_config):
+    """The autoencoder inside a DeepSpeed engine with AdamW and OneCycle; call on every rank."""
+    import deepspeed
+    import torch
+
+    from geosane.model import WeightAutoencoder
+
+    torch.manual_seed(config.seed)
+    # under ZeRO-3 each rank builds only its partition of the parameters: the full model never sits in one process
+    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(config), enabled=config.zero_stage == 3):
+        model = WeightAutoencoder(model_config)
+    fused = config.use_gpu and not config.offload  # one CUDA kernel for the whole update
+    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=fused)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps)
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config)
+    )
+    return engine, schedule
+
+
+def autoencoder_losses(engine, batch: dict, loss_config, bf16: bool) -> dict:
+    """Both views through the autoencoder in the batch's standardized units (the units of the loss)."""
+    import torch
+
+    from geosane.losses import batch_statistics, geosane_loss
+    from geosane.tokenize import prefix_mask
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    mask = prefix_mask(batch["valid"], batch["tokens"].shape[-1])
+    mean, std = batch_statistics(batch["tokens"], mask)
+    outputs = [engine(((batch[v] - mean) / std * mask).to(dtype), batch["positions"]) for v in ("view1", "view2")]
+    reconstructions = tuple(o[1].float() * std + mean for o in outputs)
+    projections = tuple(o[2] for o in outputs)
+    return geosane_loss(reconstructions, projections, batch["tokens"], mask, loss_config)
+
+
+class StepMeter:
+    """Wall time, data wait and tokens of each step. Throughput counts from the end of the first step, so the
+    start-up (the data pipeline's first batch, allocation) is reported apart from the steady state."""
+
+    def __init__(self) -> None:
+        self.began = self.step_began = self.waiting_since = time.perf_counter()
+        self.tokens, self.wait = 0, 0.0  # this step's
+        self.startup: float | None = None
+        self.steady_began, self.steady_tokens, self.steady_wait = 0.0, 0, 0.0
+
+    def fetching(self) -> None:
+        self.waiting_since = time.perf_counter()
+
+    def next_step(self) -> None:
+        """After evaluation, logging and checkpoints: the next step's clock starts now."""
+        self.step_began = self.waiting_since = time.perf_counter()
+
+    def fetched(self) -> None:
+        self.wait += time.perf_counter() - self.waiting_since
+
+    def step_done(self) -> dict[str, float]:
+        now = time.perf_counter()
+        step = {"step_seconds": now - self.step_began, "step_data_wait_seconds": self.wait}
+        if self.startup is None:  # the first step: start-up
+            self.startup, self.steady_began = now - self.began, now
+        else:
+            self.steady_tokens += self.tokens
+            self.steady_wait += self.wait
+        steady = now - self.steady_began
+        self.tokens, self.wait = 0, 0.0
+        return {**step, "startup_seconds": self.startup, "tokens_per_s": self.steady_tokens / steady if steady else 0.0,
+                "data_wait_fraction": self.steady_wait / steady if steady else 0.0}
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker."""
-    import deepspeed
     import ray.train
     import torch
     from deepspeed.utils import safe_get_full_fp32_param
     from torch.utils.tensorboard import SummaryWriter
 
-    from geosane.losses import LossConfig, batch_statistics, geosane_loss
-    from geosane.model import AutoencoderConfig, WeightAutoencoder
-    from geosane.tokenize import prefix_mask
+    from geosane.losses import LossConfig
+    from geosane.model import AutoencoderConfig
 
     config = TrainConfig(**loop_config["train"])
     model_config = loop_config["model"]
     torch.set_num_threads(1)  # one core per worker; more only oversubscribes the machine
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(config.seed)
-    model = WeightAutoencoder(AutoencoderConfig(**model_config))
-    optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps)
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config)
-    )
-    dtype = torch.bfloat16 if config.bf16 else torch.float32
+    engine, schedule = build_engine(config, AutoencoderConfig(**model_config))
     device = engine.device
     loss_config = LossConfig(config.gamma, config.temperature)
 
@@ -212,14 +279,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         return {k: v.to(device) for k, v in batch.items()}
 
     def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Both views through the autoencoder in the batch's standardized units (the units of the loss)."""
-        positions = batch["positions"]
-        mask = prefix_mask(batch["valid"], batch["tokens"].shape[-1])
-        mean, std = batch_statistics(batch["tokens"], mask)
-        outputs = [engine(((batch[v] - mean) / std * mask).to(dtype), positions) for v in ("view1", "view2")]
-        reconstructions = tuple(o[1].float() * std + mean for o in outputs)
-        projections = tuple(o[2] for o in outputs)
-        return geosane_loss(reconstructions, projections, batch["tokens"], mask, loss_config)
+        return autoencoder_losses(engine, batch, loss_config, config.bf16)
 
     @torch.no_grad()
     def validate() -> float:
@@ -234,20 +294,22 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     if val_start is None:
         val_start = validate()  # the held-out models before any training: the yardstick for progress
-    began, tokens_seen = time.perf_counter(), 0
     metrics: dict[str, Any] = {"step": step, "val_reconstruction_start": val_start}
-    waited = 0.0
+    meter = StepMeter()
     while step < config.steps:
-        fetched = time.perf_counter()
-        for batch in train_shard.iter_torch_batches(batch_size=config.batch_size, drop_last=True):
-            waited += time.perf_counter() - fetched
+        meter.fetching()
+        for batch in train_shard.iter_torch_batches(
+            batch_size=config.batch_size, drop_last=True, prefetch_batches=PREFETCH_BATCHES,
+            local_shuffle_buffer_size=SHUFFLE_BATCHES * config.batch_size, local_shuffle_seed=config.seed + rank,
+        ):
+            meter.fetched()
             batch = to_device(batch)
             losses = forward(batch)
             engine.backward(losses["loss"])
             engine.step()
-            tokens_seen += int(batch["valid"].gt(0).sum()) * world
+            meter.tokens += int(batch["valid"].gt(0).sum()) * world
             if not engine.is_gradient_accumulation_boundary() and config.grad_accum > 1:
-                fetched = time.perf_counter()
+                meter.fetching()
                 continue
             step += 1
             metrics = {
@@ -257,37 +319,42 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 "contrastive": float(losses["contrastive"]),
                 "lr": schedule.get_last_lr()[0],
                 "grad_norm": float(engine.get_global_grad_norm() or 0.0),
-                "tokens_per_s": tokens_seen / (time.perf_counter() - began),
-                "data_wait_fraction": waited / (time.perf_counter() - began),
+                **meter.step_done(),
                 "val_reconstruction_start": val_start,
             }
-            if step % config.eval_every == 0 or step == config.steps:
+            evaluate = step % config.eval_every == 0 or step == config.steps
+            if evaluate:
                 metrics["val_reconstruction"] = validate()
             if writer:
                 for key, value in metrics.items():
                     if key != "step":
                         writer.add_scalar(key, value, step)
+            # Ray Train's report is a barrier that waits for the controller's poll (every 2 s): report only when
+            # evaluating or checkpointing, while TensorBoard gets every step
             if step % config.checkpoint_every == 0 or step == config.steps:
                 if writer:
                     writer.flush()
                     upload(tensorboard, storage.join(run, "tensorboard"))
                 save_and_report(engine, config, metrics, rank)
-            else:
+            elif evaluate:
                 ray.train.report(metrics)
             if step >= config.steps:
                 break
-            fetched = time.perf_counter()
+            meter.next_step()
 
     if metrics.keys() == {"step", "val_reconstruction_start"}:  # resumed a finished run: report where it stands
         ray.train.report({**metrics, "val_reconstruction": validate()})
 
-    # the consolidated fp32 model for generation: gather every full parameter on all ranks, rank 0 writes it
-    full = {name: safe_get_full_fp32_param(p) for name, p in engine.module.named_parameters()}
+    # the consolidated fp32 model for generation: each full parameter is gathered by all ranks (a collective
+    # under ZeRO) one at a time, and only rank 0 keeps them
+    state = {}
+    for name, parameter in engine.module.named_parameters():
+        full = safe_get_full_fp32_param(parameter)
+        if rank == 0:
+            state[name] = (full if full is not None else parameter).detach().float().cpu().contiguous()
     if rank == 0:
         from safetensors.torch import save
 
-        parameters = dict(engine.module.named_parameters())
-        state = {n: (full[n] if full[n] is not None else parameters[n]).detach().float().cpu().contiguous() for n in full}
         storage.write_bytes(storage.join(run, "final", "model.safetensors"), save(state))
         storage.write_bytes(storage.join(run, "final", "config.json"), json.dumps(
             {"autoencoder": model_config, "train": asdict(config), "step": step, "metrics": metrics}, indent=1).encode())
@@ -320,7 +387,7 @@ def run_training(config: TrainConfig, progress: bool = True):
     from ray.train.torch import TorchTrainer
 
     from geosane.collection import Collection
-    from geosane.data import split_models, window_dataset
+    from geosane.data import split_models, window_dataset, windows_per_model_for
     from geosane.views import ViewConfig
 
     config.validate()
@@ -329,7 +396,11 @@ def run_training(config: TrainConfig, progress: bool = True):
     token_size = records[0].token_size
     model_config = autoencoder_config(config, token_size)
     split = split_models([r.id for r in records], config.val_fraction, config.seed)
-    views = ViewConfig(window=model_config.window, noise=config.noise, erase_probability=config.erase_probability)
+    views = ViewConfig(window=model_config.window, noise=config.noise, erase_probability=config.erase_probability,
+                       permute_hidden_units=config.permute_hidden_units)
+    global_batch = config.batch_size * config.workers * config.grad_accum
+    views = replace(views, windows_per_model=windows_per_model_for(
+        config.collection, split.train, views, min(config.steps, STEPS_PER_PASS) * global_batch))
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit): use what it has
             ray.init(include_dashboard=False)

@@ -2,12 +2,19 @@
 
 A window is ``W`` consecutive tokens (padded with empty tokens when a model is shorter). Two views of the same
 window differ by multiplicative noise ``w * (1 + sigma * eps)`` on real values and optional random erasing of
-whole tokens; the reconstruction target is always the clean window.
+whole tokens; the reconstruction target is always the clean window. Optionally each pass first permutes the hidden
+units of a model's MLPs, where the layout shows that a permutation computes the same function: the windows then
+come from a functionally equal twin of the model.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+import re
+import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +24,13 @@ class ViewConfig:
     window: int = 32
     noise: float = 0.1
     erase_probability: float = 0.0  # chance that a token of a view is zeroed
-    windows_per_model: float = 1.0  # random windows per model per epoch, relative to its length / window
+    windows_per_model: float = 1.0  # random windows per model per pass, relative to its length / window
+    permute_hidden_units: bool = False  # training passes see models with their MLP hidden units permuted
+
+
+def windows_per_pass(num_tokens: int, config: ViewConfig) -> int:
+    """Random training windows drawn from a model of ``num_tokens`` tokens in one pass over the data."""
+    return max(1, int(round(config.windows_per_model * num_tokens / config.window)))
 
 
 def window_starts(num_tokens: int, config: ViewConfig, rng: np.random.Generator | None) -> np.ndarray:
@@ -25,8 +38,7 @@ def window_starts(num_tokens: int, config: ViewConfig, rng: np.random.Generator 
     span = max(0, num_tokens - config.window)
     if rng is None:  # tile from the start; the last window ends at the last token
         return np.unique(np.arange(0, num_tokens, config.window).clip(max=span))
-    count = max(1, int(round(config.windows_per_model * num_tokens / config.window)))
-    return rng.integers(0, span + 1, size=count)
+    return rng.integers(0, span + 1, size=windows_per_pass(num_tokens, config))
 
 
 def cut_windows(
@@ -60,3 +72,117 @@ def make_views(batch: dict[str, np.ndarray], config: ViewConfig, rng: np.random.
             view = np.where(erased[..., None], 0, view)
         out[name] = np.where(mask, view, 0).astype(np.float32)
     return out
+
+
+# ------------------------------------------------------------------------------ hidden-unit permutation
+
+MLP_INPUT = re.compile(r"^(?P<prefix>.+)\.fc1\.weight$")
+Span = tuple[int, int, int, int]  # a tokenized layer: first token, token count, rows, values per row
+
+
+@dataclass(frozen=True)
+class HiddenUnits:
+    """``size`` hidden units of an MLP. Permuting the rows of the ``rows`` layers (the first layer, with its bias
+    column, and a norm over the units) and the same input channels of ``reader`` (``kernel`` values each) gives a
+    model that computes the same function."""
+
+    size: int
+    rows: tuple[Span, ...]
+    reader: Span
+    kernel: int
+
+
+def hidden_units(layout: Any) -> list[HiddenUnits]:
+    """The MLPs of a layout whose hidden units can be permuted without changing what the model computes.
+
+    Only two-layer MLPs ``<p>.fc1 -> activation [-> <p>.norm] -> <p>.fc2`` (timm's ``Mlp``, squeeze-excite modules)
+    with agreeing shapes, and only when nothing else is stored under ``<p>.``: a gated MLP (``fc1`` twice as wide)
+    or BatchNorm statistics over the units leave the MLP out rather than risk a different function.
+    """
+    layers = {layer.name: layer for layer in layout.layers}
+    groups = []
+    for name, first in layers.items():
+        match = MLP_INPUT.match(name)
+        second = layers.get(f"{match['prefix']}.fc2.weight") if match else None
+        if second is None or len(second.shape) < 2 or second.shape[1] != first.shape[0]:
+            continue
+        prefix, size = match["prefix"] + ".", first.shape[0]
+        known = {f"{prefix}{part}.{kind}" for part in ("fc1", "fc2", "norm") for kind in ("weight", "bias")}
+        if any(key.startswith(prefix) and key not in known for key in layout.keys):
+            continue
+        norm = layers.get(f"{prefix}norm.weight")
+        if norm is not None and norm.shape != (size,):
+            continue
+        groups.append(HiddenUnits(
+            size=size,
+            rows=tuple((layer.start, layer.count, layer.rows, layer.cols) for layer in (first, norm) if layer),
+            reader=(second.start, second.count, second.rows, second.cols),
+            kernel=math.prod(second.shape[2:]),
+        ))
+    return groups
+
+
+def layer_values(tokens: np.ndarray, span: Span, mode: str) -> np.ndarray:
+    """A ``[rows, values per row]`` view of a layer inside a model's tokens (numpy twin of the tokenizer's)."""
+    start, count, rows, cols = span
+    block = tokens[start : start + count]
+    if mode == "dense":
+        return block.reshape(-1)[: rows * cols].reshape(rows, cols)
+    return block.reshape(rows, -1)[:, :cols]
+
+
+def permute_hidden_units(tokens: np.ndarray, groups: list[HiddenUnits], mode: str,
+                         rng: np.random.Generator) -> np.ndarray:
+    """A copy of a model's ``[N, T]`` tokens with every group's hidden units in a random order."""
+    out = tokens.copy()
+    for group in groups:
+        order = rng.permutation(group.size)
+        for span in group.rows:
+            values = layer_values(out, span, mode)
+            values[:] = values[order]
+        values = layer_values(out, group.reader, mode)
+        width = group.size * group.kernel  # the reader's bias column, if any, stays where it is
+        channels = values[:, :width].reshape(len(values), group.size, group.kernel)
+        values[:, :width] = channels[:, order].reshape(len(values), width)
+    return out
+
+
+# ------------------------------------------------------------------------------ Ray Data
+
+PASSES = itertools.count()  # per Ray Data task worker: a fresh draw of windows for every block it handles
+
+
+def block_windows(block: dict[str, np.ndarray], views: ViewConfig, train: bool, seed: int,
+                  hidden: dict[str, tuple[str, list[HiddenUnits]]] | None = None) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function over whole blocks of shard rows: the windows of each model in the block.
+
+    Shards are written in token order and a read block holds contiguous rows of its files, so windows are cut
+    without an all-to-all group-by; only windows that would straddle two blocks of one large file are lost.
+    Random draws are seeded by the run's ``seed``, the model, the block's first token and how many blocks this
+    worker process has cut before: the same schedule draws the same windows, another schedule (more workers,
+    a restarted task worker) draws others. Lives here, beside numpy only, so that Ray Data's task workers never
+    import torch. ``hidden`` maps a shard's file name to its tokenizer mode and permutable MLPs.
+    """
+    out: dict[str, list[np.ndarray]] = {}
+    for path in np.unique(block["path"]):
+        rows = block["path"] == path
+        order = np.argsort(block["index"][rows])
+        raw = block["tokens"][rows]
+        tokens = (np.stack(raw) if raw.dtype == object else raw)[order]
+        positions = np.stack([block[c][rows][order] for c in ("index", "layer", "within")], axis=1)
+        valid = block["valid"][rows][order]
+        shard = str(path).rsplit("/", 1)[-1]  # the shard's name: the model's id
+        rng = np.random.default_rng([seed, zlib.crc32(shard.encode()), int(positions[0, 0]), len(tokens), next(PASSES)])
+        if train and views.permute_hidden_units and hidden and shard in hidden and positions[0, 0] == 0:
+            mode, groups = hidden[shard]
+            if all(start + count <= len(tokens) for g in groups for start, count, *_ in (*g.rows, g.reader)):
+                tokens = permute_hidden_units(tokens, groups, mode, rng)
+        windows = cut_windows(tokens, positions, valid, window_starts(len(tokens), views, rng if train else None),
+                              views.window)
+        if train:
+            windows = make_views(windows, views, rng)
+        else:
+            windows.update(view1=windows["tokens"], view2=windows["tokens"])
+        for key, value in windows.items():
+            out.setdefault(key, []).append(value)
+    return {key: np.concatenate(values) for key, values in out.items()}

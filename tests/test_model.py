@@ -42,3 +42,11 @@ def test_positions_matter_and_are_not_aliased() -> None:
 def test_unknown_size() -> None:
     with pytest.raises(GeoSANEError, match="unknown autoencoder size 'huge'"):
         config_named("huge")
+
+
+def test_blocks_start_from_their_own_weights() -> None:
+    # built one by one, not deep-copied: equal starting blocks would waste depth (and break under zero.Init)
+    model = WeightAutoencoder(config_named("tiny"))
+    first, second = model.encoder.layers[0], model.encoder.layers[1]
+    assert not torch.equal(first.linear1.weight, second.linear1.weight)
+    assert len(model.decoder.layers) == model.config.decoder_blocks

@@ -18,7 +18,7 @@ from geosane.collection import Collection
 from geosane.errors import GeoSANEError
 from geosane.model import AutoencoderConfig, WeightAutoencoder
 from geosane.tokenize import TokenizerConfig
-from geosane.train import TrainConfig, run_training
+from geosane.train import StepMeter, TrainConfig, run_training
 
 MODELS = [
     "timm:test_resnet?num_classes=10&seed=0",
@@ -109,7 +109,9 @@ def logged_steps(run: Path, tag: str) -> dict[int, float]:
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_trains_from_s3_under_zero(stage: int, s3_collection: str, tmp_path: Path) -> None:
-    result = run_training(config(s3_collection, tmp_path, f"zero{stage}", zero_stage=stage), progress=False)
+    # ZeRO-3 also permutes MLP hidden units (test_vit has them): the data path with layouts, end to end
+    settings = config(s3_collection, tmp_path, f"zero{stage}", zero_stage=stage, permute_hidden_units=stage == 3)
+    result = run_training(settings, progress=False)
     assert int(result.metrics["step"]) == 40
     start, end = result.metrics["val_reconstruction_start"], result.metrics["val_reconstruction"]
     assert end < 0.6 * start, f"held-out reconstruction went from {start} to {end}"
@@ -190,3 +192,20 @@ def test_corrupt_or_mismatched_checkpoint_is_refused(s3_collection: str, tmp_pat
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(GeoSANEError, match="is corrupt"):
         run_training(config(s3_collection, tmp_path, "fragile", steps=20), progress=False)
+
+
+def test_step_meter_keeps_start_up_apart_from_the_steady_state(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = iter([0.0, 0.0, 0.0, 9.0, 10.0, 10.5, 11.0])
+    monkeypatch.setattr("geosane.train.time.perf_counter", lambda: next(clock))
+    meter = StepMeter()  # t=0
+    meter.fetching(), meter.fetched()  # the first batch arrives at once (0 -> 0) ...
+    meter.tokens = 100
+    first = meter.step_done()  # ... but the step ends at t=9: start-up
+    meter.next_step()  # t=10, after a checkpoint
+    meter.fetched()  # waited 10 -> 10.5
+    meter.tokens = 200
+    second = meter.step_done()  # t=11
+    assert first["startup_seconds"] == 9.0 and first["tokens_per_s"] == 0.0
+    assert second["step_seconds"] == 1.0 and second["step_data_wait_seconds"] == 0.5
+    assert second["tokens_per_s"] == 200 / 2.0  # since the end of the first step, checkpoint time included
+    assert second["data_wait_fraction"] == 0.5 / 2.0 and second["startup_seconds"] == 9.0

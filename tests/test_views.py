@@ -1,8 +1,23 @@
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
 
-from geosane.views import ViewConfig, cut_windows, make_views, prefix_mask, window_starts
+import numpy as np
+import pytest
+import timm
+import torch
+
+from geosane.tokenize import TokenizerConfig, detokenize, tokenize
+from geosane.views import (
+    ViewConfig,
+    block_windows,
+    cut_windows,
+    hidden_units,
+    make_views,
+    permute_hidden_units,
+    prefix_mask,
+    window_starts,
+)
 
 
 def model_tokens(n: int = 10, size: int = 5):
@@ -44,3 +59,85 @@ def test_views_differ_but_keep_padding_empty() -> None:
     assert 0.5 < ratio.min() and ratio.max() < 1.5 and abs(ratio.mean() - 1) < 0.05
     erased = make_views(batch, ViewConfig(window=4, erase_probability=1.0), np.random.default_rng(0))
     assert not erased["view1"].any()
+
+
+# ------------------------------------------------------------------------------ hidden-unit permutation
+
+
+@pytest.mark.parametrize("mode", ["dense", "per-channel"])
+@pytest.mark.parametrize("arch", ["test_vit", "test_convnext", "test_resnet", "test_efficientnet"])
+def test_permuted_hidden_units_compute_the_same_function(arch: str, mode: str) -> None:
+    model = timm.create_model(arch, num_classes=10).eval()
+    tokens = tokenize(model.state_dict(), TokenizerConfig(token_size=64, mode=mode))
+    groups = hidden_units(tokens.layout)
+    permuted = permute_hidden_units(tokens.tokens.numpy(), groups, mode, np.random.default_rng(0))
+    twin = timm.create_model(arch, num_classes=10).eval()
+    twin.load_state_dict(detokenize(torch.from_numpy(permuted), tokens.layout, tokens.kept))
+    images = torch.randn(2, 3, *model.default_cfg["input_size"][1:], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(twin(images), model(images), atol=1e-5)
+    if arch in ("test_vit", "test_convnext"):  # their blocks' MLPs are timm's Mlp: fc1 -> GELU -> fc2
+        assert len(groups) >= 2 and not np.array_equal(permuted, tokens.tokens.numpy())
+    else:  # no fc1/fc2 pairs: left as they are
+        assert groups == [] and np.array_equal(permuted, tokens.tokens.numpy())
+
+
+def test_only_mlps_the_rule_knows_are_permuted() -> None:
+    state = {
+        "gated.fc1.weight": torch.randn(8, 3), "gated.fc2.weight": torch.randn(3, 4),  # fc1 twice as wide
+        "stats.fc1.weight": torch.randn(4, 3), "stats.fc2.weight": torch.randn(3, 4),
+        "stats.bn.running_mean": torch.zeros(4),  # something under the prefix the rule does not know
+        "plain.fc1.weight": torch.randn(4, 3), "plain.fc1.bias": torch.randn(4),
+        "plain.norm.weight": torch.ones(4), "plain.norm.bias": torch.zeros(4), "plain.fc2.weight": torch.randn(3, 4),
+    }
+    tokens = tokenize(state, TokenizerConfig(token_size=5))
+    groups = hidden_units(tokens.layout)
+    assert [g.size for g in groups] == [4] and len(groups[0].rows) == 2  # plain: fc1 (with bias) and norm
+    permuted = detokenize(torch.from_numpy(permute_hidden_units(tokens.tokens.numpy(), groups, "dense",
+                                                                np.random.default_rng(2))), tokens.layout, tokens.kept)
+    order = [int(torch.nonzero((state["plain.fc1.weight"] == row).all(1))[0]) for row in permuted["plain.fc1.weight"]]
+    assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
+    assert torch.equal(permuted["plain.fc1.bias"], state["plain.fc1.bias"][order])
+    assert torch.equal(permuted["plain.fc2.weight"], state["plain.fc2.weight"][:, order])
+    assert all(torch.equal(permuted[k], state[k]) for k in state if not k.startswith("plain."))
+
+
+def shard_block(models: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rows of several models' shards in one block, out of order, as Ray Data may hand them to block_windows."""
+    rows = [(path, i, t) for path, tokens in models.items() for i, t in enumerate(tokens)]
+    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
+    return {"path": np.array([r[0] for r in rows]), "index": np.array([r[1] for r in rows]),
+            "layer": np.zeros(len(rows), dtype=np.int64), "within": np.array([r[1] for r in rows]),
+            "valid": np.full(len(rows), rows[0][2].shape[0]), "tokens": np.stack([r[2] for r in rows])}
+
+
+def test_block_windows_are_cut_per_model_in_token_order() -> None:
+    models = {"s/a.parquet": np.arange(40 * 3, dtype=np.float32).reshape(40, 3),
+              "s/b.parquet": -np.arange(1, 25 * 3 + 1, dtype=np.float32).reshape(25, 3)}
+    views = ViewConfig(window=8, noise=0.0)
+    first = block_windows(shard_block(models), views, train=True, seed=0)
+    second = block_windows(shard_block(models), views, train=True, seed=0)
+    assert len(first["tokens"]) == round(40 / 8) + round(25 / 8)
+    for window, positions in zip(first["tokens"], first["positions"][:, :, 0]):
+        source = models["s/a.parquet"] if window[0, 0] >= 0 else models["s/b.parquet"]
+        assert np.array_equal(window, source[positions])  # consecutive tokens of one model, in order
+        assert np.array_equal(positions, np.arange(positions[0], positions[0] + 8))
+    assert not np.array_equal(first["positions"], second["positions"])  # every pass draws fresh windows
+    tiled = block_windows(shard_block(models), views, train=False, seed=0)
+    assert np.array_equal(tiled["view1"], tiled["tokens"]) and len(tiled["tokens"]) == 5 + 4
+
+
+def test_block_windows_come_from_the_permuted_twin() -> None:
+    model = timm.create_model("test_vit", num_classes=10)
+    tokens = tokenize(model.state_dict(), TokenizerConfig(token_size=64))
+    values = tokens.tokens.numpy()
+    block = shard_block({"s/m.parquet": values})
+    block["index"] = block["within"]
+    hidden = {"m.parquet": ("dense", hidden_units(tokens.layout))}
+    views = ViewConfig(window=len(values), noise=0.0)  # one window: the whole model
+    plain = block_windows(block, views, train=True, seed=0, hidden=hidden)
+    permuted = block_windows(block, replace(views, permute_hidden_units=True), train=True, seed=0, hidden=hidden)
+    assert np.array_equal(plain["tokens"][0], values)
+    assert not np.array_equal(permuted["tokens"][0], values)
+    assert np.array_equal(np.sort(permuted["tokens"][0], axis=None), np.sort(values, axis=None))  # same values
+    assert np.array_equal(permuted["valid"], plain["valid"])

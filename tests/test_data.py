@@ -1,0 +1,43 @@
+"""The Ray Data side of training: model-level splits and pass sizes (windows themselves: test_views.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from geosane import sources
+from geosane.collection import Collection
+from geosane.data import split_models, windows_per_model_for
+from geosane.errors import GeoSANEError
+from geosane.tokenize import TokenizerConfig
+from geosane.views import ViewConfig, windows_per_pass
+
+
+@pytest.fixture(scope="module")
+def collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
+    collection = Collection(str(tmp_path_factory.mktemp("collection")))
+    models = [f"timm:{arch}?num_classes=10" for arch in ("test_resnet", "test_vit", "test_efficientnet")]
+    collection.add((sources.load(m) for m in models), TokenizerConfig(token_size=64), progress=False)
+    return collection
+
+
+def test_held_out_models_are_whole_models_and_seeded() -> None:
+    ids = [f"m{i}" for i in range(10)]
+    split = split_models(ids, 0.2, seed=0)
+    assert len(split.val) == 2 and set(split.train) | set(split.val) == set(ids)
+    assert not set(split.train) & set(split.val)
+    assert split_models(ids, 0.2, seed=0) == split and split_models(ids, 0.2, seed=1) != split
+    with pytest.raises(GeoSANEError, match="at least 2 models"):
+        split_models(["only"], 0.2, seed=0)
+
+
+def test_small_collections_draw_longer_passes(collection: Collection) -> None:
+    ids = [r.id for r in collection.records()]
+    views = ViewConfig(window=16)
+    one_pass = sum(windows_per_pass(r.num_tokens, views) for r in collection.records())
+    assert windows_per_model_for(collection.url, ids, views, one_pass // 2) == 1.0  # already long enough
+    scale = windows_per_model_for(collection.url, ids, views, 10 * one_pass)
+    assert scale == pytest.approx(10, rel=0.01)
+    longer = ViewConfig(window=16, windows_per_model=scale)
+    assert sum(windows_per_pass(r.num_tokens, longer) for r in collection.records()) >= 10 * one_pass * 0.99
