@@ -254,6 +254,12 @@ def probe(stage: int, name: str) -> dict:
         while not done.wait(0.2):
             polled[0] = max(polled[0], train_workers_rss())
 
+    # a fresh Ray session per probe: after Ray's memory monitor kills a worker, the next trainer in the same
+    # session was seen to wait forever
+    import ray
+
+    ray.shutdown()
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     threading.Thread(target=poll, daemon=True).start()
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as runs:
@@ -276,7 +282,8 @@ def probe(stage: int, name: str) -> dict:
             "seconds": round(time.perf_counter() - began)}
 
 
-def memory(args: argparse.Namespace) -> dict:
+def memory(args: argparse.Namespace, save) -> dict:
+    """The ladder; ``save`` writes what is known so far after every probe (a killed run keeps its results)."""
     available = psutil.virtual_memory().available
     baseline = probe(2, "tiny")  # the runtime itself (torch, DeepSpeed, Ray) in two workers
     runtime = sum(baseline.get("peak_rss_gib_per_worker", [1.5, 1.5])) * 2**30
@@ -301,10 +308,12 @@ def memory(args: argparse.Namespace) -> dict:
                 print(f"stage {stage}: {name} ...", flush=True)
                 runs[f"zero{stage}"] = {"model": name, **probe(stage, name)}
                 print(f"  {json.dumps(runs[f'zero{stage}'])}", flush=True)
+                save({"available_gib": round(available / 2**30, 2), "runtime_baseline": baseline, "estimates": table,
+                      "largest_completed": runs, "finished": False})
                 if runs[f"zero{stage}"]["completed"]:
                     break
     return {"available_gib": round(available / 2**30, 2), "budget_gib": round(budget / 2**30, 2),
-            "runtime_baseline": baseline, "estimates": table, "largest_completed": runs}
+            "runtime_baseline": baseline, "estimates": table, "largest_completed": runs, "finished": True}
 
 
 def main() -> None:
@@ -322,30 +331,34 @@ def main() -> None:
     import ray
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "geosane" / "torch_extensions"))
+    out = RESULTS / ("train-memory.json" if args.memory else "train.json")
+
+    def save(results: dict) -> None:
+        record = {
+            "benchmark": out.stem,
+            "config": vars(args) | {"workers": 2, "global_batch": 2 * args.batch},
+            "results": results,
+            "notes": "tokens/s counts real tokens of training windows. The Ray figures are the loop's own "
+                     "steady-state tokens_per_s (both workers' tokens from the end of the first step to the last, "
+                     "data wait, reports and pass restarts included); start-up is reported apart.",
+            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
+            "versions": software_versions() | {"ray": ray.__version__},
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # 2 workers + room for Ray Data
     if args.memory:
-        results, out = memory(args), RESULTS / "train-memory.json"
+        results = memory(args, save)
     else:
         url = args.collection or str(Path(tempfile.gettempdir()) / "geosane-bench-collection")
         build_collection(url)
-        results, out = throughput(args, url), RESULTS / "train.json"
+        results = throughput(args, url)
     ray.shutdown()
-
     print(json.dumps(results, indent=1))
-    record = {
-        "benchmark": out.stem,
-        "config": vars(args) | {"workers": 2, "global_batch": 2 * args.batch},
-        "results": results,
-        "notes": "tokens/s counts real tokens of training windows. The Ray figures are the loop's own steady-state "
-                 "tokens_per_s (both workers' tokens from the end of the first step to the last, data wait, "
-                 "reports and pass restarts included); start-up is reported apart.",
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-        "versions": software_versions() | {"ray": ray.__version__},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=2) + "\n")
+    save(results)
     print(f"saved {out}")
 
 

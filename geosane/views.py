@@ -96,8 +96,9 @@ def hidden_units(layout: Any) -> list[HiddenUnits]:
     """The MLPs of a layout whose hidden units can be permuted without changing what the model computes.
 
     Only two-layer MLPs ``<p>.fc1 -> activation [-> <p>.norm] -> <p>.fc2`` (timm's ``Mlp``, squeeze-excite modules)
-    with agreeing shapes, and only when nothing else is stored under ``<p>.``: a gated MLP (``fc1`` twice as wide)
-    or BatchNorm statistics over the units leave the MLP out rather than risk a different function.
+    with agreeing shapes, and only when every tensor under ``<p>.`` is one of those tokenized layers or their
+    biases: a gated MLP (``fc1`` twice as wide) or BatchNorm statistics over the units leave the MLP out rather
+    than risk a different function.
     """
     layers = {layer.name: layer for layer in layout.layers}
     groups = []
@@ -107,11 +108,12 @@ def hidden_units(layout: Any) -> list[HiddenUnits]:
         if second is None or len(second.shape) < 2 or second.shape[1] != first.shape[0]:
             continue
         prefix, size = match["prefix"] + ".", first.shape[0]
-        known = {f"{prefix}{part}.{kind}" for part in ("fc1", "fc2", "norm") for kind in ("weight", "bias")}
-        if any(key.startswith(prefix) and key not in known for key in layout.keys):
-            continue
         norm = layers.get(f"{prefix}norm.weight")
         if norm is not None and norm.shape != (size,):
+            continue
+        # every tensor under the prefix must be one of these layers or their bias columns (tokens we permute)
+        covered = {n for layer in (first, second, norm) if layer for n in (layer.name, layer.bias)}
+        if any(key.startswith(prefix) and key not in covered for key in layout.keys):
             continue
         groups.append(HiddenUnits(
             size=size,
