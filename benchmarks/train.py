@@ -349,10 +349,10 @@ def main() -> None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # 2 workers + room for Ray Data
-    if args.memory:
+    if args.memory:  # each probe starts its own Ray session
         results = memory(args, save)
     else:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)  # 2 workers + room for Ray Data
         url = args.collection or str(Path(tempfile.gettempdir()) / "geosane-bench-collection")
         build_collection(url)
         results = throughput(args, url)

@@ -70,8 +70,9 @@ def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, train
                                     override_num_blocks=len(paths))
     hidden = None
     if train and views.permute_hidden_units:  # each shard's permutable MLPs, from the layouts
-        records = [collection.record(i) for i in ids]
-        hidden = {r.shard.rsplit("/", 1)[-1]: (r.mode, hidden_units(collection.layout(r))) for r in records}
+        records = {r.id: r for r in collection.records()}  # one manifest read, not one per model
+        hidden = {records[i].shard.rsplit("/", 1)[-1]: (records[i].mode, hidden_units(collection.layout(records[i])))
+                  for i in ids}
     return dataset.select_columns([*COLUMNS, "path"]).map_batches(
         block_windows, batch_size=None, batch_format="numpy",
         fn_kwargs={"views": views, "train": train, "seed": seed, "hidden": hidden},

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from geosane import sources
 from geosane.collection import Collection
-from geosane.data import split_models, windows_per_model_for
+from geosane.data import split_models, window_dataset, windows_per_model_for
 from geosane.errors import GeoSANEError
 from geosane.tokenize import TokenizerConfig
 from geosane.views import ViewConfig, windows_per_pass
@@ -41,3 +42,20 @@ def test_small_collections_draw_longer_passes(collection: Collection) -> None:
     assert scale == pytest.approx(10, rel=0.01)
     longer = ViewConfig(window=16, windows_per_model=scale)
     assert sum(windows_per_pass(r.num_tokens, longer) for r in collection.records()) >= 10 * one_pass * 0.99
+
+
+def test_ray_data_passes_permuted_twins(collection: Collection) -> None:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        vit = next(r for r in collection.records() if r.name == "test_vit")
+        views = ViewConfig(window=vit.num_tokens, noise=0.0)  # one window: the whole model
+        plain = window_dataset(collection.url, [vit.id], views, train=True).take_all()
+        twin = window_dataset(collection.url, [vit.id], replace(views, permute_hidden_units=True), train=True).take_all()
+    finally:
+        ray.shutdown()
+    original = collection.tokens(vit.id).tokens.numpy()
+    assert np.array_equal(plain[0]["tokens"], original)
+    assert not np.array_equal(twin[0]["tokens"], original)  # the layouts reached Ray Data's tasks
+    assert np.array_equal(np.sort(twin[0]["tokens"], axis=None), np.sort(original, axis=None))
