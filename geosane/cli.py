@@ -180,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--workers", type=int, default=None)
     train.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None)
     train.add_argument("--bf16", action="store_true", default=None)
-    train.add_argument("--offload", action="store_true", default=None, help="offload optimizer state to CPU")
+    train.add_argument("--offload", nargs="?", const="cpu", choices=["none", "cpu", "nvme"], default=None,
+                       help="optimizer states to CPU memory (--offload) or to files on a local disk (--offload nvme, "
+                            "ZeRO-3 only; needs libaio)")
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
     train.set_defaults(func=cmd_train)

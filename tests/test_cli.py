@@ -102,3 +102,11 @@ def test_collection_stats_prints_counts_and_writes_a_png(tmp_path: Path, shared:
     lines = result.stdout.splitlines()
     assert any(line.split()[:2] == ["galileo", "4"] for line in lines)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flags, offload", [([], None), (["--offload"], "cpu"), (["--offload", "nvme"], "nvme")])
+def test_train_offload_flag(flags: list[str], offload: str | None) -> None:
+    """`--offload` alone keeps its meaning (CPU); `--offload nvme` puts the optimizer states in files."""
+    from geosane.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--collection", "c", *flags]).offload == offload

@@ -107,9 +107,52 @@ def logged_steps(run: Path, tag: str) -> dict[int, float]:
     return {step: value for steps in logged_steps_per_file(run, tag) for step, value in steps.items()}
 
 
+@pytest.fixture(scope="module")
+def async_io() -> None:
+    """DeepSpeed's async_io op for offload "nvme", built here once (minutes) rather than inside a training run.
+    CI installs libaio and must run the test; elsewhere a machine without libaio skips it."""
+    import os
+
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("AsyncIOBuilder")
+    if not builder.is_compatible(verbose=False) and not os.environ.get("CI"):
+        pytest.skip("libaio is not installed (apt-get install libaio-dev)")
+    builder.load()
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_trains_from_s3_under_zero(stage: int, s3_collection: str, tmp_path: Path) -> None:
     result = run_training(config(s3_collection, tmp_path, f"zero{stage}", zero_stage=stage), progress=False)
+    check_trained(result, stage, s3_collection, tmp_path)
+
+
+def test_trains_with_optimizer_states_offloaded_to_disk(s3_collection: str, async_io: None, tmp_path: Path) -> None:
+    """ZeRO-Infinity: ZeRO-3 with the fp32 master weights and Adam moments in files, swapped in to step."""
+    settings = config(s3_collection, tmp_path, "zero3", zero_stage=3, offload="nvme", nvme_path=str(tmp_path / "nvme"))
+    swap_files: set[str] = set()
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = run_training(settings, progress=False)
+        except Exception as exc:  # noqa: BLE001  (re-raised below, in the test's thread)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=train)
+    thread.start()
+    while thread.is_alive():  # the optimizer's swap files exist while the run trains
+        swap_files |= {p.name for p in (tmp_path / "nvme").rglob("*.swp")}
+        time.sleep(0.2)
+    if "error" in outcome:
+        raise outcome["error"]
+    assert swap_files, "no optimizer state was written to the offload folder"
+    assert not (tmp_path / "nvme" / "zero3").exists(), "a finished run removes its swap files"
+    check_trained(outcome["result"], 3, s3_collection, tmp_path)
+
+
+def check_trained(result, stage: int, s3_collection: str, tmp_path: Path) -> None:
+    """40 steps, every one logged; the held-out models' reconstruction fell, and beats the mean token."""
     assert int(result.metrics["step"]) == 40
     start, end = result.metrics["val_reconstruction_start"], result.metrics["val_reconstruction"]
     assert end < 0.6 * start, f"held-out reconstruction went from {start} to {end}"
@@ -207,3 +250,50 @@ def test_step_meter_keeps_start_up_apart_from_the_steady_state(monkeypatch: pyte
     assert second["step_seconds"] == 1.0 and second["step_data_wait_seconds"] == 0.5
     assert second["tokens_per_s"] == 200 / 2.0  # since the end of the first step, checkpoint time included
     assert second["data_wait_fraction"] == 0.5 / 2.0 and second["startup_seconds"] == 9.0
+
+
+def test_offload_settings_reach_deepspeed_and_bad_ones_are_refused(tmp_path: Path) -> None:
+    from geosane.train import deepspeed_config
+
+    nvme = TrainConfig(collection="c", name="run", zero_stage=3, offload="nvme", nvme_path=str(tmp_path))
+    nvme.validate()
+    zero = deepspeed_config(nvme)["zero_optimization"]
+    assert zero["offload_optimizer"]["device"] == "nvme"
+    assert zero["offload_optimizer"]["nvme_path"] == str(tmp_path / "run"), "each run swaps in its own folder"
+    assert zero["sub_group_size"] < nvme.workers * 10**8, "states come into memory a small group at a time"
+    assert deepspeed_config(TrainConfig(collection="c", offload="cpu"))["zero_optimization"]["offload_optimizer"] == {
+        "device": "cpu"}
+    assert "offload_optimizer" not in deepspeed_config(TrainConfig(collection="c"))["zero_optimization"]
+    with pytest.raises(GeoSANEError, match="offload 'nvme' needs zero_stage 3, got 2"):
+        TrainConfig(collection="c", zero_stage=2, offload="nvme").validate()
+    with pytest.raises(GeoSANEError, match="offload must be one of .*got 'disk'"):
+        TrainConfig(collection="c", offload="disk").validate()
+
+
+MALLOC_PROBE = """
+import ctypes, sys
+libc = ctypes.CDLL("libc.so.6")
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+from geosane.train import return_large_blocks_to_the_os
+libc.free(ctypes.c_void_p(libc.malloc(16 << 20)))  # glibc now serves blocks under 16 MiB from its heap
+if sys.argv[1] == "on":
+    return_large_blocks_to_the_os()
+before = libc.mallinfo2().hblks
+libc.malloc(8 << 20)
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+@pytest.mark.parametrize("setting, mapped", [("off", 0), ("on", 1)])
+def test_large_blocks_get_their_own_mapping(setting: str, mapped: int) -> None:
+    """After a large free glibc keeps 8 MiB blocks in its heap, where freed memory stays with the process; with
+    the setting every block of 4 MiB or more is its own mmap, given back to the OS when freed."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, setting], capture_output=True, text=True, check=True)
+    assert int(out.stdout) == mapped
