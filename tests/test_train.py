@@ -124,7 +124,17 @@ def async_io() -> None:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_trains_from_s3_under_zero(stage: int, s3_collection: str, tmp_path: Path) -> None:
     result = run_training(config(s3_collection, tmp_path, f"zero{stage}", zero_stage=stage), progress=False)
-    check_trained(result, stage, s3_collection, tmp_path)
+    assert int(result.metrics["step"]) == 40
+    start, end = result.metrics["val_reconstruction_start"], result.metrics["val_reconstruction"]
+    assert end < 0.6 * start, f"held-out reconstruction went from {start} to {end}"
+    losses = logged_steps(tmp_path / f"zero{stage}", "loss")
+    assert sorted(losses) == list(range(1, 41))
+    assert sum(losses[s] for s in range(31, 41)) < sum(losses[s] for s in range(1, 11))
+    split = json.loads((tmp_path / f"zero{stage}" / "split.json").read_text())
+    assert split["val"] and not set(split["val"]) & set(split["train"]), "validation holds out whole models"
+    for model_id in split["val"]:
+        model_error, baseline_error = reconstruction_error(tmp_path / f"zero{stage}", s3_collection, model_id)
+        assert model_error < baseline_error
 
 
 OFFLOAD_PROBE = """
@@ -169,21 +179,6 @@ def test_optimizer_states_offloaded_to_disk(async_io: None, tmp_path: Path) -> N
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["swap_files"], "no optimizer state was written to the offload folder"
     assert result["losses"][-1] < 0.8 * result["losses"][0], result["losses"]
-
-
-def check_trained(result, stage: int, s3_collection: str, tmp_path: Path) -> None:
-    """40 steps, every one logged; the held-out models' reconstruction fell, and beats the mean token."""
-    assert int(result.metrics["step"]) == 40
-    start, end = result.metrics["val_reconstruction_start"], result.metrics["val_reconstruction"]
-    assert end < 0.6 * start, f"held-out reconstruction went from {start} to {end}"
-    losses = logged_steps(tmp_path / f"zero{stage}", "loss")
-    assert sorted(losses) == list(range(1, 41))
-    assert sum(losses[s] for s in range(31, 41)) < sum(losses[s] for s in range(1, 11))
-    split = json.loads((tmp_path / f"zero{stage}" / "split.json").read_text())
-    assert split["val"] and not set(split["val"]) & set(split["train"]), "validation holds out whole models"
-    for model_id in split["val"]:
-        model_error, baseline_error = reconstruction_error(tmp_path / f"zero{stage}", s3_collection, model_id)
-        assert model_error < baseline_error
 
 
 @pytest.mark.slow
