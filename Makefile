@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-all bench
+.PHONY: setup demo test test-all lint bench
 
 setup: $(VENV)/.installed
 
@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
 	# real pretrained U-Nets, read from their registry wheels by `geosane collect pretrained:...`
 	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/wheels ukis-csmask==1.0.0
 	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/wheels ukis-csmask==0.2.1
@@ -24,7 +24,7 @@ demo: setup
 	$(BIN)/geosane collect pretrained:all --out out/collection
 	$(BIN)/geosane zoo --config sweeps/zoo-tiny.yaml --out out/collection --storage out/runs
 	$(BIN)/geosane collection stats out/collection --png out/collection-stats.png
-	$(BIN)/geosane train --collection out/collection --storage out/runs --name demo --config configs/train-tiny.yaml
+	$(BIN)/geosane train --collection out/collection --storage out/runs --name demo --config sweeps/train-tiny.yaml
 
 test: setup
 	$(BIN)/python -m pytest
@@ -32,5 +32,12 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -m ""
 
+# lint, format and type checks, as CI runs them before the tests
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
 bench: setup
-	$(BIN)/python benchmarks/tokenize.py
+	$(BIN)/python benchmarks/tokenizer.py
+	$(BIN)/python benchmarks/autoencoder.py

@@ -20,15 +20,10 @@ Figures are printed and saved to benchmarks/results/train.json (and train-memory
 
 from __future__ import annotations
 
-import os
-import sys
-
-# benchmarks/tokenize.py shares its name with the standard library's tokenize: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
 import itertools
 import json
+import os
 import platform
 import tempfile
 import threading
@@ -41,30 +36,32 @@ import psutil
 import pyarrow.parquet as pq
 import torch
 
-from geosane import sources, storage
-from geosane.collection import Collection, software_versions
-from geosane.data import split_models, window_dataset, windows_per_model_for
+import geosane
+from geosane import storage
+from geosane.autoencoder import training_losses
 from geosane.losses import LossConfig
-from geosane.model import AutoencoderConfig, WeightAutoencoder, config_named
-from geosane.tokenize import TokenizerConfig
-from geosane.train import STEPS_PER_PASS, TrainConfig, autoencoder_losses, parameter_groups, run_training
+from geosane.token_stream import split_models, window_dataset
+from geosane.train import build_engine, parameter_groups, remove_offload_files, training_views
 from geosane.views import ViewConfig, cut_windows, make_views, window_starts
 
-MODELS = [f"timm:{arch}?num_classes=10&seed={seed}" for arch in ("test_resnet", "test_efficientnet", "test_vit",
-                                                                   "test_convnext") for seed in (0, 1)]
+MODELS = [
+    f"timm:{arch}?num_classes=10&seed={seed}"
+    for arch in ("test_resnet", "test_efficientnet", "test_vit", "test_convnext")
+    for seed in (0, 1)
+]
 RESULTS = Path(__file__).parent / "results"
 REPEATS = 2  # runs of every training loop in the throughput comparison
 
 
 def build_collection(url: str) -> None:
-    if not Collection(url).exists():
-        Collection(url).add((sources.load(u) for u in MODELS), TokenizerConfig(), progress=False)
+    if not geosane.Collection(url).exists():
+        geosane.collect(MODELS, url, progress=False)
 
 
 # ------------------------------------------------------------------------------ input throughput
 
 
-def pyarrow_views(collection: Collection, ids: list[str], views: ViewConfig, rng: np.random.Generator):
+def pyarrow_views(collection: geosane.Collection, ids: list[str], views: ViewConfig, rng: np.random.Generator):
     """One pass in one process: read each model's shard with pyarrow, cut its windows and their two views."""
     for record in (collection.record(i) for i in ids):
         fs, path = storage.filesystem(storage.join(collection.url, record.shard))
@@ -72,19 +69,25 @@ def pyarrow_views(collection: Collection, ids: list[str], views: ViewConfig, rng
             table = pq.read_table(handle)
         values = table.column("tokens").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
         positions = np.stack([table.column(c).to_numpy() for c in ("index", "layer", "within")], axis=1)
-        windows = cut_windows(values, positions, table.column("valid").to_numpy(),
-                              window_starts(table.num_rows, views, rng), views.window)
-        yield make_views(windows, views, rng)
+        windows = cut_windows(
+            values, positions, table.column("valid").to_numpy(), window_starts(table.num_rows, views, rng), views.window
+        )
+        scale, count = collection.scale(record), len(windows["tokens"])
+        yield {
+            **make_views(windows, views, rng),
+            "mean": np.full(count, float(scale.mean), dtype=np.float32),
+            "std": np.full(count, float(scale.std), dtype=np.float32),
+        }
 
 
-def pyarrow_windows(collection: Collection, ids: list[str], views: ViewConfig) -> tuple[int, float]:
+def pyarrow_windows(collection: geosane.Collection, ids: list[str], views: ViewConfig) -> tuple[int, float]:
     """Tokens per second of reading the shards with pyarrow and cutting the same windows in one process."""
     start = time.perf_counter()
     tokens = sum(int((w["valid"] > 0).sum()) for w in pyarrow_views(collection, ids, views, np.random.default_rng(0)))
     return tokens, time.perf_counter() - start
 
 
-def pyarrow_batches(collection: Collection, ids: list[str], views: ViewConfig, batch: int):
+def pyarrow_batches(collection: geosane.Collection, ids: list[str], views: ViewConfig, batch: int):
     """What a single-process training script does: every pass reads the shards, shuffles the windows of all
     models together, and cuts them into batches, on and on."""
     rng = np.random.default_rng(0)
@@ -93,12 +96,12 @@ def pyarrow_batches(collection: Collection, ids: list[str], views: ViewConfig, b
         windows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         order = rng.permutation(len(windows["tokens"]))
         for first in range(0, len(order) - batch + 1, batch):
-            yield {k: torch.from_numpy(v[order[first:first + batch]]) for k, v in windows.items()}
+            yield {k: torch.from_numpy(v[order[first : first + batch]]) for k, v in windows.items()}
 
 
 def ray_data_passes(url: str, ids: list[str], views: ViewConfig, passes: int = 2) -> list[tuple[int, float]]:
     """(tokens, seconds) of each pass over a streaming split of the window dataset, as a Train worker reads it."""
-    iterator = window_dataset(url, ids, views, train=True).streaming_split(1)[0]
+    iterator = window_dataset(url, ids, views).streaming_split(1)[0]
     out = []
     for _ in range(passes):
         start, tokens = time.perf_counter(), 0
@@ -111,16 +114,16 @@ def ray_data_passes(url: str, ids: list[str], views: ViewConfig, passes: int = 2
 # ------------------------------------------------------------------------------ training throughput
 
 
-def plain_pytorch(batches, model_config: AutoencoderConfig, steps: int) -> tuple[float, float]:
+def plain_pytorch(batches, model_config: geosane.AutoencoderConfig, steps: int) -> tuple[float, float]:
     """The same model, loss and optimizer in one process: (steady tokens/s, first step's seconds)."""
     torch.manual_seed(0)
-    model = WeightAutoencoder(model_config)
+    model = geosane.Autoencoder(model_config)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 1e-3, total_steps=steps)
     loss_config = LossConfig()
     tokens, began, first = 0, time.perf_counter(), 0.0
-    for done, b in zip(range(steps), batches):
-        loss = autoencoder_losses(model, b, loss_config, bf16=False)["loss"]
+    for done, b in zip(range(steps), batches, strict=False):  # batches never end
+        loss = training_losses(model, b, loss_config, bf16=False)["loss"]
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -134,13 +137,13 @@ def plain_pytorch(batches, model_config: AutoencoderConfig, steps: int) -> tuple
 
 
 def throughput(args: argparse.Namespace, url: str) -> dict:
-    collection = Collection(url)
+    collection = geosane.Collection(url)
     split = split_models([r.id for r in collection.records()], 0.25, 0)
-    model_config = config_named(args.model, window=args.window, token_size=collection.records()[0].token_size)
-    views = ViewConfig(window=args.window)
-    # the windows per model that training uses for this run (see geosane.train.run_training)
-    views = replace(views, windows_per_model=windows_per_model_for(
-        url, split.train, views, min(args.steps, STEPS_PER_PASS) * 2 * args.batch))
+    model_config = geosane.AutoencoderConfig.named(
+        args.model, window=args.window, token_size=collection.records()[0].token_size
+    )
+    # the windows and views that training uses for this run
+    views = training_views(run_config(args, url, stage=0, storage=""), model_config, split.train)
 
     results: dict = {}
     tokens, seconds = pyarrow_windows(collection, split.train, views)
@@ -155,16 +158,18 @@ def throughput(args: argparse.Namespace, url: str) -> dict:
     # training script that reads the shards and makes fresh windows and views every pass. This machine's speed
     # varies by 10-15% from one minute to the next, so every loop runs REPEATS times, interleaved, and the
     # overhead is taken against the fastest plain run and the fastest Ray run.
-    in_memory = list(window_dataset(url, split.train, views, train=True).iter_torch_batches(
-        batch_size=2 * args.batch, drop_last=True))
+    in_memory = list(
+        window_dataset(url, split.train, views).iter_torch_batches(batch_size=2 * args.batch, drop_last=True)
+    )
     plain: dict[str, list[float]] = {"in_memory": [], "reading": [], "first_step_seconds": []}
     ray_runs: dict[int, list[dict]] = {0: [], 2: []}
     for _ in range(REPEATS):
         tokens_per_s, first = plain_pytorch(itertools.cycle(in_memory), model_config, args.steps)
         plain["in_memory"].append(round(tokens_per_s))
         plain["first_step_seconds"].append(round(first, 2))
-        tokens_per_s, _ = plain_pytorch(pyarrow_batches(collection, split.train, views, 2 * args.batch),
-                                        model_config, args.steps)
+        tokens_per_s, _ = plain_pytorch(
+            pyarrow_batches(collection, split.train, views, 2 * args.batch), model_config, args.steps
+        )
         plain["reading"].append(round(tokens_per_s))
         for stage in ray_runs:
             ray_runs[stage].append(ray_train_run(args, url, stage))
@@ -173,21 +178,44 @@ def throughput(args: argparse.Namespace, url: str) -> dict:
     results["plain_pytorch_best_tokens_per_s"] = best_plain
     for stage, runs in ray_runs.items():
         best = max(runs, key=lambda r: r["tokens_per_s"])
-        results[f"zero{stage}"] = {"runs": runs, "best_tokens_per_s": best["tokens_per_s"],
-                                   "overhead_best_plain_over_best_ray": round(best_plain / best["tokens_per_s"], 3)}
+        results[f"zero{stage}"] = {
+            "runs": runs,
+            "best_tokens_per_s": best["tokens_per_s"],
+            "overhead_best_plain_over_best_ray": round(best_plain / best["tokens_per_s"], 3),
+        }
     return results
+
+
+def run_config(args: argparse.Namespace, url: str, stage: int, storage: str) -> geosane.TrainConfig:
+    """The settings of the benchmark's training runs (2 workers, ZeRO ``stage``)."""
+    return geosane.TrainConfig(
+        collection=url,
+        storage=storage,
+        name=f"bench-zero{stage}",
+        model=args.model,
+        window=args.window,
+        workers=2,
+        zero_stage=stage,
+        steps=args.steps,
+        batch_size=args.batch,
+        checkpoint_every=args.steps,
+        eval_every=args.steps,
+        val_fraction=0.25,
+        max_failures=0,
+    )
 
 
 def ray_train_run(args: argparse.Namespace, url: str, stage: int) -> dict:
     """One run of the real training loop (2 workers, ZeRO ``stage``); its own steady-state figures."""
     with tempfile.TemporaryDirectory() as runs:
-        config = TrainConfig(collection=url, storage=runs, name=f"bench-zero{stage}", model=args.model,
-                             window=args.window, workers=2, zero_stage=stage, steps=args.steps, batch_size=args.batch,
-                             checkpoint_every=args.steps, eval_every=args.steps, val_fraction=0.25, max_failures=0)
         began = time.perf_counter()
-        metrics = run_training(config, progress=False).metrics
-    return {"tokens_per_s": round(metrics["tokens_per_s"]), "data_wait_fraction": round(metrics["data_wait_fraction"], 3),
-            "startup_seconds": round(metrics["startup_seconds"], 1), "fit_seconds": round(time.perf_counter() - began, 1)}
+        metrics = geosane.run_training(run_config(args, url, stage, runs), progress=False).metrics
+    return {
+        "tokens_per_s": round(metrics["tokens_per_s"]),
+        "data_wait_fraction": round(metrics["data_wait_fraction"], 3),
+        "startup_seconds": round(metrics["startup_seconds"], 1),
+        "fit_seconds": round(time.perf_counter() - began, 1),
+    }
 
 
 # ------------------------------------------------------------------------------ memory
@@ -195,20 +223,25 @@ def ray_train_run(args: argparse.Namespace, url: str, stage: int) -> dict:
 
 #: Sizes from tiny to the published one; geosane-N are the geosane width with N encoder and N decoder blocks.
 LADDER = {
-    "tiny": config_named("tiny"),
-    "base": config_named("base"),
-    **{f"geosane-{n}": replace(config_named("geosane"), encoder_blocks=n, decoder_blocks=n) for n in (4, 8, 12)},
-    "geosane": config_named("geosane"),
+    "tiny": geosane.AutoencoderConfig.named("tiny"),
+    "base": geosane.AutoencoderConfig.named("base"),
+    **{
+        f"geosane-{n}": geosane.AutoencoderConfig.named("geosane", encoder_blocks=n, decoder_blocks=n)
+        for n in (4, 8, 12)
+    },
+    "geosane": geosane.AutoencoderConfig.named("geosane"),
 }
 MEMORY_WINDOW = 16  # windows of 16 tokens, 1 per worker: activations stay small, model states dominate
 
 
-def model_sizes(config: AutoencoderConfig) -> tuple[int, int]:
+def model_sizes(config: geosane.AutoencoderConfig) -> tuple[int, int]:
     """(parameters, parameters of the largest module) without allocating: DeepSpeed's estimators take these."""
     with torch.device("meta"):
-        model = WeightAutoencoder(config)
-    return (sum(p.numel() for p in model.parameters()),
-            max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()))
+        model = geosane.Autoencoder(config)
+    return (
+        sum(p.numel() for p in model.parameters()),
+        max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules()),
+    )
 
 
 def estimate_bytes(stage: int, offload: str, parameters: int, largest: int, workers: int) -> tuple[int, str]:
@@ -223,11 +256,14 @@ def estimate_bytes(stage: int, offload: str, parameters: int, largest: int, work
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
     if stage == 3:
-        host, device, _ = estimate_zero3_model_states_mem_needs(parameters, largest, workers, 1, cpu_offload=False,
-                                                                 cpu_offload_params=False, zero_init=True)
+        host, device, _ = estimate_zero3_model_states_mem_needs(
+            parameters, largest, workers, 1, cpu_offload=False, cpu_offload_params=False, zero_init=True
+        )
         if offload == "nvme":
-            return (host + workers * device - 12 * parameters,
-                    "deepspeed estimate_zero3_model_states_mem_needs less the optimizer states kept in files")
+            return (
+                host + workers * device - 12 * parameters,
+                "deepspeed estimate_zero3_model_states_mem_needs less the optimizer states kept in files",
+            )
         return host + workers * device, "deepspeed estimate_zero3_model_states_mem_needs"
     host, device = estimate_zero2_model_states_mem_needs(parameters, workers, 1, cpu_offload=False)
     if stage == 2:
@@ -248,20 +284,24 @@ def memory_probe_loop(loop_config: dict) -> None:
     import ray.train
     import torch.distributed as dist
 
-    from geosane.train import build_engine, remove_offload_files
-
     torch.set_num_threads(1)
-    config = TrainConfig(**loop_config["train"])
-    model_config = AutoencoderConfig(**loop_config["model"])
+    config = geosane.TrainConfig(**loop_config["train"])
+    model_config = geosane.AutoencoderConfig(**loop_config["model"])
     engine, _ = build_engine(config, model_config)
     generator = torch.Generator().manual_seed(ray.train.get_context().get_world_rank())
     losses = []
     for _ in range(config.steps):
         tokens = torch.randn(config.batch_size, model_config.window, model_config.token_size, generator=generator)
-        batch = {"tokens": tokens, "view1": tokens * 1.1, "view2": tokens * 0.9,
-                 "valid": torch.full(tokens.shape[:2], model_config.token_size),
-                 "positions": torch.randint(0, 1000, (*tokens.shape[:2], 3), generator=generator)}
-        loss = autoencoder_losses(engine, batch, LossConfig(), config.bf16)["loss"]
+        batch = {
+            "tokens": tokens,
+            "view1": tokens * 1.1,
+            "view2": tokens * 0.9,
+            "valid": torch.full(tokens.shape[:2], model_config.token_size),
+            "positions": torch.randint(0, 1000, (*tokens.shape[:2], 3), generator=generator),
+            "mean": torch.zeros(len(tokens)),  # random tokens: a model of mean 0 and std 1
+            "std": torch.ones(len(tokens)),
+        }
+        loss = training_losses(engine, batch, LossConfig(), config.bf16)["loss"]
         engine.backward(loss)
         engine.step()
         losses.append(float(loss))
@@ -270,14 +310,19 @@ def memory_probe_loop(loop_config: dict) -> None:
     # Ray Train keeps the metrics of reported checkpoints: rank 0 reports a small one
     with tempfile.TemporaryDirectory() as folder:
         rank0 = ray.train.get_context().get_world_rank() == 0
-        ray.train.report({"peak_rss_bytes": peaks, "losses": losses},
-                         checkpoint=ray.train.Checkpoint.from_directory(folder) if rank0 else None)
+        ray.train.report(
+            {"peak_rss_bytes": peaks, "losses": losses},
+            checkpoint=ray.train.Checkpoint.from_directory(folder) if rank0 else None,
+        )
     remove_offload_files(config)
 
 
 def train_workers_rss() -> int:
-    return sum(p.info["memory_info"].rss for p in psutil.process_iter(["cmdline", "memory_info"])
-               if p.info["cmdline"] and "RayTrainWorker" in " ".join(p.info["cmdline"]))
+    return sum(
+        p.info["memory_info"].rss
+        for p in psutil.process_iter(["cmdline", "memory_info"])
+        if p.info["cmdline"] and "RayTrainWorker" in " ".join(p.info["cmdline"])
+    )
 
 
 def probe(stage: int, name: str, offload: str = "none") -> dict:
@@ -285,8 +330,17 @@ def probe(stage: int, name: str, offload: str = "none") -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    config = TrainConfig(collection="-", name=f"memory-{stage}-{offload}-{name}", model=name, zero_stage=stage,
-                         bf16=True, offload=offload, batch_size=1, steps=2, workers=2)
+    config = geosane.TrainConfig(
+        collection="-",
+        name=f"memory-{stage}-{offload}-{name}",
+        model=name,
+        zero_stage=stage,
+        bf16=True,
+        offload=offload,
+        batch_size=1,
+        steps=2,
+        workers=2,
+    )
     model_config = replace(LADDER[name], window=MEMORY_WINDOW)
     polled, done = [0], threading.Event()
 
@@ -305,10 +359,11 @@ def probe(stage: int, name: str, offload: str = "none") -> dict:
     with tempfile.TemporaryDirectory() as runs:
         trainer = TorchTrainer(
             memory_probe_loop,
-            train_loop_config={"train": asdict(config), "model": model_config.to_dict()},
+            train_loop_config={"train": asdict(config), "model": asdict(model_config)},
             scaling_config=ray.train.ScalingConfig(num_workers=2),
-            run_config=ray.train.RunConfig(name=config.name, storage_path=runs,
-                                           failure_config=ray.train.FailureConfig(max_failures=0)),
+            run_config=ray.train.RunConfig(
+                name=config.name, storage_path=runs, failure_config=ray.train.FailureConfig(max_failures=0)
+            ),
         )
         try:
             metrics = trainer.fit().metrics
@@ -316,10 +371,14 @@ def probe(stage: int, name: str, offload: str = "none") -> dict:
             done.set()
             return {"completed": False, "error": str(exc)[-500:], "seconds": round(time.perf_counter() - began)}
     done.set()
-    return {"completed": True, "peak_rss_gib_per_worker": [round(b / 2**30, 2) for b in metrics["peak_rss_bytes"]],
-            "peak_rss_gib_total": round(sum(metrics["peak_rss_bytes"]) / 2**30, 2),
-            "polled_peak_gib_total": round(polled[0] / 2**30, 2), "losses": [round(x, 4) for x in metrics["losses"]],
-            "seconds": round(time.perf_counter() - began)}
+    return {
+        "completed": True,
+        "peak_rss_gib_per_worker": [round(b / 2**30, 2) for b in metrics["peak_rss_bytes"]],
+        "peak_rss_gib_total": round(sum(metrics["peak_rss_bytes"]) / 2**30, 2),
+        "polled_peak_gib_total": round(polled[0] / 2**30, 2),
+        "losses": [round(x, 4) for x in metrics["losses"]],
+        "seconds": round(time.perf_counter() - began),
+    }
 
 
 def memory(args: argparse.Namespace, save) -> dict:
@@ -337,10 +396,18 @@ def memory(args: argparse.Namespace, save) -> dict:
             parameters, largest = model_sizes(replace(config, window=MEMORY_WINDOW, token_size=230))
             states, source = estimate_bytes(stage, offload, parameters, largest, 2)
             fits = states + runtime <= budget
-            table.append({"stage": stage, "offload": offload, "model": name, "parameters": parameters,
-                          "estimate_gib": round(states / 2**30, 2),
-                          "estimate_with_runtime_gib": round((states + runtime) / 2**30, 2),
-                          "fits": fits, "source": source})
+            table.append(
+                {
+                    "stage": stage,
+                    "offload": offload,
+                    "model": name,
+                    "parameters": parameters,
+                    "estimate_gib": round(states / 2**30, 2),
+                    "estimate_with_runtime_gib": round((states + runtime) / 2**30, 2),
+                    "fits": fits,
+                    "source": source,
+                }
+            )
             fitting += [name] if fits else []
         # run the largest size the estimate admits; if it does not complete, the next smaller
         key = f"zero{stage}" + ("-nvme" if offload == "nvme" else "")
@@ -351,13 +418,27 @@ def memory(args: argparse.Namespace, save) -> dict:
             print(f"  {json.dumps(attempt)}", flush=True)
             if attempt["completed"]:
                 runs[key] = attempt
-            save({"available_gib": round(available / 2**30, 2), "runtime_baseline": baseline, "estimates": table,
-                  "largest_completed": runs, "probes": attempts, "finished": False})
+            save(
+                {
+                    "available_gib": round(available / 2**30, 2),
+                    "runtime_baseline": baseline,
+                    "estimates": table,
+                    "largest_completed": runs,
+                    "probes": attempts,
+                    "finished": False,
+                }
+            )
             if attempt["completed"]:
                 break
-    return {"available_gib": round(available / 2**30, 2), "budget_gib": round(budget / 2**30, 2),
-            "runtime_baseline": baseline, "estimates": table, "largest_completed": runs, "probes": attempts,
-            "finished": True}
+    return {
+        "available_gib": round(available / 2**30, 2),
+        "budget_gib": round(budget / 2**30, 2),
+        "runtime_baseline": baseline,
+        "estimates": table,
+        "largest_completed": runs,
+        "probes": attempts,
+        "finished": True,
+    }
 
 
 def main() -> None:
@@ -368,8 +449,12 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=32)
     parser.add_argument("--batch", type=int, default=8, help="windows per worker; the plain loop uses 2x")
     parser.add_argument("--memory", action="store_true", help="only the memory ladder (about 45 min)")
-    parser.add_argument("--memory-fraction", type=float, default=0.85,
-                        help="run sizes whose estimate plus the runtime stays under this share of available memory")
+    parser.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.85,
+        help="run sizes whose estimate plus the runtime stays under this share of available memory",
+    )
     args = parser.parse_args()
 
     import ray
@@ -383,11 +468,14 @@ def main() -> None:
             "config": vars(args) | {"workers": 2, "global_batch": 2 * args.batch},
             "results": results,
             "notes": "tokens/s counts real tokens of training windows. The Ray figures are the loop's own "
-                     "steady-state tokens_per_s (both workers' tokens from the end of the first step to the last, "
-                     "data wait, reports and pass restarts included); start-up is reported apart.",
-            "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
-                        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1)},
-            "versions": software_versions() | {"ray": ray.__version__},
+            "steady-state tokens_per_s (both workers' tokens from the end of the first step to the last, "
+            "data wait, reports and pass restarts included); start-up is reported apart.",
+            "machine": {
+                "python": platform.python_version(),
+                "cpus": os.cpu_count(),
+                "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            },
+            "versions": geosane.software_versions() | {"ray": ray.__version__},
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         out.parent.mkdir(parents=True, exist_ok=True)

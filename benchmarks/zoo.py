@@ -8,14 +8,9 @@ Saves the figures with the config and versions to benchmarks/results/zoo.json.
 
 from __future__ import annotations
 
-import os
-import sys
-
-# benchmarks/tokenize.py shares its name with the standard library's tokenize: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
 import json
+import os
 import platform
 import tempfile
 import time
@@ -24,7 +19,7 @@ from pathlib import Path
 import ray
 import torch
 
-from geosane.collection import software_versions
+import geosane
 from geosane.zoo import ZooConfig, ZooGroup, fit_member, load_data, run_zoo
 
 
@@ -41,8 +36,16 @@ def main() -> None:
     cpus = os.cpu_count() or 1
     config = ZooConfig(
         name="bench-zoo",
-        groups=[ZooGroup(dataset="eurosat_rgb", architectures=[args.arch], trials=args.trials, epochs=args.epochs,
-                         train_limit=args.train_limit, test_limit=args.test_limit)],
+        groups=[
+            ZooGroup(
+                dataset="eurosat_rgb",
+                architectures=[args.arch],
+                trials=args.trials,
+                epochs=args.epochs,
+                train_limit=args.train_limit,
+                test_limit=args.test_limit,
+            )
+        ],
         search={"lr": 0.003, "weight_decay": 0.01},
     )
     data = load_data(config, None)
@@ -66,8 +69,14 @@ def main() -> None:
     speedup = sequential / parallel
     result = {
         "benchmark": "zoo",
-        "config": {"trials": args.trials, "epochs": args.epochs, "arch": args.arch, "train_limit": args.train_limit,
-                   "test_limit": args.test_limit, "cpus": cpus},
+        "config": {
+            "trials": args.trials,
+            "epochs": args.epochs,
+            "arch": args.arch,
+            "train_limit": args.train_limit,
+            "test_limit": args.test_limit,
+            "cpus": cpus,
+        },
         "results": {
             "sequential_seconds": round(sequential, 2),
             "tune_seconds": round(parallel, 2),
@@ -78,9 +87,9 @@ def main() -> None:
             "parallel_efficiency": round(speedup / cpus, 2),
         },
         "notes": "tune_seconds includes Ray start-up of the trials, checkpoint persistence and adding every "
-                 "checkpoint to a collection; sequential runs the same training and evaluation only.",
+        "checkpoint to a collection; sequential runs the same training and evaluation only.",
         "machine": {"python": platform.python_version(), "cpus": cpus},
-        "versions": software_versions() | {"ray": ray.__version__},
+        "versions": geosane.software_versions() | {"ray": ray.__version__},
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     for key, value in result["results"].items():

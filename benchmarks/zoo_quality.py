@@ -9,12 +9,6 @@ RGB accuracy at the last epoch (aim >= 0.80); and cloud/shadow mIoU against pred
 
 from __future__ import annotations
 
-import os
-import sys
-
-# benchmarks/tokenize.py shares its name with the standard library's tokenize: keep this folder off the path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
 import json
 import statistics
@@ -25,15 +19,13 @@ from pathlib import Path
 
 import torch
 
-from geosane import datasets
-from geosane.collection import Collection, software_versions
+import geosane
 from geosane.tasks import mean_iou
-from geosane.zoo import ZooConfig, run_zoo
 
 
 def majority_miou(dataset_name: str, test_limit: int | None) -> float:
     """mIoU of always predicting the train split's most frequent class."""
-    dataset = datasets.get(dataset_name)
+    dataset = geosane.datasets.get(dataset_name)
     train, test = dataset.load("train"), dataset.load("test", limit=test_limit)
     majority = int(torch.bincount(train.y[train.y != 255].reshape(-1)).argmax())
     return mean_iou(torch.full_like(test.y, majority), test.y, dataset.num_classes)
@@ -46,13 +38,13 @@ def main() -> None:
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "zoo-quality"))
     args = parser.parse_args()
 
-    config = ZooConfig.from_yaml(args.config)
+    config = geosane.ZooConfig.from_yaml(args.config)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out_collection or f"{tmp}/collection"
         start = time.perf_counter()
-        run_zoo(config, out, f"{tmp}/runs", progress=False)
+        geosane.run_zoo(config, out, f"{tmp}/runs", progress=False)
         seconds = time.perf_counter() - start
-        records = Collection(out).records()
+        records = geosane.Collection(out).records()
 
     last_epoch = {g.dataset: g.epochs for g in config.groups}
     table: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
@@ -61,13 +53,21 @@ def main() -> None:
         table[r.tags["dataset"]][r.tags["arch"]][int(r.tags["epoch"])].append(metric)
 
     distribution = {
-        dataset: {arch: {epoch: {"n": len(v), "median": statistics.median(v), "min": min(v), "max": max(v)}
-                         for epoch, v in sorted(epochs.items())} for arch, epochs in archs.items()}
+        dataset: {
+            arch: {
+                epoch: {"n": len(v), "median": statistics.median(v), "min": min(v), "max": max(v)}
+                for epoch, v in sorted(epochs.items())
+            }
+            for arch, epochs in archs.items()
+        }
         for dataset, archs in table.items()
     }
     print(f"{config.name}: {len(records)} checkpoints in {seconds / 60:.1f} min")
     for dataset, archs in distribution.items():
-        print(f"\n{dataset} (test {'accuracy' if dataset.startswith('eurosat') else 'mIoU'}: median [min, max] over trials)")
+        print(
+            f"\n{dataset} (test {'accuracy' if dataset.startswith('eurosat') else 'mIoU'}: "
+            "median [min, max] over trials)"
+        )
         for arch, epochs in archs.items():
             cells = "  ".join(f"e{e}: {s['median']:.3f} [{s['min']:.3f}, {s['max']:.3f}]" for e, s in epochs.items())
             print(f"  {arch:<18} {cells}")
@@ -81,7 +81,9 @@ def main() -> None:
         "architectures": sorted({r.tags["arch"] for r in records}),
         "tasks": sorted({r.task for r in records}),
         "modalities": sorted({r.modality for r in records}),
-        "eurosat_rgb_median_last_epoch_accuracy": statistics.median(final("eurosat_rgb")) if final("eurosat_rgb") else None,
+        "eurosat_rgb_median_last_epoch_accuracy": statistics.median(final("eurosat_rgb"))
+        if final("eurosat_rgb")
+        else None,
     }
     if "cloudmask" in last_epoch:
         group = next(g for g in config.groups if g.dataset == "cloudmask")
@@ -93,9 +95,20 @@ def main() -> None:
 
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    results.with_suffix(".json").write_text(json.dumps(
-        {"benchmark": "zoo-quality", "config": args.config, "summary": summary, "distribution": distribution,
-         "versions": software_versions(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1) + "\n")
+    results.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "benchmark": "zoo-quality",
+                "config": args.config,
+                "summary": summary,
+                "distribution": distribution,
+                "versions": geosane.software_versions(),
+                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     plot(table, last_epoch, results.with_suffix(".png"))
     print(f"saved {results.with_suffix('.json')} and {results.with_suffix('.png')}")
 
@@ -108,11 +121,17 @@ def plot(table, last_epoch, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False)
-    for ax, (dataset, archs) in zip(axes[0], table.items()):
+    for ax, (dataset, archs) in zip(axes[0], table.items(), strict=True):
         for colour, (arch, epochs) in enumerate(archs.items()):
             for epoch, values in epochs.items():
-                ax.scatter([epoch] * len(values), values, color=f"C{colour}", s=14, alpha=0.7,
-                           label=arch if epoch == min(epochs) else None)
+                ax.scatter(
+                    [epoch] * len(values),
+                    values,
+                    color=f"C{colour}",
+                    s=14,
+                    alpha=0.7,
+                    label=arch if epoch == min(epochs) else None,
+                )
             ax.plot(sorted(epochs), [statistics.median(epochs[e]) for e in sorted(epochs)], color=f"C{colour}")
         ax.set_title(dataset)
         ax.set_xlabel("epoch")

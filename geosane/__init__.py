@@ -1,1 +1,82 @@
-__version__ = "0.1.0"
+"""GeoSANE: learn one latent space from the weights of many remote-sensing models, and decode new weights from it.
+
+One import gives the public API, in the order data flows through it::
+
+    import geosane
+
+    # collect: models (files, s3:// URLs, timm:NAME, pretrained:GROUP) -> tokens in a collection at any fsspec URL
+    added, named = geosane.collect(["pretrained:presto", "timm:resnet18?in_chans=13"], "out/collection")
+    collection = geosane.Collection("out/collection")          # records(), tokens(id), export(id), add(...)
+    tokens = geosane.tokenize(state_dict, geosane.TokenizerConfig(token_size=230))
+    state_dict = geosane.detokenize(tokens.tokens, tokens.layout, tokens.kept)   # bit for bit
+
+    # real data, a Ray Tune model zoo trained on it, and the autoencoder trained with Ray Train + DeepSpeed
+    eurosat = geosane.datasets.get("eurosat_rgb").load("test")
+    geosane.run_zoo(geosane.ZooConfig.from_yaml("sweeps/zoo-small.yaml"), "out/collection", "out/runs")
+    geosane.run_training(geosane.TrainConfig.from_yaml("sweeps/train-tiny.yaml", collection="out/collection"))
+
+    # a trained autoencoder: whole models in and out of the latent space
+    autoencoder = geosane.Autoencoder.load("out/runs/demo")
+    latents = autoencoder.encode(geosane.tokenize(state_dict, autoencoder.tokenizer))
+    rebuilt = geosane.detokenize(autoencoder.decode(latents), tokens.layout, tokens.kept)
+
+Names resolve on first use, so importing one part (as Ray Data's workers import ``geosane.views``) does not load
+the rest. Every YAML config loads through :func:`load_config`; bad input raises :class:`GeoSANEError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from geosane.version import __version__, software_versions
+
+if TYPE_CHECKING:
+    from geosane import datasets
+    from geosane.autoencoder import Autoencoder, AutoencoderConfig, Latents, Scale
+    from geosane.collection import Collection, ModelRecord, collect
+    from geosane.config import load_config
+    from geosane.errors import GeoSANEError
+    from geosane.sources import ModelSource
+    from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
+    from geosane.train import TrainConfig, run_training
+    from geosane.zoo import ZooConfig, run_zoo
+
+#: Public name -> the module that defines it (``datasets`` is the registry module itself).
+EXPORTS = {
+    "collect": "geosane.collection",
+    "Collection": "geosane.collection",
+    "ModelRecord": "geosane.collection",
+    "ModelSource": "geosane.sources",
+    "tokenize": "geosane.tokenizer",
+    "detokenize": "geosane.tokenizer",
+    "TokenizerConfig": "geosane.tokenizer",
+    "Tokens": "geosane.tokenizer",
+    "Layout": "geosane.tokenizer",
+    "datasets": "geosane.datasets",
+    "run_zoo": "geosane.zoo",
+    "ZooConfig": "geosane.zoo",
+    "run_training": "geosane.train",
+    "TrainConfig": "geosane.train",
+    "Autoencoder": "geosane.autoencoder",
+    "AutoencoderConfig": "geosane.autoencoder",
+    "Latents": "geosane.autoencoder",
+    "Scale": "geosane.autoencoder",
+    "load_config": "geosane.config",
+    "GeoSANEError": "geosane.errors",
+}
+
+__all__ = [*EXPORTS, "__version__", "software_versions"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in EXPORTS:
+        raise AttributeError(f"module 'geosane' has no attribute {name!r}")
+    module = importlib.import_module(EXPORTS[name])
+    value = getattr(module, name, module)  # a function or class of the module, or the module (``datasets``)
+    globals()[name] = value  # resolved once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -13,30 +13,19 @@ import sys
 from dataclasses import asdict
 from typing import Sequence
 
-from geosane import __version__
 from geosane.errors import GeoSANEError
+from geosane.version import __version__
 
 log = logging.getLogger("geosane")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from geosane import sources
-    from geosane.collection import Collection, parse_tags
-    from geosane.tokenize import TokenizerConfig
+    from geosane.collection import collect, parse_tags
 
-    tags = parse_tags(args.tag)
-    uris = sources.expand(args.sources)
-    log.info("collecting %d model(s) into %s", len(uris), args.out)
-    collection = Collection(args.out)
-    existing = collection.config()
-    config = TokenizerConfig(
-        token_size=args.token_size or (existing.token_size if existing else TokenizerConfig.token_size),
-        mode=args.mode or (existing.mode if existing else TokenizerConfig.mode),
+    added, named = collect(
+        args.sources, args.out, args.token_size, args.mode, parse_tags(args.tag), progress=not args.quiet
     )
-    added = collection.add(
-        (sources.load(uri, name) for uri, name in uris.items()), config, tags, total=len(uris), progress=not args.quiet
-    )
-    skipped = len(uris) - len(added)
+    skipped = named - len(added)
     print(f"added {len(added)} model(s) to {args.out}" + (f", {skipped} already there" if skipped else ""))
 
 
@@ -89,7 +78,9 @@ def cmd_stats(args: argparse.Namespace) -> None:
     stats = collection_stats(records)
     for name, counts in stats.items():
         print(f"\n{name}:")
-        print_table(("", "count" if "parameters" not in name else "parameters"), [(k, f"{v:,}") for k, v in counts.items()])
+        print_table(
+            ("", "count" if "parameters" not in name else "parameters"), [(k, f"{v:,}") for k, v in counts.items()]
+        )
     png = args.png or "collection-stats.png"
     plot_make_up(stats, f"{args.url}: {len(records)} models", png)
     print(f"\nwrote {png}")
@@ -107,23 +98,34 @@ def cmd_train(args: argparse.Namespace) -> None:
     from geosane.train import TrainConfig, run_training
 
     overrides = {
-        "collection": args.collection, "storage": args.storage, "name": args.name, "model": args.model,
-        "workers": args.workers, "zero_stage": args.zero_stage, "bf16": args.bf16, "offload": args.offload,
-        "steps": args.steps, "use_gpu": args.gpu,
+        "collection": args.collection,
+        "storage": args.storage,
+        "name": args.name,
+        "model": args.model,
+        "workers": args.workers,
+        "zero_stage": args.zero_stage,
+        "bf16": args.bf16,
+        "offload": args.offload,
+        "steps": args.steps,
+        "use_gpu": args.gpu,
     }
-    config = TrainConfig.from_yaml(args.config, **overrides) if args.config else TrainConfig(
-        **{k: v for k, v in overrides.items() if v is not None}
+    config = (
+        TrainConfig.from_yaml(args.config, **overrides)
+        if args.config
+        else TrainConfig(**{k: v for k, v in overrides.items() if v is not None})
     )
     result = run_training(config, progress=not args.quiet)
     metrics = result.metrics or {}
-    print(f"run {config.name}: step {metrics.get('step')}, val reconstruction {metrics.get('val_reconstruction')}; "
-          f"final model in {config.storage}/{config.name}/final")
+    print(
+        f"run {config.name}: step {metrics.get('step')}, val reconstruction {metrics.get('val_reconstruction')}; "
+        f"final model in {config.storage}/{config.name}/final"
+    )
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     for row in (header, *rows):
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,10 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     collect.add_argument("sources", nargs="+", metavar="SOURCE")
     collect.add_argument("--out", required=True, metavar="URL", help="collection root (path, file://, s3://)")
-    collect.add_argument("--token-size", type=int, default=None, help="values per token (default 230, or the collection's)")
-    collect.add_argument("--mode", choices=["dense", "per-channel"], default=None, help="how matrices are cut (default dense)")
     collect.add_argument(
-        "--tag", action="append", default=[], metavar="KEY=VALUE",
+        "--token-size", type=int, default=None, help="values per token (default 230, or the collection's)"
+    )
+    collect.add_argument(
+        "--mode", choices=["dense", "per-channel"], default=None, help="how matrices are cut (default dense)"
+    )
+    collect.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="metadata for every model of this call; family, task, modality, bands, in_chans, num_classes, "
         "licence and name set manifest columns, other keys are free-form tags (repeatable)",
     )
@@ -175,14 +184,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--collection", required=True, metavar="URL")
     train.add_argument("--storage", default=None, metavar="URL", help="run storage (default: runs)")
     train.add_argument("--name", default=None, help="run name (default: autoencoder)")
-    train.add_argument("--config", default=None, metavar="FILE.yaml", help="settings; flags override them")
+    train.add_argument(
+        "--config", default=None, metavar="FILE.yaml", help="settings, e.g. sweeps/train-tiny.yaml; flags override them"
+    )
     train.add_argument("--model", choices=["tiny", "base", "geosane"], default=None)
     train.add_argument("--workers", type=int, default=None)
     train.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None)
     train.add_argument("--bf16", action="store_true", default=None)
-    train.add_argument("--offload", nargs="?", const="cpu", choices=["none", "cpu", "nvme"], default=None,
-                       help="optimizer states to CPU memory (--offload) or to files on a local disk (--offload nvme, "
-                            "ZeRO-3 only; needs libaio)")
+    train.add_argument(
+        "--offload",
+        nargs="?",
+        const="cpu",
+        choices=["none", "cpu", "nvme"],
+        default=None,
+        help="optimizer states to CPU memory (--offload) or to files on a local disk (--offload nvme, "
+        "ZeRO-3 only; needs libaio)",
+    )
     train.add_argument("--steps", type=int, default=None)
     train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
     train.set_defaults(func=cmd_train)

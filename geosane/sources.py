@@ -1,14 +1,20 @@
-"""Reading model weights safely from files, directories, object storage and timm names.
+"""Where models come from: files, directories and fsspec URLs, timm architectures, the real pretrained catalogue.
+
+A source string names one or more models. :func:`find` resolves source strings to :class:`Found` models without
+reading them (so a typo fails the whole command at once), and each ``Found.read()`` returns a
+:class:`ModelSource`: a flat state dict plus what we know about the model. Schemes are a small registry,
+:data:`SCHEMES`: a prefix and one function from a source string to the models it names. Anything without a
+registered prefix is a file, a directory or an fsspec URL.
 
 Nothing here executes code from a file: safetensors are parsed, torch files are loaded with
 ``weights_only=True`` (a pickle that needs more than tensors is refused), ONNX files are parsed as protobuf
-and only their initializers are read. Every source becomes a :class:`ModelSource`: a flat state dict plus
-what we know about the model.
+and only their initializers are read.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import io
 import json
@@ -16,12 +22,12 @@ import logging
 import pickle
 import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import parse_qsl
 
 import torch
 
-from geosane import storage
+from geosane import pretrained, storage
 from geosane.errors import GeoSANEError
 
 log = logging.getLogger(__name__)
@@ -51,49 +57,61 @@ class ModelSource:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-def expand(uris: list[str]) -> dict[str, str]:
-    """Resolve sources to single models, ``{uri: name}``: directories become their model files (recursively,
-    sorted), named by their path inside the directory (``galileo_nano/encoder``).
+@dataclass(frozen=True)
+class Found:
+    """A model that a source names, found but not read yet."""
 
-    Everything is checked before anything is read, so a typo fails the whole command at once.
-    """
-    from geosane import pretrained
+    uri: str
+    name: str
+    read: Callable[[], ModelSource]
 
-    resolved: dict[str, str] = {}
+
+def find(uris: list[str]) -> list[Found]:
+    """Every model the source strings name, in order and each once; everything is resolved before anything is read."""
+    found: dict[str, Found] = {}
     for uri in uris:
-        if uri.startswith(pretrained.PREFIX):
-            resolved.update(pretrained.expand(uri))
-            continue
-        if uri.startswith(TIMM_PREFIX):
-            resolved[uri] = parse_timm(uri)[0]
-            continue
-        with storage.errors_named(uri, "read"):
-            fs, path = storage.filesystem(uri)
-            if fs.isdir(path):
-                found = sorted(p for p in fs.find(path) if p.endswith(SUFFIXES))
-                if not found:
-                    raise GeoSANEError(f"{uri}: directory holds no model files ({', '.join(SUFFIXES)})")
-                for file in found:
-                    name = posixpath.splitext(posixpath.relpath(file, path.rstrip("/")))[0]
-                    resolved[fs.unstrip_protocol(file) if "://" in uri else posixpath.normpath(file)] = name
-            elif not fs.exists(path):
-                raise GeoSANEError(f"{uri}: no such file or directory")
-            elif not path.endswith(SUFFIXES):
-                raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
-            else:
-                resolved[uri] = posixpath.splitext(posixpath.basename(path))[0]
-    return resolved
+        scheme = next((f for prefix, f in SCHEMES.items() if uri.startswith(prefix)), find_files)
+        found.update((model.uri, model) for model in scheme(uri))
+    return list(found.values())
 
 
-def load(uri: str, name: str | None = None) -> ModelSource:
-    """Read one model (a file URI, a ``timm:`` name or a ``pretrained:`` entry); ``name`` defaults to the
-    file's stem."""
-    from geosane import pretrained
+def load(uri: str) -> ModelSource:
+    """Read the one model that ``uri`` names (a file, a ``timm:`` name, a ``pretrained:GROUP#MODEL`` entry)."""
+    models = find([uri])
+    if len(models) != 1:
+        raise GeoSANEError(f"{uri}: names {len(models)} models, expected one; use geosane.sources.find")
+    return models[0].read()
 
-    if uri.startswith(TIMM_PREFIX):
-        return load_timm(uri)
-    if uri.startswith(pretrained.PREFIX):
-        return pretrained.load(uri)
+
+# ------------------------------------------------------------------------------ files, directories, URLs
+
+
+def find_files(uri: str) -> list[Found]:
+    """A model file, or every model file under a directory (recursively, sorted), named by its path inside the
+    directory (``galileo_nano/encoder``); local paths and fsspec URLs alike."""
+    with storage.errors_named(uri, "read"):
+        fs, path = storage.filesystem(uri)
+        if fs.isdir(path):
+            files = sorted(p for p in fs.find(path) if p.endswith(SUFFIXES))
+            if not files:
+                raise GeoSANEError(f"{uri}: directory holds no model files ({', '.join(SUFFIXES)})")
+            named = {
+                (fs.unstrip_protocol(f) if "://" in uri else posixpath.normpath(f)): posixpath.splitext(
+                    posixpath.relpath(f, path.rstrip("/"))
+                )[0]
+                for f in files
+            }
+        elif not fs.exists(path):
+            raise GeoSANEError(f"{uri}: no such file or directory")
+        elif not path.endswith(SUFFIXES):
+            raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+        else:
+            named = {uri: posixpath.splitext(posixpath.basename(path))[0]}
+    return [Found(file, name, functools.partial(read_file, file, name)) for file, name in named.items()]
+
+
+def read_file(uri: str, name: str | None = None) -> ModelSource:
+    """One model file; ``name`` defaults to the file's stem."""
     path = uri.split("::")[0]  # a chained URL (zip://member::archive) names its file first
     data = storage.read_bytes(uri)
     digest = hashlib.sha256(data).hexdigest()
@@ -190,6 +208,14 @@ def guess_in_chans(state_dict: Mapping[str, torch.Tensor]) -> int | None:
     return None
 
 
+# ------------------------------------------------------------------------------ timm:
+
+
+def find_timm(uri: str) -> list[Found]:
+    """``timm:NAME?...``: one architecture, built when read."""
+    return [Found(uri, parse_timm(uri)[0], functools.partial(load_timm, uri))]
+
+
 def parse_timm(uri: str) -> tuple[str, dict[str, str]]:
     """``timm:resnet18?in_chans=13&num_classes=10&pretrained=/path/w.safetensors&seed=0``."""
     spec = uri[len(TIMM_PREFIX) :]
@@ -220,12 +246,16 @@ def load_timm(uri: str) -> ModelSource:
     sha256 = ""
     overlay = None
     if options.get("pretrained"):
-        pretrained = load(options["pretrained"])
-        overlay = pretrained_overlay(name, pretrained.state_dict)
-        sha256 = pretrained.sha256
+        weights = read_file(options["pretrained"])
+        overlay = pretrained_overlay(name, weights.state_dict)
+        sha256 = weights.sha256
     try:
         model = timm.create_model(
-            name, pretrained=overlay is not None, pretrained_cfg_overlay=overlay, in_chans=in_chans, num_classes=num_classes
+            name,
+            pretrained=overlay is not None,
+            pretrained_cfg_overlay=overlay,
+            in_chans=in_chans,
+            num_classes=num_classes,
         )
     except RuntimeError as exc:
         if overlay is None:
@@ -236,7 +266,7 @@ def load_timm(uri: str) -> ModelSource:
         ) from exc
     state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if options.get("pretrained"):
-        check_fit(uri, name, state_dict, pretrained.state_dict)
+        check_fit(uri, name, state_dict, weights.state_dict)
     return ModelSource(
         name=name,
         uri=uri,
@@ -252,9 +282,8 @@ def load_timm(uri: str) -> ModelSource:
 def pretrained_overlay(name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
     """A timm pretrained config that loads ``state_dict`` directly (never a hub), so that timm itself adapts
     the stem to ``in_chans`` and drops a classifier whose class count differs, as it does for its own weights."""
-    import timm
 
-    cfg = timm.models.get_pretrained_cfg(name)
+    cfg = timm_config(name)
     overlay: dict[str, Any] = {"source": "timm", "state_dict": dict(state_dict)}
     stems = (cfg.first_conv,) if isinstance(cfg.first_conv, str) else tuple(cfg.first_conv or ())
     stem = next((state_dict[f"{s}.weight"] for s in stems if f"{s}.weight" in state_dict), None)
@@ -266,12 +295,21 @@ def pretrained_overlay(name: str, state_dict: dict[str, torch.Tensor]) -> dict[s
     return overlay
 
 
-def check_fit(uri: str, name: str, built: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
-    """timm loads non-strictly when it drops a head; make sure everything but the head came from the file."""
+def timm_config(name: str) -> Any:
+    """timm's pretrained config of an architecture (its stem, head and input size)."""
     import timm
 
-    heads = timm.models.get_pretrained_cfg(name).classifier or ()
-    heads = (heads,) if isinstance(heads, str) else tuple(heads)
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise GeoSANEError(f"timm has no pretrained config for {name!r}: cannot load local weights into it")
+    return cfg
+
+
+def check_fit(uri: str, name: str, built: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
+    """timm loads non-strictly when it drops a head; make sure everything but the head came from the file."""
+
+    classifier = timm_config(name).classifier or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     missing = [k for k in built if k not in loaded and not k.startswith(tuple(f"{h}." for h in heads))]
     unexpected = [k for k in loaded if k not in built]
     if missing or unexpected:
@@ -289,6 +327,37 @@ def timm_family(name: str) -> str:
     return _model_to_module.get(get_arch_name(name), "unknown")
 
 
+# ------------------------------------------------------------------------------ pretrained:
+
+
+def find_pretrained(uri: str) -> list[Found]:
+    """``pretrained:all`` or ``pretrained:GROUP``: the catalogued real models, read with the catalogue's metadata."""
+    return [
+        Found(model, name, functools.partial(read_pretrained, model, name))
+        for model, name in pretrained.expand(uri).items()
+    ]
+
+
+def read_pretrained(uri: str, name: str) -> ModelSource:
+    entry = pretrained.entry(uri)
+    source = read_file(pretrained.location(uri), name)
+    source.family, source.task, source.modality = entry.family, entry.task, entry.modality
+    source.bands = entry.bands[: source.in_chans] if source.in_chans else list(entry.bands)
+    source.licence, source.num_classes = entry.licence, entry.num_classes
+    source.tags = {**entry.tags, "catalogue": uri[len(pretrained.PREFIX) :].partition("#")[0]}
+    if entry.wheel:
+        source.tags["wheel"] = entry.wheel
+    return source
+
+
+#: Source schemes by prefix: one function from a source string to the models it names. A string without a
+#: registered prefix is a file, a directory or an fsspec URL (``find_files``).
+SCHEMES: dict[str, Callable[[str], list[Found]]] = {
+    TIMM_PREFIX: find_timm,
+    pretrained.PREFIX: find_pretrained,
+}
+
+
 def content_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
     """A hash of names, dtypes, shapes and raw bytes: equal exactly when the tensors are equal bit for bit."""
     digest = hashlib.sha256()
@@ -296,5 +365,5 @@ def content_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         flat = tensor.detach().contiguous().reshape(-1)
         if flat.numel():
-            digest.update(memoryview(flat.view(torch.uint8).numpy()))
+            digest.update(flat.view(torch.uint8).numpy().data)
     return digest.hexdigest()

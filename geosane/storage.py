@@ -11,12 +11,26 @@ import contextlib
 import os
 import posixpath
 import uuid
+from pathlib import Path
 from typing import IO, Iterator
 
 import fsspec
 from fsspec.core import url_to_fs
 
 from geosane.errors import GeoSANEError
+
+__all__ = [
+    "absolute",
+    "atomic_open",
+    "errors_named",
+    "exists",
+    "filesystem",
+    "join",
+    "read_bytes",
+    "remove",
+    "storage_options",
+    "write_bytes",
+]
 
 #: Fail fast on an unreachable endpoint instead of retrying for minutes.
 S3_CONFIG = {"connect_timeout": 5, "read_timeout": 120, "retries": {"max_attempts": 3, "mode": "standard"}}
@@ -50,6 +64,11 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     # url_to_fs collapses cached instances; forget stale listings so we always see other writers' files.
     fs.invalidate_cache()
     return fs, path
+
+
+def absolute(url: str) -> str:
+    """A local path made absolute (Ray workers run in folders of their own); a URL with a scheme as it is."""
+    return url if "://" in url else str(Path(url).resolve())
 
 
 def join(url: str, *parts: str) -> str:

@@ -7,12 +7,23 @@ the input). Both take any band count through ``in_chans``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from geosane.errors import GeoSANEError
+
+__all__ = [
+    "TASKS",
+    "SegmentationModel",
+    "create_model",
+    "evaluate",
+    "loss_fn",
+    "mean_iou",
+]
 
 TASKS = ("classification", "segmentation")
 
@@ -23,7 +34,8 @@ class SegmentationModel(nn.Module):
     def __init__(self, arch: str, in_chans: int, num_classes: int, width: int = 32, **kwargs) -> None:
         super().__init__()
         self.backbone = timm.create_model(arch, pretrained=False, features_only=True, in_chans=in_chans, **kwargs)
-        channels = self.backbone.feature_info.channels()
+        feature_info: Any = self.backbone.feature_info  # timm's FeatureInfo on features_only models
+        channels = feature_info.channels()
         self.lateral = nn.ModuleList(nn.Conv2d(c, width, 1) for c in channels)
         self.classifier = nn.Sequential(
             nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, num_classes, 1)
@@ -32,8 +44,10 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.backbone(x)
         size = features[0].shape[-2:]
-        fused = sum(F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
-                    for proj, f in zip(self.lateral, features))
+        fused = sum(
+            F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
+            for proj, f in zip(self.lateral, features, strict=True)
+        )
         return F.interpolate(self.classifier(fused), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -59,7 +73,9 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch: int = 256) -> float:
+def evaluate(
+    model: nn.Module, task: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, batch: int = 256
+) -> float:
     """Top-1 accuracy for classification, mean IoU over classes present for segmentation."""
     model.eval()
     predictions = torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])

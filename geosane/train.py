@@ -1,35 +1,50 @@
 """Train the weight autoencoder with Ray Train and DeepSpeed ZeRO, fed by Ray Data from a collection.
 
 Every worker runs a DeepSpeed engine (ZeRO stage 0-3, bf16 optional, optimizer offload optional, gradient
-accumulation, AdamW with weight decay on >= 2-D tensors only, OneCycle). Every ``checkpoint_every`` steps all
-ranks save their ZeRO shards and report them as one Ray Train checkpoint in the run's storage; a restarted
-worker group (``FailureConfig``) and a re-run with the same ``--name`` resume from the latest one. Each rank
-also records the SHA-256 of the files it saved, so a corrupt or mismatched checkpoint is refused with a clear
-message before DeepSpeed reads it. At the end a consolidated fp32 checkpoint (safetensors + config) is written
-to ``<storage>/<name>/final`` for generation. TensorBoard logs go to ``<storage>/<name>/tensorboard``.
+accumulation, AdamW with weight decay on >= 2-D tensors only, OneCycle) around a :class:`geosane.Autoencoder`.
+Every ``checkpoint_every`` steps all ranks save their ZeRO shards and report them as one Ray Train checkpoint in
+the run's storage (``geosane.checkpoints``); a restarted worker group (``FailureConfig``) and a re-run with the same
+``--name`` resume from the latest one. Validation encodes and decodes the held-out models whole, exactly as
+``Autoencoder.encode`` / ``decode`` do for a user. At the end the consolidated fp32 autoencoder is saved to
+``<storage>/<name>/final`` (``Autoencoder.load`` reads it). TensorBoard logs go to ``<storage>/<name>/tensorboard``.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from geosane import storage
+from geosane import checkpoints, storage
+from geosane.autoencoder import AutoencoderConfig
+from geosane.config import load_config, settings
 from geosane.errors import GeoSANEError
+from geosane.views import ViewConfig
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "TrainConfig",
+    "run_training",
+    "build_engine",
+    "deepspeed_config",
+    "parameter_groups",
+    "training_views",
+    "StepMeter",
+    "nvme_folder",
+    "remove_offload_files",
+    "return_large_blocks_to_the_os",
+]
 
 log = logging.getLogger(__name__)
-TAG = "state"  # DeepSpeed's checkpoint tag inside every reported checkpoint
 PREFETCH_BATCHES = 4  # batches Ray Data prepares ahead of the step that needs them
 STEPS_PER_PASS = 200  # a pass over the training models holds at least this many steps (each pass restarts Ray Data)
 SHUFFLE_BATCHES = 8  # each worker shuffles its windows in a buffer of this many batches (blocks are one model each)
@@ -39,7 +54,7 @@ OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 NVME_SUB_GROUP = 50_000_000
 
 
-@dataclass
+@settings
 class TrainConfig:
     """Everything a training run depends on; recorded with every checkpoint and the final model."""
 
@@ -71,16 +86,9 @@ class TrainConfig:
     seed: int = 0
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "TrainConfig":
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError as exc:
-            raise GeoSANEError(f"train config {path} not found") from exc
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise GeoSANEError(f"{path}: unknown setting(s) {unknown}")
-        return cls(**{**data, **{k: v for k, v in overrides.items() if v is not None}})
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Settings from a YAML file (``sweeps/train-*.yaml``); ``overrides`` that are not None win."""
+        return replace(load_config(path, cls), **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -93,15 +101,6 @@ class TrainConfig:
             raise GeoSANEError(f"offload 'nvme' needs zero_stage 3, got {self.zero_stage}")
         if self.steps < 1 or self.checkpoint_every < 1:
             raise GeoSANEError("steps and checkpoint_every must be >= 1")
-
-
-def autoencoder_config(config: TrainConfig, token_size: int):
-    from geosane.model import config_named
-
-    overrides: dict[str, Any] = {"token_size": token_size}
-    if config.window:
-        overrides["window"] = config.window
-    return config_named(config.model, **overrides)
 
 
 def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
@@ -135,62 +134,26 @@ def nvme_folder(config: TrainConfig) -> str:
     return str(Path(root) / config.name)
 
 
-def parameter_groups(model, weight_decay: float) -> list[dict[str, Any]]:
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW decays matrices (>= 2-D) only: never biases, norms or embeddings of one dimension."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
 
 
-# ------------------------------------------------------------------------------ checkpoints on disk
-
-
-def record_files(folder: Path, rank: int, config: TrainConfig, progress: dict[str, Any]) -> None:
-    """Write ``rank<r>.json``: progress (step...), the settings that must match to resume, the files' sha256."""
-    files = {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
-    (folder / f"rank{rank}.json").write_text(json.dumps({**progress, "resume_key": resume_key(config), "files": files}))
-
-
-def verify_checkpoint(folder: Path, world_size: int, config: TrainConfig) -> dict[str, Any]:
-    """Check every rank's record against the files and this run's settings; return rank 0's record."""
-    steps = set()
-    for rank in range(world_size):
-        record_file = folder / f"rank{rank}.json"
-        if not record_file.exists():
-            raise GeoSANEError(f"checkpoint {folder}: no record of rank {rank} (saved by another number of workers?)")
-        record = json.loads(record_file.read_text())
-        if record["resume_key"] != resume_key(config):
-            raise GeoSANEError(
-                f"checkpoint {folder} was saved with different settings {record['resume_key']}, "
-                f"this run has {resume_key(config)}; use another --name to start afresh"
-            )
-        for name, digest in record["files"].items():
-            path = folder / name
-            if not path.exists():
-                raise GeoSANEError(f"checkpoint {folder}: {name} is missing")
-            if sha256_file(path) != digest:
-                raise GeoSANEError(f"checkpoint {folder}: {name} is corrupt (sha256 differs from when it was saved)")
-        steps.add(record["step"])
-    if len(steps) != 1:
-        raise GeoSANEError(f"checkpoint {folder}: ranks saved different steps {sorted(steps)}")
-    return json.loads((folder / "rank0.json").read_text())
+# ------------------------------------------------------------------------------ the worker loop
 
 
 def resume_key(config: TrainConfig) -> dict[str, Any]:
     """Settings a checkpoint can only be resumed with unchanged (shapes and sharding of the saved state)."""
-    return {"model": config.model, "window": config.window, "workers": config.workers, "zero_stage": config.zero_stage,
-            "bf16": config.bf16, "offload": config.offload}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-# ------------------------------------------------------------------------------ the worker loop
+    return {
+        "model": config.model,
+        "window": config.window,
+        "workers": config.workers,
+        "zero_stage": config.zero_stage,
+        "bf16": config.bf16,
+        "offload": config.offload,
+    }
 
 
 def return_large_blocks_to_the_os() -> None:
@@ -215,16 +178,18 @@ def require_async_io() -> None:
     from deepspeed.accelerator import get_accelerator
 
     if not get_accelerator().create_op_builder("AsyncIOBuilder").is_compatible(verbose=False):
-        raise GeoSANEError("offload 'nvme' needs libaio for DeepSpeed's async_io op, and it is not on this machine: "
-                           "install it (Debian/Ubuntu: apt-get install libaio-dev) or use --offload cpu")
+        raise GeoSANEError(
+            "offload 'nvme' needs libaio for DeepSpeed's async_io op, and it is not on this machine: "
+            "install it (Debian/Ubuntu: apt-get install libaio-dev) or use --offload cpu"
+        )
 
 
-def build_engine(config: TrainConfig, model_config):
-    """The autoencoder inside a DeepSpeed engine with AdamW and OneCycle; call on every rank."""
+def build_engine(config: TrainConfig, model_config: AutoencoderConfig) -> tuple[Any, Any]:
+    """The autoencoder inside a DeepSpeed engine with AdamW and OneCycle, and the schedule; call on every rank."""
     import deepspeed
     import torch
 
-    from geosane.model import WeightAutoencoder
+    from geosane.autoencoder import Autoencoder
 
     return_large_blocks_to_the_os()
     if config.offload == "nvme":
@@ -232,7 +197,7 @@ def build_engine(config: TrainConfig, model_config):
     torch.manual_seed(config.seed)
     # under ZeRO-3 each rank builds only its partition of the parameters: the full model never sits in one process
     with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(config), enabled=config.zero_stage == 3):
-        model = WeightAutoencoder(model_config)
+        model = Autoencoder(model_config)
     fused = config.use_gpu and config.offload == "none"  # one CUDA kernel for the whole update
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=fused)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps)
@@ -240,22 +205,6 @@ def build_engine(config: TrainConfig, model_config):
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config)
     )
     return engine, schedule
-
-
-def autoencoder_losses(engine, batch: dict, loss_config, bf16: bool) -> dict:
-    """Both views through the autoencoder in the batch's standardized units (the units of the loss)."""
-    import torch
-
-    from geosane.losses import batch_statistics, geosane_loss
-    from geosane.tokenize import prefix_mask
-
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    mask = prefix_mask(batch["valid"], batch["tokens"].shape[-1])
-    mean, std = batch_statistics(batch["tokens"], mask)
-    outputs = [engine(((batch[v] - mean) / std * mask).to(dtype), batch["positions"]) for v in ("view1", "view2")]
-    reconstructions = tuple(o[1].float() * std + mean for o in outputs)
-    projections = tuple(o[2] for o in outputs)
-    return geosane_loss(reconstructions, projections, batch["tokens"], mask, loss_config)
 
 
 class StepMeter:
@@ -288,8 +237,12 @@ class StepMeter:
             self.steady_wait += self.wait
         steady = now - self.steady_began
         self.tokens, self.wait = 0, 0.0
-        return {**step, "startup_seconds": self.startup, "tokens_per_s": self.steady_tokens / steady if steady else 0.0,
-                "data_wait_fraction": self.steady_wait / steady if steady else 0.0}
+        return {
+            **step,
+            "startup_seconds": self.startup,
+            "tokens_per_s": self.steady_tokens / steady if steady else 0.0,
+            "data_wait_fraction": self.steady_wait / steady if steady else 0.0,
+        }
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
@@ -299,24 +252,28 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     from deepspeed.utils import safe_get_full_fp32_param
     from torch.utils.tensorboard import SummaryWriter
 
+    from geosane.autoencoder import Autoencoder, training_losses
+    from geosane.collection import Collection
     from geosane.losses import LossConfig
-    from geosane.model import AutoencoderConfig
 
     config = TrainConfig(**loop_config["train"])
-    model_config = loop_config["model"]
+    model_config = AutoencoderConfig(**loop_config["model"])
     torch.set_num_threads(1)  # one core per worker; more only oversubscribes the machine
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    engine, schedule = build_engine(config, AutoencoderConfig(**model_config))
+    engine, schedule = build_engine(config, model_config)
     device = engine.device
     loss_config = LossConfig(config.gamma, config.temperature)
+    # every rank validates every held-out model (under ZeRO-3 each forward pass is a collective)
+    collection = Collection(config.collection)
+    held_out = [collection.tokens(model_id) for model_id in loop_config["val"]]
 
     step, val_start = 0, None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as folder:
-            saved = verify_checkpoint(Path(folder), world, config)
-            engine.load_checkpoint(folder, tag=TAG)
+            saved = checkpoints.verify(Path(folder), world, resume_key(config))
+            engine.load_checkpoint(folder, tag=checkpoints.TAG)
         step, val_start = saved["step"], saved["val_reconstruction_start"]
         if rank == 0:
             log.info("resumed from step %d", step)
@@ -325,24 +282,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     writer = SummaryWriter(str(tensorboard)) if rank == 0 else None
     run = loop_config["run"]
     train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
 
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in batch.items()}
 
-    def forward(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return autoencoder_losses(engine, batch, loss_config, config.bf16)
-
-    @torch.no_grad()
     def validate() -> float:
+        """The held-out models' mean reconstruction error, each encoded and decoded whole as a user would."""
         engine.eval()
-        total, count = 0.0, 0
-        for batch in val_shard.iter_torch_batches(batch_size=config.batch_size, drop_last=False):
-            losses = forward(to_device(batch))
-            total += float(losses["reconstruction"]) * len(batch["tokens"])
-            count += len(batch["tokens"])
+        errors = [engine.module.reconstruction_error(tokens, network=engine) for tokens in held_out]
         engine.train()
-        return total / max(count, 1)
+        return sum(errors) / len(errors)
 
     if val_start is None:
         val_start = validate()  # the held-out models before any training: the yardstick for progress
@@ -351,12 +300,15 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     while step < config.steps:
         meter.fetching()
         for batch in train_shard.iter_torch_batches(
-            batch_size=config.batch_size, drop_last=True, prefetch_batches=PREFETCH_BATCHES,
-            local_shuffle_buffer_size=SHUFFLE_BATCHES * config.batch_size, local_shuffle_seed=config.seed + rank,
+            batch_size=config.batch_size,
+            drop_last=True,
+            prefetch_batches=PREFETCH_BATCHES,
+            local_shuffle_buffer_size=SHUFFLE_BATCHES * config.batch_size,
+            local_shuffle_seed=config.seed + rank,
         ):
             meter.fetched()
             batch = to_device(batch)
-            losses = forward(batch)
+            losses = training_losses(engine, batch, loss_config, config.bf16)
             engine.backward(losses["loss"])
             engine.step()
             meter.tokens += int(batch["valid"].gt(0).sum()) * world
@@ -387,7 +339,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 if writer:
                     writer.flush()
                     upload(tensorboard, storage.join(run, "tensorboard"))
-                save_and_report(engine, config, metrics, rank)
+                save_and_report(engine, config, model_config, metrics, rank)
             elif evaluate:
                 ray.train.report(metrics)
             if step >= config.steps:
@@ -405,11 +357,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             state[name] = (full if full is not None else parameter).detach().float().cpu().contiguous()
     if rank == 0:
-        from safetensors.torch import save
-
-        storage.write_bytes(storage.join(run, "final", "model.safetensors"), save(state))
-        storage.write_bytes(storage.join(run, "final", "config.json"), json.dumps(
-            {"autoencoder": model_config, "train": asdict(config), "step": step, "metrics": metrics}, indent=1).encode())
+        info = {"train": asdict(config), "collection": config.collection, "step": step, "metrics": metrics}
+        with torch.device("meta"):
+            final = Autoencoder(model_config, info)
+        final.load_state_dict(state, assign=True)
+        final.save(storage.join(run, "final"))
+    if writer:
         writer.close()
         upload(tensorboard, storage.join(run, "tensorboard"))
     remove_offload_files(config)
@@ -426,53 +379,78 @@ def upload(folder: Path, url: str) -> None:
     fs.put(str(folder) + "/", path.rstrip("/") + "/", recursive=True)
 
 
-def save_and_report(engine, config: TrainConfig, metrics: dict[str, Any], rank: int) -> None:
+def save_and_report(
+    engine: Any, config: TrainConfig, model_config: AutoencoderConfig, metrics: dict[str, Any], rank: int
+) -> None:
     """All ranks save their DeepSpeed shards and report them; Ray Train merges them into one checkpoint."""
     import ray.train
 
+    progress = {
+        "step": metrics["step"],
+        "val_reconstruction_start": metrics["val_reconstruction_start"],
+        "autoencoder": asdict(model_config),
+    }
     with tempfile.TemporaryDirectory() as folder:
-        engine.save_checkpoint(folder, tag=TAG)
-        record_files(Path(folder), rank, config, {k: metrics[k] for k in ("step", "val_reconstruction_start")})
+        engine.save_checkpoint(folder, tag=checkpoints.TAG)
+        checkpoints.record(Path(folder), rank, resume_key(config), progress)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 # ------------------------------------------------------------------------------ the driver
 
 
-def run_training(config: TrainConfig, progress: bool = True):
-    """Build the data and the trainer, fit (resuming if this run name has checkpoints), copy TensorBoard logs."""
+def training_views(config: TrainConfig, model_config: AutoencoderConfig, train_ids: list[str]) -> ViewConfig:
+    """The windows and views a run trains on: the model's window, the run's augmentation, and enough windows per
+    model that one pass over small collections lasts ``STEPS_PER_PASS`` steps (each pass restarts Ray Data)."""
+    from geosane.token_stream import windows_per_model_for
+
+    views = ViewConfig(
+        window=model_config.window,
+        noise=config.noise,
+        erase_probability=config.erase_probability,
+        permute_hidden_units=config.permute_hidden_units,
+    )
+    global_batch = config.batch_size * config.workers * config.grad_accum
+    windows = windows_per_model_for(
+        config.collection, train_ids, views, min(config.steps, STEPS_PER_PASS) * global_batch
+    )
+    return replace(views, windows_per_model=windows)
+
+
+def run_training(config: TrainConfig, progress: bool = True) -> Any:
+    """Train (or resume) the run ``config.name``: Ray Data windows of the collection's training models feed a Ray
+    Train worker group of DeepSpeed engines; returns Ray Train's result (``.metrics`` holds the last report)."""
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
 
     from geosane.collection import Collection
-    from geosane.data import split_models, window_dataset, windows_per_model_for
-    from geosane.views import ViewConfig
+    from geosane.token_stream import split_models, window_dataset
 
     config.validate()
-    collection = Collection(config.collection)
-    records = collection.records()
-    token_size = records[0].token_size
-    model_config = autoencoder_config(config, token_size)
+    config = replace(config, collection=storage.absolute(config.collection))  # the workers read it too
+    records = Collection(config.collection).records()
+    model_config = AutoencoderConfig.named(
+        config.model, token_size=records[0].token_size, window=config.window, mode=records[0].mode
+    )
     split = split_models([r.id for r in records], config.val_fraction, config.seed)
-    views = ViewConfig(window=model_config.window, noise=config.noise, erase_probability=config.erase_probability,
-                       permute_hidden_units=config.permute_hidden_units)
-    global_batch = config.batch_size * config.workers * config.grad_accum
-    views = replace(views, windows_per_model=windows_per_model_for(
-        config.collection, split.train, views, min(config.steps, STEPS_PER_PASS) * global_batch))
+    views = training_views(config, model_config, split.train)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit): use what it has
             ray.init(include_dashboard=False)
         else:  # one machine: the workers take a CPU each and Ray Data needs CPUs beside them to feed them
-            ray.init(num_cpus=max(os.cpu_count() or 1, config.workers + 2), include_dashboard=False,
-                     log_to_driver=progress)
-    storage_root = str(Path(config.storage).resolve()) if "://" not in config.storage else config.storage
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, config.workers + 2), include_dashboard=False, log_to_driver=progress
+            )
+    storage_root = storage.absolute(config.storage)
     run = storage.join(storage_root, config.name)
-    storage.write_bytes(storage.join(run, "split.json"), json.dumps(
-        {"collection": config.collection, "train": split.train, "val": split.val}, indent=1).encode())
+    storage.write_bytes(
+        storage.join(run, "split.json"),
+        json.dumps({"collection": config.collection, "train": split.train, "val": split.val}, indent=1).encode(),
+    )
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": asdict(config), "model": model_config.to_dict(), "run": run},
+        train_loop_config={"train": asdict(config), "model": asdict(model_config), "run": run, "val": split.val},
         scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
         run_config=ray.train.RunConfig(
             name=config.name,
@@ -480,12 +458,7 @@ def run_training(config: TrainConfig, progress: bool = True):
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets={
-            "train": window_dataset(config.collection, split.train, views, train=True, seed=config.seed),
-            # fixed windows without augmentation: computed once, reused at every evaluation
-            "val": window_dataset(config.collection, split.val, views, train=False, seed=config.seed).materialize(),
-        },
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        datasets={"train": window_dataset(config.collection, split.train, views, seed=config.seed)},
     )
     try:
         return trainer.fit()
@@ -507,6 +480,10 @@ def geosane_cause(error: BaseException) -> GeoSANEError | None:
         seen.add(id(current))
         if isinstance(current, GeoSANEError):
             return current
-        pending += [getattr(current, "cause", None), current.__cause__, current.__context__,
-                    *getattr(current, "worker_failures", {}).values()]
+        pending += [
+            getattr(current, "cause", None),
+            current.__cause__,
+            current.__context__,
+            *getattr(current, "worker_failures", {}).values(),
+        ]
     return None

@@ -18,6 +18,20 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "HiddenUnits",
+    "ViewConfig",
+    "block_windows",
+    "cut_windows",
+    "halo_windows",
+    "hidden_units",
+    "make_views",
+    "permute_hidden_units",
+    "prefix_mask",
+    "window_starts",
+    "windows_per_pass",
+]
+
 
 @dataclass(frozen=True)
 class ViewConfig:
@@ -33,12 +47,22 @@ def windows_per_pass(num_tokens: int, config: ViewConfig) -> int:
     return max(1, int(round(config.windows_per_model * num_tokens / config.window)))
 
 
-def window_starts(num_tokens: int, config: ViewConfig, rng: np.random.Generator | None) -> np.ndarray:
-    """Random window starts (training) or a fixed tiling (``rng=None``, validation)."""
+def window_starts(num_tokens: int, config: ViewConfig, rng: np.random.Generator) -> np.ndarray:
+    """Random starts of one pass's training windows."""
     span = max(0, num_tokens - config.window)
-    if rng is None:  # tile from the start; the last window ends at the last token
-        return np.unique(np.arange(0, num_tokens, config.window).clip(max=span))
     return rng.integers(0, span + 1, size=windows_per_pass(num_tokens, config))
+
+
+def halo_windows(num_tokens: int, core: int, halo: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of ``core + 2 * halo`` tokens that cover a whole model, as (window starts, core starts).
+
+    Cores tile the sequence; each window adds ``halo`` tokens of context on each side of its core. At the ends a
+    window is shifted inwards so that it stays inside the model (its context is then on one side), as training
+    windows do; a model shorter than a window is one window, padded with empty tokens at the end.
+    """
+    cores = np.arange(0, num_tokens, core)
+    starts = np.clip(cores - halo, 0, max(0, num_tokens - core - 2 * halo))
+    return starts, cores
 
 
 def cut_windows(
@@ -105,7 +129,7 @@ def hidden_units(layout: Any) -> list[HiddenUnits]:
     for name, first in layers.items():
         match = MLP_INPUT.match(name)
         second = layers.get(f"{match['prefix']}.fc2.weight") if match else None
-        if second is None or len(second.shape) < 2 or second.shape[1] != first.shape[0]:
+        if match is None or second is None or len(second.shape) < 2 or second.shape[1] != first.shape[0]:
             continue
         prefix, size = match["prefix"] + ".", first.shape[0]
         norm = layers.get(f"{prefix}norm.weight")
@@ -115,12 +139,14 @@ def hidden_units(layout: Any) -> list[HiddenUnits]:
         covered = {n for layer in (first, second, norm) if layer for n in (layer.name, layer.bias)}
         if any(key.startswith(prefix) and key not in covered for key in layout.keys):
             continue
-        groups.append(HiddenUnits(
-            size=size,
-            rows=tuple((layer.start, layer.count, layer.rows, layer.cols) for layer in (first, norm) if layer),
-            reader=(second.start, second.count, second.rows, second.cols),
-            kernel=math.prod(second.shape[2:]),
-        ))
+        groups.append(
+            HiddenUnits(
+                size=size,
+                rows=tuple((layer.start, layer.count, layer.rows, layer.cols) for layer in (first, norm) if layer),
+                reader=(second.start, second.count, second.rows, second.cols),
+                kernel=math.prod(second.shape[2:]),
+            )
+        )
     return groups
 
 
@@ -133,8 +159,9 @@ def layer_values(tokens: np.ndarray, span: Span, mode: str) -> np.ndarray:
     return block.reshape(rows, -1)[:, :cols]
 
 
-def permute_hidden_units(tokens: np.ndarray, groups: list[HiddenUnits], mode: str,
-                         rng: np.random.Generator) -> np.ndarray:
+def permute_hidden_units(
+    tokens: np.ndarray, groups: list[HiddenUnits], mode: str, rng: np.random.Generator
+) -> np.ndarray:
     """A copy of a model's ``[N, T]`` tokens with every group's hidden units in a random order."""
     out = tokens.copy()
     for group in groups:
@@ -154,16 +181,23 @@ def permute_hidden_units(tokens: np.ndarray, groups: list[HiddenUnits], mode: st
 PASSES = itertools.count()  # per Ray Data task worker: a fresh draw of windows for every block it handles
 
 
-def block_windows(block: dict[str, np.ndarray], views: ViewConfig, train: bool, seed: int,
-                  hidden: dict[str, tuple[str, list[HiddenUnits]]] | None = None) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function over whole blocks of shard rows: the windows of each model in the block.
+def block_windows(
+    block: dict[str, np.ndarray],
+    views: ViewConfig,
+    seed: int,
+    scales: dict[str, tuple[float, float]],
+    hidden: dict[str, tuple[str, list[HiddenUnits]]] | None = None,
+) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function over whole blocks of shard rows: the training windows of each model in the
+    block, with their two views and their model's scale (``mean``, ``std``: how the autoencoder standardizes them).
 
     Shards are written in token order and a read block holds contiguous rows of its files, so windows are cut
     without an all-to-all group-by; only windows that would straddle two blocks of one large file are lost.
     Random draws are seeded by the run's ``seed``, the model, the block's first token and how many blocks this
     worker process has cut before: the same schedule draws the same windows, another schedule (more workers,
     a restarted task worker) draws others. Lives here, beside numpy only, so that Ray Data's task workers never
-    import torch. ``hidden`` maps a shard's file name to its tokenizer mode and permutable MLPs.
+    import torch. ``scales`` maps a shard's file name to its model's scale (whole-model statistics: a block may hold
+    only part of a large model), ``hidden`` to its tokenizer mode and permutable MLPs.
     """
     out: dict[str, list[np.ndarray]] = {}
     for path in np.unique(block["path"]):
@@ -175,16 +209,15 @@ def block_windows(block: dict[str, np.ndarray], views: ViewConfig, train: bool, 
         valid = block["valid"][rows][order]
         shard = str(path).rsplit("/", 1)[-1]  # the shard's name: the model's id
         rng = np.random.default_rng([seed, zlib.crc32(shard.encode()), int(positions[0, 0]), len(tokens), next(PASSES)])
-        if train and views.permute_hidden_units and hidden and shard in hidden and positions[0, 0] == 0:
+        if views.permute_hidden_units and hidden and shard in hidden and positions[0, 0] == 0:
             mode, groups = hidden[shard]
             if all(start + count <= len(tokens) for g in groups for start, count, *_ in (*g.rows, g.reader)):
                 tokens = permute_hidden_units(tokens, groups, mode, rng)
-        windows = cut_windows(tokens, positions, valid, window_starts(len(tokens), views, rng if train else None),
-                              views.window)
-        if train:
-            windows = make_views(windows, views, rng)
-        else:
-            windows.update(view1=windows["tokens"], view2=windows["tokens"])
+        windows = cut_windows(tokens, positions, valid, window_starts(len(tokens), views, rng), views.window)
+        windows = make_views(windows, views, rng)
+        mean, std = scales[shard]
+        windows["mean"] = np.full(len(windows["tokens"]), mean, dtype=np.float32)
+        windows["std"] = np.full(len(windows["tokens"]), std, dtype=np.float32)
         for key, value in windows.items():
             out.setdefault(key, []).append(value)
     return {key: np.concatenate(values) for key, values in out.items()}

@@ -15,14 +15,17 @@ import logging
 import os
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import yaml
 
+from geosane.config import load_config, settings
 from geosane.errors import GeoSANEError
+from geosane.storage import absolute
+
+__all__ = ["ZooConfig", "ZooGroup", "run_zoo", "load_data", "fit_member"]
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ log = logging.getLogger(__name__)
 SPACES = ("choice", "loguniform", "uniform", "randint")
 
 
-@dataclass
+@settings
 class ZooGroup:
     """Trials of one dataset: architectures are used round-robin, trial k gets seed k."""
 
@@ -46,8 +49,10 @@ class ZooGroup:
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm arguments, e.g. {patch_size: 8}
 
 
-@dataclass
+@settings
 class ZooConfig:
+    """A zoo: groups of trials, the search space they share, and the resources of each trial."""
+
     name: str
     groups: list[ZooGroup]
     search: dict[str, Any] = field(default_factory=dict)
@@ -58,16 +63,9 @@ class ZooConfig:
     licence: str = "MIT"
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "ZooConfig":
-        try:
-            raw = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise GeoSANEError(f"zoo config {path} not found") from exc
-        try:
-            groups = [ZooGroup(**g) for g in raw.pop("groups")]
-            config = cls(groups=groups, **raw)
-        except (KeyError, TypeError) as exc:
-            raise GeoSANEError(f"{path}: invalid zoo config ({exc})") from exc
+    def from_yaml(cls, path: str | Path) -> ZooConfig:
+        """A zoo from a YAML file (``sweeps/zoo-*.yaml``)."""
+        config = load_config(path, cls)
         for key, spec in [*config.search.items(), *(i for g in config.groups for i in g.search.items())]:
             if isinstance(spec, dict) and (len(spec) != 1 or next(iter(spec)) not in SPACES):
                 raise GeoSANEError(f"{path}: search.{key} must be a value or one of {{{', '.join(SPACES)}: ...}}")
@@ -79,8 +77,12 @@ class ZooConfig:
         if max(checkpoints) > group.epochs:
             raise GeoSANEError(f"{group.dataset}: checkpoint epoch {max(checkpoints)} > epochs {group.epochs}")
         return [
-            {**asdict(group), "arch": group.architectures[k % len(group.architectures)], "seed": self.seed + k,
-             "checkpoint_epochs": checkpoints}
+            {
+                **asdict(group),
+                "arch": group.architectures[k % len(group.architectures)],
+                "seed": self.seed + k,
+                "checkpoint_epochs": checkpoints,
+            }
             for k in range(group.trials)
         ]
 
@@ -167,11 +169,19 @@ def fit_member(
     torch.manual_seed(member["seed"])
     x_train, y_train = info["train"]
     x_test, y_test = info["test"]
-    model = create_model(member["arch"], info["task"], len(info["bands"]), len(info["classes"]), x_train.shape[-1],
-                         **member["model_kwargs"])
+    model = create_model(
+        member["arch"],
+        info["task"],
+        len(info["bands"]),
+        len(info["classes"]),
+        x_train.shape[-1],
+        **member["model_kwargs"],
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     steps_per_epoch = max(1, len(x_train) // member["batch_size"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config["lr"], total_steps=member["epochs"] * steps_per_epoch)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, config["lr"], total_steps=member["epochs"] * steps_per_epoch
+    )
     generator = torch.Generator().manual_seed(member["seed"])
     start = 1
     if resume:
@@ -203,11 +213,26 @@ def fit_member(
         metrics[metric] = evaluate(model, info["task"], x_test, y_test, len(info["classes"]))
         with tempfile.TemporaryDirectory() as folder:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, Path(folder) / "model.safetensors")
-            torch.save({"optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                        "generator": generator.get_state(), "epoch": epoch}, Path(folder) / "train_state.pt")
-            (Path(folder) / "member.json").write_text(json.dumps(
-                {**member, "lr": config["lr"], "weight_decay": config["weight_decay"], "epoch": epoch,
-                 "metrics": {metric: metrics[metric], "test_samples": len(x_test)}}))
+            torch.save(
+                {
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(),
+                    "generator": generator.get_state(),
+                    "epoch": epoch,
+                },
+                Path(folder) / "train_state.pt",
+            )
+            (Path(folder) / "member.json").write_text(
+                json.dumps(
+                    {
+                        **member,
+                        "lr": config["lr"],
+                        "weight_decay": config["weight_decay"],
+                        "epoch": epoch,
+                        "metrics": {metric: metrics[metric], "test_samples": len(x_test)},
+                    }
+                )
+            )
             report(metrics, folder)
 
 
@@ -227,7 +252,7 @@ def run_zoo(config: ZooConfig, out: str, storage: str, data_root: str | None = N
 
     from geosane.collection import Collection
 
-    storage = str(Path(storage).resolve()) if "://" not in storage else storage
+    storage = absolute(storage)
     data = load_data(config, data_root)
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
@@ -297,7 +322,13 @@ def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooCo
         modality=info["modality"],
         bands=list(info["bands"]),
         metrics=member["metrics"],
-        tags={"arch": member["arch"], "dataset": member["dataset"], "epoch": str(member["epoch"]),
-              "seed": str(member["seed"]), "lr": f"{member['lr']:.3g}", "weight_decay": f"{member['weight_decay']:.3g}",
-              "zoo": config.name},
+        tags={
+            "arch": member["arch"],
+            "dataset": member["dataset"],
+            "epoch": str(member["epoch"]),
+            "seed": str(member["seed"]),
+            "lr": f"{member['lr']:.3g}",
+            "weight_decay": f"{member['weight_decay']:.3g}",
+            "zoo": config.name,
+        },
     )

@@ -12,20 +12,34 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from .test_tokenize import assert_bit_exact
+from .helpers import Exploit, assert_bit_exact
 
 GEOSANE = [sys.executable, "-m", "geosane.cli"]
 
 
 def geosane(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([*GEOSANE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        [*GEOSANE, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
+    )
 
 
 def test_collect_ls_show_export(tmp_path: Path, shared: Path) -> None:
     out = f"file://{tmp_path}/collection"
     presto = shared / "weights/presto/default_model.pt"
-    result = geosane("-q", "collect", str(presto), "timm:test_resnet?in_chans=13&num_classes=10", "--out", out,
-                     "--tag", "modality=multispectral", "--tag", "licence=MIT", "--tag", "source=nasaharvest")
+    result = geosane(
+        "-q",
+        "collect",
+        str(presto),
+        "timm:test_resnet?in_chans=13&num_classes=10",
+        "--out",
+        out,
+        "--tag",
+        "modality=multispectral",
+        "--tag",
+        "licence=MIT",
+        "--tag",
+        "source=nasaharvest",
+    )
     assert result.returncode == 0, result.stderr
     assert "added 2 model(s)" in result.stdout
 
@@ -59,13 +73,18 @@ def test_collect_ls_show_export(tmp_path: Path, shared: Path) -> None:
         (["collect", "missing.pt", "--out", "OUT"], "missing.pt: no such file"),
         (["collect", "timm:not_a_model", "--out", "OUT"], "unknown timm model 'not_a_model'"),
         (["collect", "pyproject.toml", "--out", "OUT"], "pyproject.toml: unsupported file type"),
-        (["collect", "timm:test_vit", "--out", "OUT", "--tag", "novalue"], "tag 'novalue' is not of the form key=value"),
+        (
+            ["collect", "timm:test_vit", "--out", "OUT", "--tag", "novalue"],
+            "tag 'novalue' is not of the form key=value",
+        ),
         (["collection", "ls", "OUT"], "no collection here"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
     args = [a.replace("OUT", str(tmp_path / "c")) for a in args]
-    result = subprocess.run([*GEOSANE, *args], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300)
+    result = subprocess.run(
+        [*GEOSANE, *args], capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=300
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
@@ -73,8 +92,6 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path: Path, args: list[str]
 
 
 def test_pickle_with_code_is_refused_by_the_cli(tmp_path: Path) -> None:
-    from .test_sources import Exploit
-
     marker = tmp_path / "pwned"
     torch.save({"w": Exploit(str(marker))}, tmp_path / "evil.pt")
     result = geosane("collect", str(tmp_path / "evil.pt"), "--out", str(tmp_path / "c"))
@@ -110,3 +127,29 @@ def test_train_offload_flag(flags: list[str], offload: str | None) -> None:
     from geosane.cli import build_parser
 
     assert build_parser().parse_args(["train", "--collection", "c", *flags]).offload == offload
+
+
+@pytest.mark.parametrize(
+    "command, text, message",
+    [
+        ("train", "model: tiny\nworkers: two\n", "line 2: workers: expected an integer, got 'two'"),
+        ("train", "model: tiny\nlearning_rate: 0.1\n", "line 2: learning_rate: unknown setting"),
+        ("zoo", "name: !!python/object/apply:os.system [touch pwned]\ngroups: []\n", "YAML tag not allowed"),
+        ("zoo", "", "is empty"),
+    ],
+)
+def test_bad_configs_are_named_before_anything_starts(tmp_path: Path, command: str, text: str, message: str) -> None:
+    config = tmp_path / f"{command}.yaml"
+    config.write_text(text)
+    args = ["--collection", str(tmp_path / "c")] if command == "train" else ["--out", str(tmp_path / "c")]
+    result = subprocess.run(
+        [*GEOSANE, command, "--config", str(config), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
+    assert result.returncode == 2 and str(config) in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "pwned").exists()
+
+
+def test_collect_refuses_a_token_size_of_zero(tmp_path: Path) -> None:
+    result = geosane("collect", "timm:test_vit", "--out", str(tmp_path / "c"), "--token-size", "0")
+    assert result.returncode == 2 and "token_size must be >= 1, got 0" in result.stderr
+    assert not (tmp_path / "c").exists()

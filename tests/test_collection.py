@@ -11,13 +11,15 @@ from geosane import sources, storage
 from geosane.collection import MANIFEST, Collection
 from geosane.errors import GeoSANEError
 from geosane.sources import ModelSource
-from geosane.tokenize import TokenizerConfig
+from geosane.tokenizer import TokenizerConfig
 
-from .test_tokenize import TIMM_MODELS, assert_bit_exact
+from .helpers import TIMM_MODELS, assert_bit_exact, free_port
 
 
 def source_of(state_dict: dict[str, torch.Tensor], name: str = "m") -> ModelSource:
-    return ModelSource(name=name, uri=f"memory:{name}", sha256=sources.content_sha256(state_dict), state_dict=state_dict)
+    return ModelSource(
+        name=name, uri=f"memory:{name}", sha256=sources.content_sha256(state_dict), state_dict=state_dict
+    )
 
 
 def timm_state(name: str, **kwargs) -> dict[str, torch.Tensor]:
@@ -62,11 +64,11 @@ def test_torchgeo_models_export_bit_exact(tmp_path: Path, name: str) -> None:
 
 def test_real_pretrained_weights_export_bit_exact(tmp_path: Path, shared: Path) -> None:
     files = [shared / "weights/presto/default_model.pt"] + sorted((shared / "weights/galileo_nano").glob("*.pt"))
-    uris = list(sources.expand([str(f) for f in files]))
+    uris = [f.uri for f in sources.find([str(f) for f in files])]
     collection = Collection(str(tmp_path / "c"))
     added = collection.add((sources.load(u) for u in uris), progress=False)
     assert len(added) == 5
-    for uri, record in zip(uris, added):
+    for uri, record in zip(uris, added, strict=True):
         original = torch.load(uri, map_location="cpu", weights_only=True)
         assert_bit_exact(original, collection.export(record.id))
         assert record.source_sha256 == __import__("hashlib").sha256(Path(uri).read_bytes()).hexdigest()
@@ -91,17 +93,23 @@ def test_file_and_s3_collections_read_back_identically(tmp_path: Path, bucket: s
     sds = [timm_state("test_resnet", in_chans=4, num_classes=3), timm_state("test_vit", num_classes=5)]
     local, remote = Collection(f"file://{tmp_path}/c"), Collection(f"{bucket}/collections/c")
     for collection in (local, remote):
-        collection.add([source_of(sd, f"m{i}") for i, sd in enumerate(sds)], TokenizerConfig(token_size=64), progress=False)
+        collection.add(
+            [source_of(sd, f"m{i}") for i, sd in enumerate(sds)], TokenizerConfig(token_size=64), progress=False
+        )
     local_records, remote_records = local.records(), remote.records()
     assert [r.id for r in local_records] == [r.id for r in remote_records]
-    for a, b, sd in zip(local_records, remote_records, sds):
+    for a, b, sd in zip(local_records, remote_records, sds, strict=True):
         ta, tb = local.tokens(a), remote.tokens(b)
-        assert torch.equal(ta.tokens, tb.tokens) and torch.equal(ta.mask, tb.mask) and torch.equal(ta.positions, tb.positions)
+        assert (
+            torch.equal(ta.tokens, tb.tokens)
+            and torch.equal(ta.mask, tb.mask)
+            and torch.equal(ta.positions, tb.positions)
+        )
         assert ta.layout == tb.layout
         assert_bit_exact(sd, remote.export(b.id))
     # models can also be collected from object storage
     storage.write_bytes(f"{bucket}/models/w.safetensors", _safetensors_bytes(sds[0]))
-    found = list(sources.expand([f"{bucket}/models"]))
+    found = [f.uri for f in sources.find([f"{bucket}/models"])]
     assert found == [f"{bucket}/models/w.safetensors"]
     assert sorted(sources.load(found[0]).state_dict) == sorted(sds[0])
 
@@ -177,12 +185,12 @@ def test_interrupted_collect_leaves_the_previous_collection(tmp_path: Path, monk
 
 
 def test_unreachable_s3_endpoint_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from .conftest import free_port
-
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "id-not-shown")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret-not-shown")
-    with pytest.raises(GeoSANEError, match=r"cannot .* s3://nowhere/c/manifest.json \(endpoint http://127.0.0.1:\d+\)") as info:
+    with pytest.raises(
+        GeoSANEError, match=r"cannot .* s3://nowhere/c/manifest.json \(endpoint http://127.0.0.1:\d+\)"
+    ) as info:
         Collection("s3://nowhere/c").add([source_of(timm_state("test_resnet"))], progress=False)
     assert "secret-not-shown" not in str(info.value)
 
@@ -202,3 +210,28 @@ def test_records_name_problems(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(1)}, tmp_path / "c" / record.kept_file)
     with pytest.raises(GeoSANEError, match="kept tensor .* missing"):
         collection.export(record.id)
+
+
+def test_each_model_stores_its_scale_and_older_collections_still_have_one(tmp_path: Path) -> None:
+    from geosane.autoencoder import Scale
+
+    collection = Collection(str(tmp_path / "c"))
+    record = collection.add([source_of(timm_state("test_resnet"))], progress=False)[0]
+    tokens = collection.tokens(record)
+    expected = Scale.of(tokens.tokens, tokens.valid)
+    assert (record.token_mean, record.token_std) == (float(expected.mean), float(expected.std))
+    # a manifest written before scales were stored: the scale is computed from the model's tokens
+    manifest = json.loads((tmp_path / "c" / MANIFEST).read_text())
+    for row in manifest["models"]:
+        del row["token_mean"], row["token_std"]
+    (tmp_path / "c" / MANIFEST).write_text(json.dumps(manifest))
+    old = Collection(str(tmp_path / "c")).record(record.id)
+    assert old.token_mean is None
+    scale = Collection(str(tmp_path / "c")).scale(old)
+    assert torch.equal(scale.mean, expected.mean) and torch.equal(scale.std, expected.std)
+
+
+def test_local_paths_become_absolute_for_workers_that_run_elsewhere(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert storage.absolute("out/collection") == str(tmp_path / "out" / "collection")
+    assert storage.absolute("s3://bucket/c") == "s3://bucket/c" and storage.absolute("file:///x/c") == "file:///x/c"

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -12,6 +11,8 @@ from safetensors.torch import save_file
 
 from geosane import sources
 from geosane.errors import GeoSANEError
+
+from .helpers import Exploit
 
 
 def tiny_state() -> dict[str, torch.Tensor]:
@@ -41,19 +42,10 @@ def test_directories_expand_recursively_and_skip_other_files(tmp_path: Path) -> 
     torch.save(tiny_state(), tmp_path / "sub" / "m.pt")
     save_file({"w.weight": torch.ones(2, 2)}, tmp_path / "a.safetensors")
     (tmp_path / "config.json").write_text("{}")
-    found = sources.expand([str(tmp_path)])
-    assert [Path(p).name for p in found] == ["a.safetensors", "m.pt"]
-    assert list(found.values()) == ["a", "sub/m"]
-
-
-class Exploit:
-    """A pickle payload that would create a file if it were ever unpickled."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+    found = sources.find([str(tmp_path)])
+    assert [Path(f.uri).name for f in found] == ["a.safetensors", "m.pt"]
+    assert [f.name for f in found] == ["a", "sub/m"]
+    assert list(found[1].read().state_dict) == list(tiny_state())
 
 
 def test_pickle_with_code_is_refused_not_run(tmp_path: Path) -> None:
@@ -73,10 +65,10 @@ def test_pickle_with_code_is_refused_not_run(tmp_path: Path) -> None:
 
 def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(GeoSANEError, match="missing.pt: no such file"):
-        sources.expand([str(tmp_path / "missing.pt")])
+        sources.find([str(tmp_path / "missing.pt")])
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(GeoSANEError, match="notes.txt: unsupported file type"):
-        sources.expand([str(tmp_path / "notes.txt")])
+        sources.find([str(tmp_path / "notes.txt")])
     good = tmp_path / "good.safetensors"
     save_file({"a.weight": torch.randn(64, 64)}, good)
     truncated = tmp_path / "truncated.safetensors"
@@ -128,7 +120,9 @@ def test_onnx_initializers_are_read_without_running_the_model(tmp_path: Path) ->
     from onnx import numpy_helper
 
     torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Conv2d(6, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1))
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(6, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Conv2d(8, 3, 1)
+    )
     model.eval()
     buffer = io.BytesIO()
     torch.onnx.export(model, (torch.randn(1, 6, 16, 16),), buffer, dynamo=False)

@@ -20,8 +20,15 @@ def test_segmentation_models_take_any_band_count(arch: str) -> None:
     model = create_model(arch, "segmentation", in_chans=6, num_classes=3)
     x = torch.randn(2, 6, 64, 64)
     assert model(x).shape == (2, 3, 64, 64)
-    score = evaluate(model, "segmentation", x, torch.zeros(2, 64, 64, dtype=torch.long), 3)
-    assert 0.0 <= score <= 1.0
+    # a head that says "class 1" everywhere, on a target whose left half is class 1 and right half class 0:
+    # IoU of class 0 is 0, of class 1 is 1/2 (class 2 occurs nowhere), so the mean is 1/4
+    head = model.classifier[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 5.0, 0.0]))
+    target = torch.zeros(2, 64, 64, dtype=torch.long)
+    target[..., :32] = 1
+    assert evaluate(model, "segmentation", x, target, 3) == pytest.approx(0.25)
 
 
 def test_classification_and_errors() -> None:

@@ -7,11 +7,12 @@ import pytest
 import timm
 import torch
 
-from geosane.tokenize import TokenizerConfig, detokenize, tokenize
+from geosane.tokenizer import TokenizerConfig, detokenize, tokenize
 from geosane.views import (
     ViewConfig,
     block_windows,
     cut_windows,
+    halo_windows,
     hidden_units,
     make_views,
     permute_hidden_units,
@@ -38,14 +39,24 @@ def test_windows_are_consecutive_and_padded_when_short() -> None:
     assert np.array_equal(short["valid"][0], [5, 5, 5, 0]) and not short["tokens"][0, 3].any()
 
 
-def test_validation_tiling_covers_every_token() -> None:
-    config = ViewConfig(window=4)
-    starts = window_starts(10, config, None)
-    covered = set(np.concatenate([np.arange(s, s + 4) for s in starts]).tolist())
-    assert covered == set(range(10)) and starts.max() == 6
-    assert np.array_equal(window_starts(3, config, None), [0])
-    random = window_starts(100, ViewConfig(window=10), np.random.default_rng(0))
-    assert len(random) == 10 and random.max() <= 90
+def test_training_windows_stay_inside_the_model() -> None:
+    starts = window_starts(100, ViewConfig(window=10), np.random.default_rng(0))
+    assert len(starts) == 10 and starts.min() >= 0 and starts.max() <= 90
+    assert np.array_equal(window_starts(3, ViewConfig(window=10), np.random.default_rng(0)), [0])
+
+
+@pytest.mark.parametrize("num_tokens", [1, 7, 16, 17, 100])
+def test_halo_windows_put_every_token_in_exactly_one_core(num_tokens: int) -> None:
+    core, halo = 4, 2
+    starts, cores = halo_windows(num_tokens, core, halo)
+    in_cores = np.concatenate([np.arange(c, min(c + core, num_tokens)) for c in cores])
+    assert np.array_equal(in_cores, np.arange(num_tokens))
+    # a window holds its core, stays inside the model when it can, and gives the core its halo where there is room
+    for start, first in zip(starts, cores, strict=True):
+        assert start <= first and min(first + core, num_tokens) <= start + core + 2 * halo
+        assert start == 0 or start + core + 2 * halo <= num_tokens
+        if halo <= first and first + core + halo <= num_tokens:  # away from the ends: context on both sides
+            assert start == first - halo
 
 
 def test_views_differ_but_keep_padding_empty() -> None:
@@ -84,17 +95,25 @@ def test_permuted_hidden_units_compute_the_same_function(arch: str, mode: str) -
 
 def test_only_mlps_the_rule_knows_are_permuted() -> None:
     state = {
-        "gated.fc1.weight": torch.randn(8, 3), "gated.fc2.weight": torch.randn(3, 4),  # fc1 twice as wide
-        "stats.fc1.weight": torch.randn(4, 3), "stats.fc2.weight": torch.randn(3, 4),
+        "gated.fc1.weight": torch.randn(8, 3),
+        "gated.fc2.weight": torch.randn(3, 4),  # fc1 twice as wide
+        "stats.fc1.weight": torch.randn(4, 3),
+        "stats.fc2.weight": torch.randn(3, 4),
         "stats.bn.running_mean": torch.zeros(4),  # something under the prefix the rule does not know
-        "plain.fc1.weight": torch.randn(4, 3), "plain.fc1.bias": torch.randn(4),
-        "plain.norm.weight": torch.ones(4), "plain.norm.bias": torch.zeros(4), "plain.fc2.weight": torch.randn(3, 4),
+        "plain.fc1.weight": torch.randn(4, 3),
+        "plain.fc1.bias": torch.randn(4),
+        "plain.norm.weight": torch.ones(4),
+        "plain.norm.bias": torch.zeros(4),
+        "plain.fc2.weight": torch.randn(3, 4),
     }
     tokens = tokenize(state, TokenizerConfig(token_size=5))
     groups = hidden_units(tokens.layout)
     assert [g.size for g in groups] == [4] and len(groups[0].rows) == 2  # plain: fc1 (with bias) and norm
-    permuted = detokenize(torch.from_numpy(permute_hidden_units(tokens.tokens.numpy(), groups, "dense",
-                                                                np.random.default_rng(2))), tokens.layout, tokens.kept)
+    permuted = detokenize(
+        torch.from_numpy(permute_hidden_units(tokens.tokens.numpy(), groups, "dense", np.random.default_rng(2))),
+        tokens.layout,
+        tokens.kept,
+    )
     order = [int(torch.nonzero((state["plain.fc1.weight"] == row).all(1))[0]) for row in permuted["plain.fc1.weight"]]
     assert sorted(order) == [0, 1, 2, 3] and order != [0, 1, 2, 3]
     assert torch.equal(permuted["plain.fc1.bias"], state["plain.fc1.bias"][order])
@@ -106,25 +125,36 @@ def shard_block(models: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Rows of several models' shards in one block, out of order, as Ray Data may hand them to block_windows."""
     rows = [(path, i, t) for path, tokens in models.items() for i, t in enumerate(tokens)]
     rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    return {"path": np.array([r[0] for r in rows]), "index": np.array([r[1] for r in rows]),
-            "layer": np.zeros(len(rows), dtype=np.int64), "within": np.array([r[1] for r in rows]),
-            "valid": np.full(len(rows), rows[0][2].shape[0]), "tokens": np.stack([r[2] for r in rows])}
+    return {
+        "path": np.array([r[0] for r in rows]),
+        "index": np.array([r[1] for r in rows]),
+        "layer": np.zeros(len(rows), dtype=np.int64),
+        "within": np.array([r[1] for r in rows]),
+        "valid": np.full(len(rows), rows[0][2].shape[0]),
+        "tokens": np.stack([r[2] for r in rows]),
+    }
 
 
 def test_block_windows_are_cut_per_model_in_token_order() -> None:
-    models = {"s/a.parquet": np.arange(40 * 3, dtype=np.float32).reshape(40, 3),
-              "s/b.parquet": -np.arange(1, 25 * 3 + 1, dtype=np.float32).reshape(25, 3)}
+    models = {
+        "s/a.parquet": np.arange(40 * 3, dtype=np.float32).reshape(40, 3),
+        "s/b.parquet": -np.arange(1, 25 * 3 + 1, dtype=np.float32).reshape(25, 3),
+    }
     views = ViewConfig(window=8, noise=0.0)
-    first = block_windows(shard_block(models), views, train=True, seed=0)
-    second = block_windows(shard_block(models), views, train=True, seed=0)
+    scales = {"a.parquet": (1.0, 2.0), "b.parquet": (-1.0, 3.0)}
+    first = block_windows(shard_block(models), views, seed=0, scales=scales)
+    second = block_windows(shard_block(models), views, seed=0, scales=scales)
     assert len(first["tokens"]) == round(40 / 8) + round(25 / 8)
-    for window, positions in zip(first["tokens"], first["positions"][:, :, 0]):
+    for window, positions, mean, std in zip(
+        first["tokens"], first["positions"][:, :, 0], first["mean"], first["std"], strict=True
+    ):
         source = models["s/a.parquet"] if window[0, 0] >= 0 else models["s/b.parquet"]
         assert np.array_equal(window, source[positions])  # consecutive tokens of one model, in order
         assert np.array_equal(positions, np.arange(positions[0], positions[0] + 8))
+        assert (mean, std) == ((1.0, 2.0) if window[0, 0] >= 0 else (-1.0, 3.0)), (
+            "each window carries its model's scale"
+        )
     assert not np.array_equal(first["positions"], second["positions"])  # every pass draws fresh windows
-    tiled = block_windows(shard_block(models), views, train=False, seed=0)
-    assert np.array_equal(tiled["view1"], tiled["tokens"]) and len(tiled["tokens"]) == 5 + 4
 
 
 def test_block_windows_come_from_the_permuted_twin() -> None:
@@ -135,8 +165,9 @@ def test_block_windows_come_from_the_permuted_twin() -> None:
     block["index"] = block["within"]
     hidden = {"m.parquet": ("dense", hidden_units(tokens.layout))}
     views = ViewConfig(window=len(values), noise=0.0)  # one window: the whole model
-    plain = block_windows(block, views, train=True, seed=0, hidden=hidden)
-    permuted = block_windows(block, replace(views, permute_hidden_units=True), train=True, seed=0, hidden=hidden)
+    scales = {"m.parquet": (0.0, 1.0)}
+    plain = block_windows(block, views, seed=0, scales=scales, hidden=hidden)
+    permuted = block_windows(block, replace(views, permute_hidden_units=True), seed=0, scales=scales, hidden=hidden)
     assert np.array_equal(plain["tokens"][0], values)
     assert not np.array_equal(permuted["tokens"][0], values)
     assert np.array_equal(np.sort(permuted["tokens"][0], axis=None), np.sort(values, axis=None))  # same values

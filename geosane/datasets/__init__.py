@@ -7,7 +7,7 @@ project, so every result names exactly which samples it saw.
 
 from __future__ import annotations
 
-from geosane.datasets.base import SPLITS, Dataset, Split, data_root
+from geosane.datasets.base import SPLITS, Dataset, Samples, data_root
 from geosane.datasets.cloudmask import CloudMask
 from geosane.datasets.eurosat import EuroSATMS, EuroSATMSFull, EuroSATRGB
 from geosane.datasets.neon_trees import NeonTrees
@@ -30,4 +30,4 @@ def get(name: str, root: str | None = None, **options) -> Dataset:
     return REGISTRY[name](data_root(root), **options)
 
 
-__all__ = ["SPLITS", "Dataset", "Split", "data_root", "get", "list_datasets", "REGISTRY"]
+__all__ = ["SPLITS", "Dataset", "Samples", "data_root", "get", "list_datasets", "REGISTRY"]

@@ -49,7 +49,7 @@ def stratified_split(ids: Sequence[str], strata: Sequence[int], seed: int) -> di
 
 
 @dataclass
-class Split:
+class Samples:
     """One split in memory: inputs ``x`` (float32, normalized), targets ``y``, and the sample ids."""
 
     x: torch.Tensor
@@ -105,7 +105,14 @@ class Dataset:
         x, _ = self.read(splits["train"])
         mean = x.mean(dim=(0, 2, 3)).tolist()
         std = x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
-        return {"dataset": self.name, "seed": self.seed, "fractions": list(FRACTIONS), "mean": mean, "std": std, **splits}
+        return {
+            "dataset": self.name,
+            "seed": self.seed,
+            "fractions": list(FRACTIONS),
+            "mean": mean,
+            "std": std,
+            **splits,
+        }
 
     def splits(self) -> dict:
         """The written-down splits; made (and written) on first use for data the project has not seen."""
@@ -115,9 +122,9 @@ class Dataset:
             self.split_file.write_text(json.dumps(data, indent=0) + "\n")
         return json.loads(self.split_file.read_text())
 
-    def load(self, split: str, limit: int | None = None) -> Split:
-        """Split ``split`` in memory, normalized with the train statistics; ``limit`` keeps a stratified-ish
-        prefix of a seeded shuffle (for tiny test configs)."""
+    def load(self, split: str, limit: int | None = None) -> Samples:
+        """The samples of split ``split`` in memory, normalized with the train statistics; ``limit`` keeps a
+        stratified-ish prefix of a seeded shuffle (for tiny test configs)."""
         if split not in SPLITS:
             raise GeoSANEError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         info = self.splits()
@@ -128,7 +135,7 @@ class Dataset:
         x, y = self.read(ids)
         mean = torch.tensor(info["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(info["std"]).view(1, -1, 1, 1)
-        return Split((x - mean) / std, y, ids)
+        return Samples((x - mean) / std, y, ids)
 
     def describe(self) -> dict:
         return {

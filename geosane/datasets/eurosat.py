@@ -11,8 +11,16 @@ from geosane.datasets.base import Dataset, stratified_split
 from geosane.errors import GeoSANEError
 
 CLASSES = (
-    "AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial",
-    "Pasture", "PermanentCrop", "Residential", "River", "SeaLake",
+    "AnnualCrop",
+    "Forest",
+    "HerbaceousVegetation",
+    "Highway",
+    "Industrial",
+    "Pasture",
+    "PermanentCrop",
+    "Residential",
+    "River",
+    "SeaLake",
 )
 MS_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
 
@@ -124,8 +132,10 @@ class EuroSATMSFull(Dataset):
 
         folder = self.root / "eurosat_ms_full"
         try:
-            self.sources = {ours: TorchgeoEuroSAT(str(folder), split=theirs, download=download)
-                            for ours, theirs in self.SPLIT_NAMES.items()}
+            self.sources = {
+                ours: TorchgeoEuroSAT(str(folder), split=theirs, download=download)
+                for ours, theirs in self.SPLIT_NAMES.items()
+            }
         except DatasetNotFoundError as exc:
             raise GeoSANEError(f"full EuroSAT multispectral not found in {folder} (torchgeo: {exc})") from exc
         self.paths = {Path(p).stem: p for source in self.sources.values() for p, _ in source.samples}
@@ -137,8 +147,13 @@ class EuroSATMSFull(Dataset):
             rng = np.random.default_rng(self.seed)
             sample = sorted(rng.choice(splits["train"], size=min(1000, len(splits["train"])), replace=False))
             x, _ = self.read(list(sample))
-            self._splits = {"dataset": self.name, "source": "torchgeo official splits", **splits,
-                            "mean": x.mean(dim=(0, 2, 3)).tolist(), "std": x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()}
+            self._splits = {
+                "dataset": self.name,
+                "source": "torchgeo official splits",
+                **splits,
+                "mean": x.mean(dim=(0, 2, 3)).tolist(),
+                "std": x.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist(),
+            }
         return self._splits
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

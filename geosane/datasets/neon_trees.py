@@ -37,15 +37,20 @@ class NeonTrees(Dataset):
             box = obj.find("bndbox")
             if box is None:
                 raise GeoSANEError(f"{path}: an object has no bndbox")
-            boxes.append([float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")])
+            corners = [box.findtext(k) for k in ("xmin", "ymin", "xmax", "ymax")]
+            if None in corners:
+                raise GeoSANEError(f"{path}: a bndbox lacks one of xmin, ymin, xmax, ymax")
+            boxes.append([float(c) for c in corners if c is not None])
         return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
-    def read(self, ids: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def read(self, ids: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # type: ignore[override]
         from PIL import Image
 
         images = [
             torch.from_numpy(np.array(Image.open(self.root / "neon_trees" / f"{i}.png").convert("RGB")))
-            .permute(2, 0, 1).float().div(255)
+            .permute(2, 0, 1)
+            .float()
+            .div(255)
             for i in ids
         ]
         return images, [self.boxes(i) for i in ids]
@@ -53,7 +58,13 @@ class NeonTrees(Dataset):
     def with_statistics(self, splits: dict[str, list[str]]) -> dict:
         images, _ = self.read(splits["train"])
         pixels = torch.cat([image.reshape(3, -1) for image in images], dim=1)
-        return {"dataset": self.name, "seed": self.seed, "mean": pixels.mean(1).tolist(), "std": pixels.std(1).tolist(), **splits}
+        return {
+            "dataset": self.name,
+            "seed": self.seed,
+            "mean": pixels.mean(1).tolist(),
+            "std": pixels.std(1).tolist(),
+            **splits,
+        }
 
     def make_splits(self) -> dict:
         ids, _ = self.samples()
@@ -64,10 +75,10 @@ class NeonTrees(Dataset):
         )
 
     def load(self, split: str, limit: int | None = None):
-        from geosane.datasets.base import Split
+        from geosane.datasets.base import Samples
 
         info = self.splits()
         ids = info[split][:limit] if limit else info[split]
         images, boxes = self.read(ids)
         mean, std = torch.tensor(info["mean"]).view(3, 1, 1), torch.tensor(info["std"]).view(3, 1, 1)
-        return Split([(image - mean) / std for image in images], boxes, ids)  # type: ignore[arg-type]
+        return Samples([(image - mean) / std for image in images], boxes, ids)  # type: ignore[arg-type]

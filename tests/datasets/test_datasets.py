@@ -64,7 +64,7 @@ def test_eurosat_rgb_split_is_stratified(root: Path) -> None:
     info = datasets.get("eurosat_rgb", str(root)).splits()
     counts = {s: torch.bincount(torch.tensor([class_of(i) for i in info[s]]), minlength=10) for s in SPLITS}
     total = sum(counts.values())
-    for split, fraction in zip(SPLITS, (0.7, 0.1, 0.2)):
+    for split, fraction in zip(SPLITS, (0.7, 0.1, 0.2), strict=True):
         assert torch.allclose(counts[split] / total, torch.full((10,), fraction), atol=0.002), split
     # labels come from the folder the image is in: a Forest patch is labelled Forest
     rgb = datasets.get("eurosat_rgb", str(root))
@@ -120,7 +120,9 @@ def test_full_eurosat_ms_goes_through_torchgeo(root: Path, tmp_path: Path) -> No
     for tif in shipped:
         (images / tif.parent.name).mkdir(parents=True, exist_ok=True)
         (images / tif.parent.name / tif.name).symlink_to(tif)
-    names = {split: [p.name.replace(".tif", ".jpg") for p in shipped if p.parts[-3] == split] for split in ("train", "test")}
+    names = {
+        split: [p.name.replace(".tif", ".jpg") for p in shipped if p.parts[-3] == split] for split in ("train", "test")
+    }
     val = [n for c in CLASSES for n in [m for m in names["train"] if m.startswith(c + "_")][:2]]  # every class
     train = [n for n in names["train"] if n not in val]
     for theirs, files in (("train", train), ("val", val), ("test", names["test"])):
@@ -132,6 +134,10 @@ def test_full_eurosat_ms_goes_through_torchgeo(root: Path, tmp_path: Path) -> No
     sample = datasets.get("eurosat_ms", str(root))
     raw, labels = sample.read(test.ids)
     assert test.x.shape == (5, 13, 64, 64) and torch.equal(test.y, labels)
-    assert torch.allclose(test.x * torch.tensor(info["std"]).view(1, -1, 1, 1) + torch.tensor(info["mean"]).view(1, -1, 1, 1), raw, atol=1e-2)
+    assert torch.allclose(
+        test.x * torch.tensor(info["std"]).view(1, -1, 1, 1) + torch.tensor(info["mean"]).view(1, -1, 1, 1),
+        raw,
+        atol=1e-2,
+    )
     with pytest.raises(GeoSANEError, match="full EuroSAT multispectral not found"):
         datasets.get("eurosat_ms_full", str(tmp_path / "empty"))

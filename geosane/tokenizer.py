@@ -1,8 +1,9 @@
 """State dicts to weight tokens and back, exactly.
 
 GeoSANE's tokenizer (DESIGN.md, "Tokenization"): walk the state dict in order; every floating tensor whose
-name ends in ``weight`` (or ``kernel``, as TF-converted ONNX files name it) becomes a matrix ``[out, rest]`` (1-D weights become ``[C, 1]``), its matching
-``bias`` is appended as one more column, and the matrix is cut into tokens of ``token_size`` values.
+name ends in ``weight`` (or ``kernel``, as TF-converted ONNX files name it) becomes a matrix ``[out, rest]``
+(1-D weights become ``[C, 1]``), its matching ``bias`` is appended as one more column, and the matrix is cut into
+tokens of ``token_size`` values.
 
 - ``dense`` mode flattens the matrix row-major and cuts it; only the last token of a layer is padded.
 - ``per-channel`` mode (SANE) cuts every output row separately; the last token of each row is padded.
@@ -122,7 +123,7 @@ class Layout:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "Layout":
+    def from_dict(cls, data: Mapping) -> Layout:
         try:
             return cls(
                 token_size=int(data["token_size"]),

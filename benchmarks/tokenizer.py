@@ -1,6 +1,6 @@
 """Tokenizer speed and memory on a large real architecture, against a plain clone() of every tensor.
 
-    .venv/bin/python benchmarks/tokenize.py [--model vit_large_patch16_224] [--mode dense] [--repeats 3]
+    .venv/bin/python benchmarks/tokenizer.py [--model vit_large_patch16_224] [--mode dense] [--repeats 3]
 
 Prints seconds, GB/s, and the extra peak resident memory of each phase (measured by resetting the kernel's
 high-water mark before the phase), and saves them with the config and versions to benchmarks/results/.
@@ -9,42 +9,16 @@ Aims (issue 2): tokenize + detokenize within 3x of clone time; peak memory under
 
 from __future__ import annotations
 
-import os
-import sys
-
-# This script shares its name with the standard library's tokenize module: keep its folder off the import path.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 import argparse
-import json
-import platform
 import statistics
-import time
 from pathlib import Path
-from typing import Callable
 
 import timm
 import torch
 
-from geosane.collection import software_versions
-from geosane.tokenize import TokenizerConfig, detokenize, tokenize
+import geosane
 
-
-def rss_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def measure(fn: Callable[[], object]) -> tuple[float, int, object]:
-    """Seconds and extra peak RSS (bytes) of one call; the result is returned so it stays alive during the peak."""
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
-    base = rss_kib("VmRSS")
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    return seconds, (rss_kib("VmHWM") - base) * 1024, result
+from measure import measure, save
 
 
 def main() -> None:
@@ -53,14 +27,14 @@ def main() -> None:
     parser.add_argument("--mode", default="dense", choices=["dense", "per-channel"])
     parser.add_argument("--token-size", type=int, default=230)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tokenize.json"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tokenizer.json"))
     args = parser.parse_args()
 
     torch.manual_seed(0)
     state_dict = {k: v.detach() for k, v in timm.create_model(args.model, pretrained=False).state_dict().items()}
     model_bytes = sum(t.numel() * t.element_size() for t in state_dict.values())
     params = sum(t.numel() for t in state_dict.values())
-    config = TokenizerConfig(args.token_size, args.mode)
+    config = geosane.TokenizerConfig(args.token_size, args.mode)
     print(f"{args.model}: {params / 1e6:.1f}M values, {model_bytes / 1e9:.2f} GB; {config}")
 
     phases: dict[str, dict[str, list[float]]] = {"clone": {}, "tokenize": {}, "detokenize": {}}
@@ -69,13 +43,19 @@ def main() -> None:
         del clone
         phases["clone"].setdefault("seconds", []).append(t)
         phases["clone"].setdefault("peak_bytes", []).append(mem)
-        t, mem, tokens = measure(lambda: tokenize(state_dict, config))
+        t, mem, tokens = measure(lambda: geosane.tokenize(state_dict, config))
         phases["tokenize"].setdefault("seconds", []).append(t)
         phases["tokenize"].setdefault("peak_bytes", []).append(mem)
-        t, mem, rebuilt = measure(lambda: detokenize(tokens.tokens, tokens.layout, tokens.kept))
+        t, mem, rebuilt = measure(lambda made=tokens: geosane.detokenize(made.tokens, made.layout, made.kept))
         phases["detokenize"].setdefault("seconds", []).append(t)
         phases["detokenize"].setdefault("peak_bytes", []).append(mem)
-        exact = all(torch.equal(rebuilt[k].view(torch.uint8) if rebuilt[k].numel() else rebuilt[k], v.view(torch.uint8) if v.numel() else v) for k, v in state_dict.items())
+        exact = all(
+            torch.equal(
+                rebuilt[k].view(torch.uint8) if rebuilt[k].numel() else rebuilt[k],
+                v.view(torch.uint8) if v.numel() else v,
+            )
+            for k, v in state_dict.items()
+        )
         assert exact and list(rebuilt) == list(state_dict), "round trip is not bit-exact"
         token_bytes = tokens.tokens.numel() * 4 + tokens.valid.numel() * 8 + tokens.positions.numel() * 8
         del tokens, rebuilt
@@ -103,7 +83,10 @@ def main() -> None:
     print(f"{'phase':<12}{'seconds':>9}{'GB/s':>8}{'peak extra':>12}{'x model':>9}")
     for phase in phases:
         s = summary[phase]
-        print(f"{phase:<12}{s['seconds']:>9.3f}{s['GB_per_s']:>8.2f}{s['peak_extra_bytes'] / 1e9:>10.2f}GB{s['peak_over_model_bytes']:>9.2f}")
+        print(
+            f"{phase:<12}{s['seconds']:>9.3f}{s['GB_per_s']:>8.2f}"
+            f"{s['peak_extra_bytes'] / 1e9:>10.2f}GB{s['peak_over_model_bytes']:>9.2f}"
+        )
     for key, value in summary["ratios"].items():
         print(f"{key}: {value}")
 
@@ -114,14 +97,8 @@ def main() -> None:
         "model_bytes": model_bytes,
         "config": {"token_size": args.token_size, "mode": args.mode, "repeats": args.repeats},
         "results": summary,
-        "machine": {"python": platform.python_version(), "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads()},
-        "versions": software_versions() | {"timm": timm.__version__},
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"saved {out}")
+    save(result, args.out)
 
 
 if __name__ == "__main__":

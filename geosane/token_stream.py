@@ -1,40 +1,45 @@
-"""Ray Data pipeline from a collection's token shards to training batches.
+"""The stream of token windows that trains the autoencoder: Ray Data from a collection's shards to batches.
 
 ``read_parquet`` streams the shards from ``file://`` or ``s3://`` (through the same fsspec filesystem the rest
-of GeoSANE uses), each block's rows are put back in token order per model, cut into windows (random for training,
-a fixed tiling for validation) and training windows get two augmented views. Ray Train hands each worker its
-shard of the training windows. Validation holds out whole *models*, never windows of a trained model.
+of GeoSANE uses), each block's rows are put back in token order per model and cut into random windows with two
+augmented views each (``geosane.views``). Ray Train hands each worker its shard of the windows. The split holds out
+whole *models* for validation, never windows of a trained model.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from geosane import storage
 from geosane.collection import Collection
 from geosane.errors import GeoSANEError
 from geosane.views import ViewConfig, block_windows, hidden_units, windows_per_pass
 
+__all__ = ["ModelSplit", "split_models", "window_dataset", "windows_per_model_for"]
+
 COLUMNS = ["index", "layer", "within", "valid", "tokens"]
 
 
 @dataclass(frozen=True)
-class Split:
+class ModelSplit:
+    """Which models of a collection train the autoencoder and which are held out to validate it, by id."""
+
     train: list[str]
     val: list[str]
 
 
-def split_models(ids: list[str], val_fraction: float, seed: int) -> Split:
+def split_models(ids: list[str], val_fraction: float, seed: int) -> ModelSplit:
     """Seeded split of model ids; at least one model on each side when there are two or more."""
     if len(ids) < 2:
         raise GeoSANEError(f"need at least 2 models to hold some out for validation, the collection has {len(ids)}")
     order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
-    return Split(train=sorted(order[n_val:]), val=sorted(order[:n_val]))
+    return ModelSplit(train=sorted(order[n_val:]), val=sorted(order[:n_val]))
 
 
-def pyarrow_filesystem(url: str):
+def pyarrow_filesystem(url: str) -> Any:
     """Our fsspec filesystem (S3 endpoint, timeouts) as a pyarrow filesystem for Ray Data."""
     import pyarrow.fs
 
@@ -50,32 +55,40 @@ def shard_paths(collection: Collection, ids: list[str]) -> list[str]:
     return [storage.filesystem(storage.join(collection.url, records[i].shard))[1] for i in ids]
 
 
-def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, train: bool, seed: int = 0):
-    """A Ray Dataset of windows of the models ``ids``: tokens, positions, valid, view1, view2.
+def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, seed: int = 0) -> Any:
+    """A Ray Dataset of training windows of the models ``ids``: tokens, positions, valid, view1, view2, and the
+    scale (mean, std) of each window's model.
 
-    One pass draws ``views.windows_per_model`` random windows per window-length of every model (training) or
-    tiles every model once (validation); iterating the dataset again draws a fresh pass. With
-    ``views.permute_hidden_units`` each training pass permutes the hidden units of every model's permutable MLPs.
+    One pass draws ``views.windows_per_model`` random windows per window-length of every model; iterating the
+    dataset again draws a fresh pass. With ``views.permute_hidden_units`` each pass permutes the hidden units of
+    every model's permutable MLPs.
     """
     import ray.data
 
     collection = Collection(collection_url)
     paths = shard_paths(collection, ids)
+    records = {r.id: r for r in collection.records()}  # one manifest read, not one per model
+    shard = {i: records[i].shard.rsplit("/", 1)[-1] for i in ids}  # the file name a block's rows carry
+    scales = {}
+    for i in ids:  # stored at collect time (computed here only for models collected before that)
+        scale = collection.scale(records[i])
+        scales[shard[i]] = (float(scale.mean), float(scale.std))
     # The classic parquet reader reads footers once on the driver; the V2 reader starts 32 footer-reading actors
     # for every pass, which on a laptop costs more than the pass itself.
     ray.data.DataContext.get_current().use_datasource_v2 = False
     # one block per shard (Ray would split small files to reach its default parallelism): a block holds a
     # whole model unless the model is larger than a block (128 MB)
-    dataset = ray.data.read_parquet(paths, filesystem=pyarrow_filesystem(collection_url), include_paths=True,
-                                    override_num_blocks=len(paths))
+    dataset = ray.data.read_parquet(
+        paths, filesystem=pyarrow_filesystem(collection_url), include_paths=True, override_num_blocks=len(paths)
+    )
     hidden = None
-    if train and views.permute_hidden_units:  # each shard's permutable MLPs, from the layouts
-        records = {r.id: r for r in collection.records()}  # one manifest read, not one per model
-        hidden = {records[i].shard.rsplit("/", 1)[-1]: (records[i].mode, hidden_units(collection.layout(records[i])))
-                  for i in ids}
+    if views.permute_hidden_units:  # each shard's permutable MLPs, from the layouts
+        hidden = {shard[i]: (records[i].mode, hidden_units(collection.layout(records[i]))) for i in ids}
     return dataset.select_columns([*COLUMNS, "path"]).map_batches(
-        block_windows, batch_size=None, batch_format="numpy",
-        fn_kwargs={"views": views, "train": train, "seed": seed, "hidden": hidden},
+        block_windows,  # type: ignore[arg-type]  # Ray types the function without room for fn_kwargs
+        batch_size=None,
+        batch_format="numpy",
+        fn_kwargs={"views": views, "seed": seed, "scales": scales, "hidden": hidden},
     )
 
 

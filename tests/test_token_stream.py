@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from geosane import sources
+from geosane.autoencoder import Scale
 from geosane.collection import Collection
-from geosane.data import split_models, window_dataset, windows_per_model_for
 from geosane.errors import GeoSANEError
-from geosane.tokenize import TokenizerConfig
+from geosane.token_stream import split_models, window_dataset, windows_per_model_for
+from geosane.tokenizer import TokenizerConfig
 from geosane.views import ViewConfig, windows_per_pass
 
 
@@ -51,11 +52,16 @@ def test_ray_data_passes_permuted_twins(collection: Collection) -> None:
     try:
         vit = next(r for r in collection.records() if r.name == "test_vit")
         views = ViewConfig(window=vit.num_tokens, noise=0.0)  # one window: the whole model
-        plain = window_dataset(collection.url, [vit.id], views, train=True).take_all()
-        twin = window_dataset(collection.url, [vit.id], replace(views, permute_hidden_units=True), train=True).take_all()
+        plain = window_dataset(collection.url, [vit.id], views).take_all()
+        twin = window_dataset(collection.url, [vit.id], replace(views, permute_hidden_units=True)).take_all()
     finally:
         ray.shutdown()
-    original = collection.tokens(vit.id).tokens.numpy()
+    tokens = collection.tokens(vit.id)
+    original = tokens.tokens.numpy()
     assert np.array_equal(plain[0]["tokens"], original)
+    # each window carries its model's scale as the collection stored it, which is the rule applied to its tokens
+    scale = Scale.of(tokens.tokens, tokens.valid)
+    assert (vit.token_mean, vit.token_std) == (float(scale.mean), float(scale.std))
+    assert (plain[0]["mean"], plain[0]["std"]) == (np.float32(scale.mean), np.float32(scale.std))
     assert not np.array_equal(twin[0]["tokens"], original)  # the layouts reached Ray Data's tasks
     assert np.array_equal(np.sort(twin[0]["tokens"], axis=None), np.sort(original, axis=None))

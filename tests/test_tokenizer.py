@@ -8,20 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from geosane.errors import GeoSANEError
-from geosane.tokenize import Layout, TokenizerConfig, detokenize, plan_layout, tokenize
+from geosane.tokenizer import Layout, TokenizerConfig, detokenize, plan_layout, tokenize
+
+from .helpers import TIMM_MODELS, assert_bit_exact
 
 MODES = ["dense", "per-channel"]
-
-
-def assert_bit_exact(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> None:
-    assert list(actual) == list(expected), "keys or their order differ"
-    for name, tensor in expected.items():
-        got = actual[name]
-        assert got.dtype == tensor.dtype, name
-        assert got.shape == tensor.shape, name
-        a = tensor.contiguous().reshape(-1).view(torch.uint8) if tensor.numel() else tensor
-        b = got.contiguous().reshape(-1).view(torch.uint8) if got.numel() else got
-        assert torch.equal(a, b), f"{name} differs"
 
 
 def small_model_state() -> dict[str, torch.Tensor]:
@@ -90,16 +81,6 @@ def test_swin_relative_position_tables_are_kept() -> None:
     kept = {entry.name: entry.reason for entry in plan_layout(sd).kept}
     tables = [n for n in sd if "relative_position" in n]
     assert tables and all(kept[n] == "relative position table" for n in tables)
-
-
-TIMM_MODELS = [
-    "resnet18",
-    "vit_small_patch16_224",
-    "swin_tiny_patch4_window7_224",
-    "mobilenetv3_large_100",
-    "efficientnet_b0",
-    "convnext_atto",
-]
 
 
 @pytest.mark.parametrize("in_chans", [3, 13])
@@ -174,7 +155,9 @@ def test_fuzzed_state_dicts_round_trip(sd: dict[str, torch.Tensor], token_size: 
     n = out.layout.num_tokens
     assert out.tokens.shape == (n, token_size) and out.mask.shape == (n, token_size) and out.positions.shape == (n, 3)
     # every tokenized value appears exactly once: mask count equals tokenized numel
-    tokenized = sum(sd[l.name].numel() + (sd[l.bias].numel() if l.bias else 0) for l in out.layout.layers)
+    tokenized = sum(
+        sd[layer.name].numel() + (sd[layer.bias].numel() if layer.bias else 0) for layer in out.layout.layers
+    )
     assert int(out.mask.sum()) == tokenized
     assert torch.all(out.tokens[~out.mask] == 0), "padding must be zero"
     # tokens never cross layers

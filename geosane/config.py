@@ -1,0 +1,117 @@
+"""One way to read a config: every YAML file GeoSANE reads (training, zoo sweeps, benchmark sweeps) loads here.
+
+Configs are data. The YAML is parsed with the safe loader, so a tag that would build an object
+(``!!python/object``, ``!!python/name``...) is refused; the result is then checked against the typed settings
+class it is meant for (a dataclass made with :func:`settings`) by pydantic, so an unknown key or a value of the
+wrong type is an error that names the file, the line, the key and what was expected. Config files live in
+``sweeps/``, one per stage and size: ``sweeps/<stage>-<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar, dataclass_transform
+
+import pydantic
+import yaml
+
+from geosane.errors import GeoSANEError
+
+T = TypeVar("T")
+
+
+@dataclass_transform()
+def settings(cls: type[T]) -> type[T]:
+    """A settings class: a dataclass whose YAML form may hold only its own fields, each of its declared type."""
+    return pydantic.with_config(pydantic.ConfigDict(extra="forbid"))(dataclass(cls))
+
+
+def load_config(path: str | Path, kind: type[T]) -> T:
+    """Read the YAML file ``path`` as settings of type ``kind``."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError as exc:
+        raise GeoSANEError(f"config {path} not found") from exc
+    except OSError as exc:
+        raise GeoSANEError(f"config {path} cannot be read ({exc.strerror})") from exc
+    root = parse_yaml(text, path)
+    if root is None:
+        raise GeoSANEError(f"{path}: is empty; expected the settings of {kind.__name__} as a mapping")
+    if not isinstance(root, yaml.MappingNode):
+        raise GeoSANEError(f"{path}:{line(root)}: expected a mapping of settings, got a {yaml_kind(root)}")
+    data = construct(root, path)
+    try:
+        return pydantic.TypeAdapter(kind).validate_python(data)
+    except pydantic.ValidationError as exc:
+        problems = [describe(error, root) for error in exc.errors()]
+        raise GeoSANEError(
+            f"{path}: {len(problems)} problem(s) in {kind.__name__} settings:\n  " + "\n  ".join(problems)
+        ) from None
+
+
+def parse_yaml(text: str, path: Path) -> yaml.Node | None:
+    """The YAML document's node tree (kept for line numbers); safe tags only."""
+    try:
+        return yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f":{mark.line + 1}" if mark else ""
+        raise GeoSANEError(f"{path}{where}: not valid YAML ({exc.problem or exc.context})") from None
+    except yaml.YAMLError as exc:
+        raise GeoSANEError(f"{path}: not valid YAML ({exc})") from None
+
+
+def construct(root: yaml.Node, path: Path) -> Any:
+    """Plain Python values from the node tree; a tag the safe loader does not know is refused."""
+    try:
+        return yaml.SafeLoader("").construct_document(root)
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        where = f":{mark.line + 1}" if mark else ""
+        raise GeoSANEError(
+            f"{path}{where}: YAML tag not allowed ({exc.problem}); configs are data, "
+            "plain values, lists and mappings only"
+        ) from None
+
+
+def line(node: yaml.Node) -> int:
+    return node.start_mark.line + 1
+
+
+def yaml_kind(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "mapping"
+    return "list" if isinstance(node, yaml.SequenceNode) else "single value"
+
+
+def node_at(root: yaml.Node, location: tuple[Any, ...]) -> yaml.Node:
+    """The deepest node of the YAML tree along a pydantic error location (keys and list indices)."""
+    node = root
+    for key in location:
+        if isinstance(node, yaml.MappingNode):
+            found = [(k, v) for k, v in node.value if k.value == str(key)]
+            if not found:
+                break
+            node = found[0][0] if key == location[-1] else found[0][1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+    return node
+
+
+def describe(error: Any, root: yaml.Node) -> str:
+    """One line per problem: ``line N: groups[0].trials: expected an integer, got 'two'``."""
+    location = tuple(error["loc"])
+    key = "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in location).lstrip(".") or "(top level)"
+    where = f"line {line(node_at(root, location))}: {key}"
+    if error["type"] == "unexpected_keyword_argument":
+        return f"{where}: unknown setting"
+    if error["type"] in ("missing", "missing_argument"):
+        return f"{where}: missing (required)"
+    expected = error["msg"].removeprefix("Input should be ").split(",")[0].replace("a valid ", "")
+    if expected[:1].isalpha() and not expected.startswith(("a ", "an ")):
+        expected = ("an " if expected[0] in "aeiou" else "a ") + expected
+    return f"{where}: expected {expected}, got {error.get('input')!r}"

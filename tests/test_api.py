@@ -1,0 +1,143 @@
+"""The public API (``geosane/__init__.py``) and the shape of the package: one import for a notebook, imports that
+point one way, and modules used only through what they declare public."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import geosane
+
+ROOT = Path(__file__).parents[1]
+PACKAGE = ROOT / "geosane"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def geosane_imports(path: Path) -> list[tuple[str, str | None, int]]:
+    """Every import of a geosane module in a file, at any depth (functions and ``TYPE_CHECKING`` blocks included):
+    ``(module, imported name or None, line)``, a submodule imported by name counting as that module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, None, node.lineno) for alias in node.names if alias.name.startswith("geosane")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("geosane"):
+            for alias in node.names:
+                submodule = f"{node.module}.{alias.name}"
+                found.append(
+                    (submodule, None, node.lineno) if submodule in MODULES else (node.module, alias.name, node.lineno)
+                )
+    return found
+
+
+def test_every_public_name_resolves_and_says_what_it_is() -> None:
+    for name in geosane.__all__:
+        value = getattr(geosane, name)
+        if name != "__version__":
+            assert (value.__doc__ or "").strip(), f"geosane.{name} has no docstring"
+    assert set(dir(geosane)) >= set(geosane.__all__), "tab completion lists the public names"
+    with pytest.raises(AttributeError, match="has no attribute 'Tokenizer'"):
+        geosane.Tokenizer  # noqa: B018
+
+
+def test_public_names_are_the_objects_not_modules_of_the_same_name() -> None:
+    """``geosane.tokenize`` is the function even once ``geosane.tokenizer`` (its module) has been imported."""
+    code = (
+        "import geosane.tokenizer, geosane.collection, geosane; "
+        "print(geosane.tokenize is geosane.tokenizer.tokenize, geosane.collect.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "geosane.collection"]
+
+
+def test_importing_geosane_loads_nothing_heavy_until_it_is_used() -> None:
+    """Ray Data's task workers import ``geosane.views`` for every block: they must not pay for torch or Ray."""
+    heavy = ("torch", "ray", "deepspeed", "pyarrow", "timm")
+    code = (
+        f"import sys, geosane, geosane.views; print([m for m in {heavy!r} if m in sys.modules]); "
+        f"geosane.Autoencoder; print('torch' in sys.modules)"
+    )
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines == ["[]", "True"]
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    graph = {name: set() for name in MODULES}
+    for name, path in MODULES.items():
+        for module, _, _ in geosane_imports(path):
+            if module in MODULES and module != name:
+                graph[name].add(module)
+    # depth-first search for a back edge; report the cycle it closes
+    state: dict[str, str] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycle = trail[trail.index(nxt) :] + [nxt]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert graph["geosane.sources"] >= {"geosane.pretrained"} and "geosane.sources" not in graph["geosane.pretrained"]
+
+
+def public_names(module: str) -> set[str] | None:
+    """What a module declares public (``__all__``), or None when it declares nothing."""
+    return getattr(importlib.import_module(module), "__all__", None)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_benchmarks_use_only_the_public_api(path: Path) -> None:
+    """``geosane.<name>`` for the names of ``geosane.__all__``, or names a module lists in its ``__all__``."""
+    problems = []
+    for module, name, line in geosane_imports(path):
+        if module == "geosane":
+            ok = name is None or name in geosane.__all__
+        else:
+            declared = public_names(module)
+            ok = declared is not None and (name is None or name in declared)
+        if not ok:
+            problems.append(f"line {line}: {module}{'.' + name if name else ''} is not public")
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):  # geosane.X attribute access
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "geosane":
+            if node.attr not in geosane.__all__ and f"geosane.{node.attr}" not in MODULES:
+                problems.append(f"line {node.lineno}: geosane.{node.attr} is not public")
+    assert not problems, problems
+
+
+def test_modules_that_declare_a_public_part_are_used_only_through_it() -> None:
+    """Nothing outside ``geosane/train.py`` imports its private parts (nor those of other modules with ``__all__``)."""
+    problems = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")]:
+        for module, name, line in geosane_imports(path):
+            declared = public_names(module) if module in MODULES else None
+            if name and declared is not None and name not in declared and module != module_name(path):
+                problems.append(f"{path.relative_to(ROOT)}:{line}: {module}.{name}")
+    assert not problems, problems
+    assert "train_loop" not in public_names("geosane.train")
+
+
+def test_version_is_the_package_metadata() -> None:
+    from importlib.metadata import version
+
+    assert geosane.__version__ == version("geosane")
+    record = json.loads(json.dumps(geosane.software_versions()))
+    assert record["geosane"] == geosane.__version__ and "torch" in record
