@@ -429,6 +429,11 @@ class Autoencoder(nn.Module):
             from geosane import checkpoints
 
             state, record = checkpoints.gather_weights(url, step)
+            if "autoencoder" not in record:
+                raise GeoSANEError(
+                    f"{url}: the checkpoint of step {step} was saved by an older GeoSANE, without its "
+                    "autoencoder settings; load the run's final/ instead"
+                )
             config = AutoencoderConfig.from_dict(record["autoencoder"], f"{url} checkpoint of step {step}")
             info = {"run": url, "step": step, "checkpoint": record}
         else:

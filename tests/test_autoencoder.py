@@ -292,3 +292,24 @@ def test_load_says_what_is_wrong(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps(record))
     with pytest.raises(GeoSANEError, match=r"unknown autoencoder setting\(s\) \['depth'\]"):
         Autoencoder.load(str(tmp_path))
+
+
+def test_a_checkpoint_step_loads_its_weights_and_an_older_one_says_why_not(tmp_path: Path) -> None:
+    """A ZeRO-0 checkpoint as training writes it: DeepSpeed's module weights and each rank's record."""
+    from dataclasses import asdict
+
+    from geosane import checkpoints
+
+    model = tiny()
+    folder = tmp_path / "run" / "checkpoint_000003"
+    (folder / checkpoints.TAG).mkdir(parents=True)
+    torch.save({"module": model.state_dict()}, folder / checkpoints.TAG / "mp_rank_00_model_states.pt")
+    key = {"model": "tiny", "workers": 1, "zero_stage": 0}
+    checkpoints.record(folder, 0, key, {"step": 30, "autoencoder": asdict(model.config)})
+    loaded = Autoencoder.load(str(tmp_path / "run"), step=30)
+    assert loaded.config == model.config and loaded.info["step"] == 30
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())
+    (folder / "rank0.json").unlink()  # recorded afresh, as checkpoints were before they named their autoencoder
+    checkpoints.record(folder, 0, key, {"step": 30})
+    with pytest.raises(GeoSANEError, match="saved by an older GeoSANE, without its autoencoder settings"):
+        Autoencoder.load(str(tmp_path / "run"), step=30)
