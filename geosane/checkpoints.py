@@ -120,7 +120,9 @@ def zero_weights(folder: Path, stage: int) -> dict[str, torch.Tensor]:
     ``zero_to_fp32`` joins; stage 0 keeps the whole module (bf16 when trained in bf16, as ``final/`` then is)."""
     with weights_only_loading():
         if stage == 0:
-            module = torch.load(folder / TAG / "mp_rank_00_model_states.pt", map_location="cpu")["module"]
+            module = torch.load(folder / TAG / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=True)[
+                "module"
+            ]
             return {name: tensor.float() for name, tensor in module.items()}
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 

@@ -47,14 +47,6 @@ def pyarrow_filesystem(url: str) -> Any:
     return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
 
 
-def shard_paths(collection: Collection, ids: list[str]) -> list[str]:
-    records = {r.id: r for r in collection.records()}
-    missing = [i for i in ids if i not in records]
-    if missing:
-        raise GeoSANEError(f"{collection.url}: models {missing[:3]} are not in the collection")
-    return [storage.filesystem(storage.join(collection.url, records[i].shard))[1] for i in ids]
-
-
 def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, seed: int = 0) -> Any:
     """A Ray Dataset of training windows of the models ``ids``: tokens, positions, valid, view1, view2, and the
     scale (mean, std) of each window's model.
@@ -66,8 +58,11 @@ def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, seed:
     import ray.data
 
     collection = Collection(collection_url)
-    paths = shard_paths(collection, ids)
     records = {r.id: r for r in collection.records()}  # one manifest read, not one per model
+    missing = [i for i in ids if i not in records]
+    if missing:
+        raise GeoSANEError(f"{collection.url}: models {missing[:3]} are not in the collection")
+    paths = [storage.filesystem(storage.join(collection.url, records[i].shard))[1] for i in ids]
     shard = {i: records[i].shard.rsplit("/", 1)[-1] for i in ids}  # the file name a block's rows carry
     scales = {}
     for i in ids:  # stored at collect time (computed here only for models collected before that)
