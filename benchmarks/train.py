@@ -138,7 +138,7 @@ def plain_pytorch(batches, model_config: geosane.AutoencoderConfig, steps: int) 
 
 def throughput(args: argparse.Namespace, url: str) -> dict:
     collection = geosane.Collection(url)
-    split = split_models([r.id for r in collection.records()], 0.25, 0)
+    split = split_models(collection.records(), 0.25, 0)
     model_config = geosane.AutoencoderConfig.named(
         args.model, window=args.window, token_size=collection.records()[0].token_size
     )

@@ -20,6 +20,10 @@ One import gives the public API, in the order data flows through it::
     latents = autoencoder.encode(geosane.tokenize(state_dict, autoencoder.tokenizer))
     rebuilt = geosane.detokenize(autoencoder.decode(latents), tokens.layout, tokens.kept)
 
+    # generate: task-ready models for a prompt architecture, each with its model card
+    (best,) = geosane.generate("out/runs/demo", "timm:resnet18?in_chans=13&num_classes=10", data="eurosat_ms")
+    best.model, best.card
+
 Names resolve on first use, so importing one part (as Ray Data's workers import ``geosane.views``) does not load
 the rest. Every YAML config loads through :func:`load_config`; bad input raises :class:`GeoSANEError`.
 """
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from geosane.collection import Collection, ModelRecord, collect
     from geosane.config import load_config
     from geosane.errors import GeoSANEError
+    from geosane.generation import GenerateConfig, Generated, generate
     from geosane.sources import ModelSource
     from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
     from geosane.train import TrainConfig, run_training
@@ -62,6 +67,9 @@ EXPORTS = {
     "AutoencoderConfig": "geosane.autoencoder",
     "Latents": "geosane.autoencoder",
     "Scale": "geosane.autoencoder",
+    "generate": "geosane.generation",
+    "Generated": "geosane.generation",
+    "GenerateConfig": "geosane.generation",
     "load_config": "geosane.config",
     "GeoSANEError": "geosane.errors",
 }

@@ -106,6 +106,11 @@ class AutoencoderConfig:
         """A named size (``tiny``, ``base``, ``geosane``) for a collection's token size, at another window if given."""
         if size not in SIZES:
             raise GeoSANEError(f"unknown autoencoder size {size!r}; expected one of {', '.join(SIZES)}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)} - {"token_size", "mode"})
+        if unknown:
+            raise GeoSANEError(
+                f"unknown autoencoder setting(s) {unknown}; known: {', '.join(f.name for f in fields(cls))}"
+            )
         shape = {**SIZES[size], **({"window": window} if window else {}), **overrides}
         return cls(token_size=token_size, mode=mode, **shape)
 
@@ -117,9 +122,13 @@ class AutoencoderConfig:
         return cls(**data)
 
 
-#: Named sizes: ``tiny`` for CPU tests and the demo, ``base`` for a workstation, ``geosane`` as published (0.9B).
+#: Named sizes: ``tiny`` for CPU tests and the demo, ``small`` for a laptop (tokens of 32 values), ``base`` for a
+#: workstation, ``geosane`` as published (0.9B).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {},
+    # what two CPU cores train in 25 minutes into working reconstructions (benchmarks/reconstruct.py): a latent as
+    # wide as the token, so that the network learns weights in general rather than compressing the lineages it saw
+    "small": {"d_model": 128, "latent_dim": 32, "window": 64},
     "base": {"d_model": 512, "encoder_blocks": 8, "decoder_blocks": 8, "heads": 8, "latent_dim": 64, "window": 256},
     "geosane": {
         "d_model": 1536,
@@ -187,14 +196,20 @@ def training_losses(
 ) -> dict[str, torch.Tensor]:
     """GeoSANE's loss on a training batch: both views through ``network`` (an :class:`Autoencoder` or the DeepSpeed
     engine around one), each window standardized by its model's scale (``batch["mean"]``, ``batch["std"]``, as
-    ``encode`` standardizes a whole model); the target is the clean window in the same units."""
-    tokens, valid = batch["tokens"], batch["valid"]
+    ``encode`` standardizes a whole model); each view's target is its clean window in the same units (view 2's is
+    ``tokens2`` at ``positions2`` when the views are shifted windows, the same window otherwise)."""
     scale = Scale(batch["mean"].view(-1, 1, 1), batch["std"].view(-1, 1, 1))
-    mask = prefix_mask(valid, tokens.shape[-1])
     dtype = torch.bfloat16 if bf16 else torch.float32
-    outputs = [network((scale.apply(batch[view]) * mask).to(dtype), batch["positions"]) for view in ("view1", "view2")]
+    size = batch["tokens"].shape[-1]
+    targets, masks, outputs = [], [], []
+    for view, suffix in (("view1", ""), ("view2", "2" if "tokens2" in batch else "")):
+        mask = prefix_mask(batch["valid" + suffix], size)
+        outputs.append(network((scale.apply(batch[view]) * mask).to(dtype), batch["positions" + suffix]))
+        targets.append(scale.apply(batch["tokens" + suffix]))
+        masks.append(mask)
     reconstructions = (outputs[0][1].float(), outputs[1][1].float())
-    return geosane_loss(reconstructions, (outputs[0][2], outputs[1][2]), scale.apply(tokens), mask, loss)
+    projections = (outputs[0][2], outputs[1][2])
+    return geosane_loss(reconstructions, projections, (targets[0], targets[1]), (masks[0], masks[1]), loss)
 
 
 # ------------------------------------------------------------------------------ the network
@@ -356,6 +371,16 @@ class Autoencoder(nn.Module):
         """:func:`normalized_error` of ``decode(encode(tokens))``: the held-out metric training reports."""
         rebuilt = self.decode(self.encode(tokens, network), network)
         return normalized_error(rebuilt, tokens.tokens, tokens.valid)
+
+    def check_collection(self, collection: Any) -> None:
+        """Refuse a collection whose tokens this autoencoder does not read (another token size or mode)."""
+        stored = collection.config()
+        if stored and (stored.token_size, stored.mode) != (self.config.token_size, self.config.mode):
+            raise GeoSANEError(
+                f"the autoencoder reads tokens of size {self.config.token_size} ({self.config.mode}), the collection "
+                f"{collection.url} holds tokens of size {stored.token_size} ({stored.mode}): use an autoencoder "
+                "trained on this collection"
+            )
 
     def check_layout(self, layout: Layout) -> None:
         if (layout.token_size, layout.mode) != (self.config.token_size, self.config.mode):

@@ -107,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         "bf16": args.bf16,
         "offload": args.offload,
         "steps": args.steps,
+        "budget_minutes": args.budget_minutes,
         "use_gpu": args.gpu,
     }
     config = (
@@ -120,6 +121,48 @@ def cmd_train(args: argparse.Namespace) -> None:
         f"run {config.name}: step {metrics.get('step')}, val reconstruction {metrics.get('val_reconstruction')}; "
         f"final model in {config.storage}/{config.name}/final"
     )
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from geosane.generation import generate, write_generated
+
+    generated = generate(
+        args.autoencoder,
+        args.prompt,
+        progress=not args.quiet,
+        task=args.task,
+        prompt_weights=args.prompt_weights,
+        anchors=args.anchors,
+        collection=args.collection,
+        sampling=args.sampling,
+        bandwidth=args.bandwidth,
+        candidates=args.candidates,
+        top_k=args.top_k,
+        data=args.data,
+        data_root=args.data_root,
+        seed=args.seed,
+    )
+    for path, item in zip(write_generated(generated, args.out), generated, strict=True):
+        selection = item.card["selection"]
+        score = f"selection score {selection['score']:.4f}" if isinstance(selection, dict) else selection
+        print(f"{path}: rank {item.card['rank']}, candidate {item.card['candidate']}, {score}")
+
+
+def cmd_embed(args: argparse.Namespace) -> None:
+    from geosane.autoencoder import Autoencoder
+    from geosane.collection import Collection
+    from geosane.embed import embed_collection, write_embeddings
+
+    autoencoder = Autoencoder.load(args.autoencoder)
+    embeddings = embed_collection(autoencoder, Collection(args.collection), progress=not args.quiet)
+    info = {"autoencoder": args.autoencoder, "collection": args.collection}
+    results = write_embeddings(embeddings, args.out, info)
+    rows = [
+        (label, f"{r['knn_accuracy']:.3f}", f"{r['shuffled_accuracy']:.3f}", str(r["k"]))
+        for label, r in results.items()
+    ]
+    print_table(("label", "kNN accuracy", "shuffled labels", "k"), rows)
+    print(f"\nwrote {args.out}/umap.png, knn.json and embeddings.npz ({len(embeddings.ids)} models)")
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -187,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--config", default=None, metavar="FILE.yaml", help="settings, e.g. sweeps/train-tiny.yaml; flags override them"
     )
-    train.add_argument("--model", choices=["tiny", "base", "geosane"], default=None)
+    train.add_argument("--model", default=None, metavar="SIZE", help="tiny, small, base or geosane (default tiny)")
     train.add_argument("--workers", type=int, default=None)
     train.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None)
     train.add_argument("--bf16", action="store_true", default=None)
@@ -201,8 +244,55 @@ def build_parser() -> argparse.ArgumentParser:
         "ZeRO-3 only; needs libaio)",
     )
     train.add_argument("--steps", type=int, default=None)
+    train.add_argument("--budget-minutes", type=float, default=None, help="fit the schedule to this wall-clock budget")
     train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
     train.set_defaults(func=cmd_train)
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate task-ready weights for a prompt architecture",
+        description="Tokenize and encode the prompt (or anchors from the collection), draw latents by kernel density "
+        "around the anchors, decode into the prompt's weights, re-estimate BatchNorm on the target data, rank the "
+        "candidates on its selection split and write the top k as safetensors with model cards (JSON, Markdown).",
+    )
+    generate.add_argument("--autoencoder", required=True, metavar="URL", help="a trained autoencoder (a run or final/)")
+    generate.add_argument(
+        "--prompt", required=True, metavar="timm:NAME[?in_chans=C&num_classes=K]", help="the architecture to generate"
+    )
+    generate.add_argument("--task", choices=["classification", "segmentation", "detection"], default="classification")
+    generate.add_argument("--prompt-weights", default=None, metavar="FILE", help="local weights for the prompt")
+    generate.add_argument(
+        "--anchors",
+        default="prompt",
+        metavar="prompt|QUERY",
+        help="sample around the prompt itself (default) or collection models matching KEY=VALUE[,KEY=VALUE] "
+        "(family, task, modality, name, in_chans, num_classes or a tag such as dataset or arch)",
+    )
+    generate.add_argument(
+        "--collection", default=None, metavar="URL", help="anchors' collection (default: the autoencoder's)"
+    )
+    generate.add_argument("--sampling", choices=["joint", "token", "individual"], default="joint")
+    generate.add_argument(
+        "--bandwidth", type=float, default=0.05, help="kernel width, in latent spreads (default 0.05)"
+    )
+    generate.add_argument("--candidates", type=int, default=4, help="candidates generated and ranked (default 4)")
+    generate.add_argument("--top-k", type=int, default=1, help="candidates written (default 1)")
+    generate.add_argument("--data", default=None, metavar="DATASET", help="target dataset (BatchNorm and ranking)")
+    generate.add_argument("--data-root", default=None, help="data root (default: $GEOSANE_DATA, then ../shared/data)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--out", required=True, metavar="DIR")
+    generate.set_defaults(func=cmd_generate)
+
+    embed = commands.add_parser(
+        "embed",
+        help="embed a collection's models and check what the latent space knows",
+        description="One embedding per collection model, a UMAP plot coloured by architecture, task and modality, "
+        "and the k-nearest-neighbour accuracy of those labels against shuffled labels.",
+    )
+    embed.add_argument("--autoencoder", required=True, metavar="URL")
+    embed.add_argument("--collection", required=True, metavar="URL")
+    embed.add_argument("--out", required=True, metavar="DIR")
+    embed.set_defaults(func=cmd_embed)
 
     collection = commands.add_parser("collection", help="inspect and export a collection")
     actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -43,12 +43,14 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tenso
 def geosane_loss(
     reconstructions: tuple[torch.Tensor, torch.Tensor],
     projections: tuple[torch.Tensor, torch.Tensor],
-    target: torch.Tensor,
-    mask: torch.Tensor,
+    targets: tuple[torch.Tensor, torch.Tensor],
+    masks: tuple[torch.Tensor, torch.Tensor],
     config: LossConfig = LossConfig(),
 ) -> dict[str, torch.Tensor]:
-    """Both views reconstruct the clean window (all standardized); their projections attract each other."""
-    reconstruction = (masked_mse(reconstructions[0], target, mask) + masked_mse(reconstructions[1], target, mask)) / 2
+    """Each view reconstructs its clean window (all standardized); their projections attract each other."""
+    reconstruction = (
+        masked_mse(reconstructions[0], targets[0], masks[0]) + masked_mse(reconstructions[1], targets[1], masks[1])
+    ) / 2
     contrastive = nt_xent(projections[0].float(), projections[1].float(), config.temperature)
     loss = config.gamma * contrastive + (1 - config.gamma) * reconstruction
     return {"loss": loss, "reconstruction": reconstruction.detach(), "contrastive": contrastive.detach()}

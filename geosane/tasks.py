@@ -1,8 +1,10 @@
-"""Task models and metrics: a timm backbone with a classification or segmentation head.
+"""Task models and metrics: a timm backbone with a classification, segmentation or detection head.
 
 Classification is timm's own model with ``num_classes``; segmentation puts a light FPN-style head on timm's
 ``features_only`` backbone (every level projected, upsampled to the finest one and summed, then upsampled to
-the input). Both take any band count through ``in_chans``.
+the input); detection is torchvision's Faster R-CNN on a feature pyramid (torchvision's) over the same backbone.
+All take any band count through ``in_chans``, and all name the backbone ``backbone``, so generated backbone
+weights load into any of them the same way.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from geosane.errors import GeoSANEError
 
 __all__ = [
     "TASKS",
+    "DetectionModel",
     "SegmentationModel",
     "create_model",
     "evaluate",
@@ -25,7 +28,15 @@ __all__ = [
     "mean_iou",
 ]
 
-TASKS = ("classification", "segmentation")
+TASKS = ("classification", "segmentation", "detection")
+
+
+def backbone_features(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """A timm ``features_only`` backbone's levels, channels first (Swin's come channels last)."""
+    features = backbone(x)
+    if str(getattr(backbone, "output_fmt", "NCHW")).endswith("NHWC"):
+        features = [f.permute(0, 3, 1, 2) for f in features]
+    return features
 
 
 class SegmentationModel(nn.Module):
@@ -42,13 +53,68 @@ class SegmentationModel(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)
+        features = backbone_features(self.backbone, x)
         size = features[0].shape[-2:]
         fused = sum(
             F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
             for proj, f in zip(self.lateral, features, strict=True)
         )
         return F.interpolate(self.classifier(fused), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class PyramidBackbone(nn.Module):
+    """timm ``features_only`` levels (NCHW), each projected to ``out_channels`` by torchvision's feature pyramid:
+    the ``backbone`` torchvision's detectors expect (an ``out_channels`` attribute, an ordered dict of maps)."""
+
+    def __init__(self, arch: str, in_chans: int, out_channels: int = 64, **kwargs) -> None:
+        from torchvision.ops import FeaturePyramidNetwork
+
+        super().__init__()
+        self.body = timm.create_model(arch, pretrained=False, features_only=True, in_chans=in_chans, **kwargs)
+        feature_info: Any = self.body.feature_info
+        self.levels = len(feature_info.channels())
+        self.fpn = FeaturePyramidNetwork(feature_info.channels(), out_channels)
+        self.out_channels = out_channels
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = backbone_features(self.body, x)
+        return self.fpn({str(i): f for i, f in enumerate(features)})
+
+
+class DetectionModel(nn.Module):
+    """torchvision's Faster R-CNN on a timm backbone with a feature pyramid: one anchor size per level, RoI pooling
+    over all levels. ``num_classes`` counts object classes; torchvision adds the background class. Inputs are lists
+    of ``[C, H, W]`` images (any sizes); in train mode targets give ``boxes`` and ``labels`` and the losses return."""
+
+    def __init__(self, arch: str, in_chans: int, num_classes: int, **kwargs) -> None:
+        from torchvision.models.detection import FasterRCNN
+        from torchvision.models.detection.anchor_utils import AnchorGenerator
+        from torchvision.ops import MultiScaleRoIAlign
+
+        super().__init__()
+        pyramid = PyramidBackbone(arch, in_chans, **kwargs)
+        size = int(kwargs.get("img_size") or timm.get_pretrained_cfg(arch).input_size[-1])  # type: ignore[union-attr]
+        names = [str(i) for i in range(pyramid.levels)]
+        anchors = AnchorGenerator(
+            sizes=tuple((16 * 2**i,) for i in range(pyramid.levels)), aspect_ratios=((0.5, 1.0, 2.0),) * pyramid.levels
+        )
+        self.detector = FasterRCNN(
+            pyramid,
+            num_classes=num_classes + 1,
+            rpn_anchor_generator=anchors,
+            box_roi_pool=MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2),
+            image_mean=[0.0] * in_chans,  # inputs come normalized by the dataset's statistics
+            image_std=[1.0] * in_chans,
+            fixed_size=(size, size),  # every image resized to the backbone's input size (ViTs and Swins need it)
+        )
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The timm feature extractor (what generated weights load into)."""
+        return self.detector.backbone.body
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict[str, torch.Tensor]] | None = None) -> Any:
+        return self.detector(images, targets)
 
 
 def create_model(
@@ -64,6 +130,8 @@ def create_model(
         return timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
     if task == "segmentation":
         return SegmentationModel(arch, in_chans, num_classes, **kwargs)
+    if task == "detection":
+        return DetectionModel(arch, in_chans, num_classes, **kwargs)
     raise GeoSANEError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
 
 

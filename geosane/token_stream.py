@@ -3,7 +3,8 @@
 ``read_parquet`` streams the shards from ``file://`` or ``s3://`` (through the same fsspec filesystem the rest
 of GeoSANE uses), each block's rows are put back in token order per model and cut into random windows with two
 augmented views each (``geosane.views``). Ray Train hands each worker its shard of the windows. The split holds out
-whole *models* for validation, never windows of a trained model.
+whole *lineages* for validation (every checkpoint of a zoo trial), never windows or sibling checkpoints of a trained
+model.
 """
 
 from __future__ import annotations
@@ -13,30 +14,53 @@ from dataclasses import dataclass
 from typing import Any
 
 from geosane import storage
-from geosane.collection import Collection
+from geosane.collection import Collection, ModelRecord
 from geosane.errors import GeoSANEError
 from geosane.views import ViewConfig, block_windows, hidden_units, windows_per_pass
 
-__all__ = ["ModelSplit", "split_models", "window_dataset", "windows_per_model_for"]
+__all__ = ["ModelSplit", "lineage", "split_models", "window_dataset", "windows_per_model_for"]
 
 COLUMNS = ["index", "layer", "within", "valid", "tokens"]
 
 
 @dataclass(frozen=True)
 class ModelSplit:
-    """Which models of a collection train the autoencoder and which are held out to validate it, by id."""
+    """Which models of a collection train the autoencoder and which are held out to validate it, by id, and the
+    lineages held out (every checkpoint of a held-out lineage is held out)."""
 
     train: list[str]
     val: list[str]
+    val_lineages: list[str]
 
 
-def split_models(ids: list[str], val_fraction: float, seed: int) -> ModelSplit:
-    """Seeded split of model ids; at least one model on each side when there are two or more."""
-    if len(ids) < 2:
-        raise GeoSANEError(f"need at least 2 models to hold some out for validation, the collection has {len(ids)}")
-    order = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
-    n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
-    return ModelSplit(train=sorted(order[n_val:]), val=sorted(order[:n_val]))
+def lineage(record: ModelRecord) -> str:
+    """The family tree a model belongs to: all checkpoints of one zoo trial (one seed of one architecture on one
+    dataset) share one; any other model is its own. Holding out a checkpoint while training on its siblings would
+    measure memory, not generalization."""
+    tags = record.tags
+    if "lineage" in tags:
+        return tags["lineage"]
+    if {"zoo", "dataset", "arch", "seed"} <= tags.keys():
+        return f"{tags['zoo']}/{tags['dataset']}/{tags['arch']}/seed{tags['seed']}"
+    return record.id
+
+
+def split_models(records: list[ModelRecord], val_fraction: float, seed: int) -> ModelSplit:
+    """Seeded split by *lineage*: about ``val_fraction`` of the lineages, with all their checkpoints, are held out;
+    at least one lineage on each side when there are two or more."""
+    lineages = sorted({lineage(r) for r in records})
+    if len(lineages) < 2:
+        raise GeoSANEError(
+            f"need models of at least 2 lineages to hold some out for validation, the collection has {len(lineages)}"
+        )
+    order = sorted(lineages, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
+    n_val = min(len(lineages) - 1, max(1, round(val_fraction * len(lineages))))
+    held_out = set(order[:n_val])
+    return ModelSplit(
+        train=sorted(r.id for r in records if lineage(r) not in held_out),
+        val=sorted(r.id for r in records if lineage(r) in held_out),
+        val_lineages=sorted(held_out),
+    )
 
 
 def pyarrow_filesystem(url: str) -> Any:

@@ -14,11 +14,12 @@ from __future__ import annotations
 import ctypes
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrainConfig",
+    "Horizon",
+    "fit_horizon",
+    "progress_line",
     "run_training",
     "build_engine",
     "deepspeed_config",
@@ -46,6 +50,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 PREFETCH_BATCHES = 4  # batches Ray Data prepares ahead of the step that needs them
+CALIBRATION_STEPS = 20  # with a wall-clock budget, the steps timed before the schedule's length is first fitted
 STEPS_PER_PASS = 200  # a pass over the training models holds at least this many steps (each pass restarts Ray Data)
 SHUFFLE_BATCHES = 8  # each worker shuffles its windows in a buffer of this many batches (blocks are one model each)
 OFFLOAD_DEVICES = ("none", "cpu", "nvme")
@@ -61,7 +66,10 @@ class TrainConfig:
     collection: str = ""
     storage: str = "runs"
     name: str = "autoencoder"
-    model: str = "tiny"
+    model: str = "tiny"  # a named size (geosane.autoencoder.SIZES) ...
+    autoencoder: dict[str, Any] = field(
+        default_factory=dict
+    )  # ... with these settings changed (d_model, latent_dim, ...)
     window: int | None = None  # overrides the model size's window
     workers: int = 2
     use_gpu: bool = False
@@ -69,7 +77,9 @@ class TrainConfig:
     bf16: bool = False
     offload: str = "none"  # optimizer states: "none", "cpu", or "nvme" (files under nvme_path; ZeRO-3 only)
     nvme_path: str = ""  # a fast local disk for offload "nvme" (default: <temp>/geosane-nvme); each run its own folder
-    steps: int = 200
+    steps: int = 200  # the schedule's length, or its most steps with budget_minutes
+    budget_minutes: float | None = None  # wall-clock budget of the loop: the schedule is fitted to it after a few steps
+    log_every: int = 10  # a progress line every this many steps
     batch_size: int = 8  # windows per worker per micro-step
     grad_accum: int = 1
     lr: float = 1e-3
@@ -80,6 +90,7 @@ class TrainConfig:
     noise: float = 0.1
     erase_probability: float = 0.0
     permute_hidden_units: bool = False  # each pass sees models with their MLP hidden units permuted (same function)
+    view_shift: float = 0.25  # the second view is a window up to this fraction of a window away from the first's
     gamma: float = 0.05
     temperature: float = 0.1
     max_failures: int = 1
@@ -99,8 +110,17 @@ class TrainConfig:
             raise GeoSANEError(f"offload must be one of {OFFLOAD_DEVICES}, got {self.offload!r}")
         if self.offload == "nvme" and self.zero_stage != 3:
             raise GeoSANEError(f"offload 'nvme' needs zero_stage 3, got {self.zero_stage}")
-        if self.steps < 1 or self.checkpoint_every < 1:
-            raise GeoSANEError("steps and checkpoint_every must be >= 1")
+        if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise GeoSANEError("steps, checkpoint_every and log_every must be >= 1")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise GeoSANEError(f"budget_minutes must be > 0, got {self.budget_minutes}")
+        AutoencoderConfig.named(self.model, **self.autoencoder)  # unknown sizes or settings fail here, named
+
+    def autoencoder_config(self, token_size: int, mode: str) -> AutoencoderConfig:
+        """The network this run trains, for a collection's tokens."""
+        return AutoencoderConfig.named(
+            self.model, token_size=token_size, window=self.window, mode=mode, **self.autoencoder
+        )
 
 
 def deepspeed_config(config: TrainConfig) -> dict[str, Any]:
@@ -148,6 +168,7 @@ def resume_key(config: TrainConfig) -> dict[str, Any]:
     """Settings a checkpoint can only be resumed with unchanged (shapes and sharding of the saved state)."""
     return {
         "model": config.model,
+        "autoencoder": config.autoencoder,
         "window": config.window,
         "workers": config.workers,
         "zero_stage": config.zero_stage,
@@ -184,8 +205,28 @@ def require_async_io() -> None:
         )
 
 
+class Horizon:
+    """The learning-rate schedule as a factor of the peak: a linear warm-up over the first 10% of ``total`` steps, then
+    a cosine down to zero (a one-cycle schedule). ``total`` is the run's steps, or, with a wall-clock budget, is fitted
+    once the first steps are timed and again at each validation; LambdaLR saves this object's fields with the
+    checkpoint, so a resumed run keeps it.
+    """
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.fitted = False  # fitted to a wall-clock budget
+
+    def __call__(self, step: int) -> float:
+        warm = max(1, self.total // 10)
+        if step < warm:
+            return 0.04 + 0.96 * step / warm
+        progress = min(1.0, (step - warm) / max(1, self.total - warm))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def build_engine(config: TrainConfig, model_config: AutoencoderConfig) -> tuple[Any, Any]:
-    """The autoencoder inside a DeepSpeed engine with AdamW and OneCycle, and the schedule; call on every rank."""
+    """The autoencoder inside a DeepSpeed engine with AdamW and the one-cycle :class:`Horizon`, and the schedule;
+    call on every rank."""
     import deepspeed
     import torch
 
@@ -200,7 +241,7 @@ def build_engine(config: TrainConfig, model_config: AutoencoderConfig) -> tuple[
         model = Autoencoder(model_config)
     fused = config.use_gpu and config.offload == "none"  # one CUDA kernel for the whole update
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=fused)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.lr, total_steps=config.steps)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, Horizon(config.steps))
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config)
     )
@@ -286,18 +327,25 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     def to_device(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(device) for k, v in batch.items()}
 
+    validation_seconds: list[float] = []
+
     def validate() -> float:
         """The held-out models' mean reconstruction error, each encoded and decoded whole as a user would."""
+        began = time.perf_counter()
         engine.eval()
         errors = [engine.module.reconstruction_error(tokens, network=engine) for tokens in held_out]
         engine.train()
+        validation_seconds.append(time.perf_counter() - began)
         return sum(errors) / len(errors)
 
+    loop_began = time.perf_counter()
     if val_start is None:
         val_start = validate()  # the held-out models before any training: the yardstick for progress
     metrics: dict[str, Any] = {"step": step, "val_reconstruction_start": val_start}
     meter = StepMeter()
-    while step < config.steps:
+    horizon: Horizon = schedule.lr_lambdas[0]
+    first_step = step
+    while step < horizon.total:
         meter.fetching()
         for batch in train_shard.iter_torch_batches(
             batch_size=config.batch_size,
@@ -316,6 +364,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 meter.fetching()
                 continue
             step += 1
+            if step == first_step + 1:  # budget timing starts after the first step (Ray Data's start-up)
+                timing_began, validated_before = time.perf_counter(), sum(validation_seconds)
             metrics = {
                 "step": step,
                 "loss": float(losses["loss"]),
@@ -326,23 +376,42 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 **meter.step_done(),
                 "val_reconstruction_start": val_start,
             }
-            evaluate = step % config.eval_every == 0 or step == config.steps
+            evaluate = step % config.eval_every == 0 or step == horizon.total
             if evaluate:
                 metrics["val_reconstruction"] = validate()
+            # with a budget: fit the schedule once the first steps are timed, and again at every validation (the
+            # steady pace is only known once Ray Data's pipeline is full)
+            calibrated = step == first_step + 1 + CALIBRATION_STEPS and not horizon.fitted
+            refit = evaluate and horizon.fitted and first_step + 1 < step < horizon.total
+            if config.budget_minutes and (calibrated or refit):
+                fit_horizon(
+                    horizon,
+                    config,
+                    step,
+                    step - first_step - 1,
+                    time.perf_counter() - timing_began - (sum(validation_seconds) - validated_before),
+                    max(validation_seconds),
+                    time.perf_counter() - loop_began,
+                    device,
+                )
+            if rank == 0 and (step % config.log_every == 0 or evaluate):
+                elapsed = time.perf_counter() - loop_began
+                per_step = (elapsed - sum(validation_seconds)) / (step - first_step)  # validations are rare
+                print(progress_line(metrics, horizon.total, elapsed, per_step), flush=True)
             if writer:
                 for key, value in metrics.items():
                     if key != "step":
                         writer.add_scalar(key, value, step)
             # Ray Train's report is a barrier that waits for the controller's poll (every 2 s): report only when
             # evaluating or checkpointing, while TensorBoard gets every step
-            if step % config.checkpoint_every == 0 or step == config.steps:
+            if step % config.checkpoint_every == 0 or step == horizon.total:
                 if writer:
                     writer.flush()
                     upload(tensorboard, storage.join(run, "tensorboard"))
                 save_and_report(engine, config, model_config, metrics, rank)
             elif evaluate:
                 ray.train.report(metrics)
-            if step >= config.steps:
+            if step >= horizon.total:
                 break
             meter.next_step()
 
@@ -365,7 +434,52 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if writer:
         writer.close()
         upload(tensorboard, storage.join(run, "tensorboard"))
+    shutil.rmtree(tensorboard, ignore_errors=True)  # uploaded: the local copy was only a staging folder
     remove_offload_files(config)
+
+
+def fit_horizon(
+    horizon: Horizon,
+    config: TrainConfig,
+    step: int,
+    timed_steps: int,
+    timed_seconds: float,
+    validation_seconds: float,
+    elapsed: float,
+    device: Any,
+) -> None:
+    """Fit the schedule to the wall-clock budget: ``timed_steps`` steps took ``timed_seconds`` (validations left out),
+    a validation takes ``validation_seconds``, and ``elapsed`` seconds of the budget are gone. The run gets as many
+    steps as the time left holds with the validations they bring, at most ``config.steps``. Every rank takes the
+    slowest rank's figures (each rank's clock started a little apart), so all agree on where the run ends: a rank
+    that stopped one step before the others would leave them waiting in a collective for ever."""
+    import torch
+    import torch.distributed as dist
+
+    times = torch.tensor([timed_seconds / timed_steps, validation_seconds, elapsed], dtype=torch.float64, device=device)
+    distributed = dist.is_available() and dist.is_initialized()
+    if distributed:
+        dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    per_step, per_validation, elapsed = (float(t) for t in times)
+    left = (config.budget_minutes or 0) * 60 - elapsed
+    more = int(left / (per_step + per_validation / config.eval_every)) if left > 0 else 0
+    horizon.total = max(step + 1, min(config.steps, step + more))
+    horizon.fitted = True  # saved with the schedule: a resumed run keeps its horizon
+    if not distributed or dist.get_rank() == 0:
+        print(
+            f"budget {config.budget_minutes:g} min: {per_step:.3f} s a step, {horizon.total} steps in all", flush=True
+        )
+
+
+def progress_line(metrics: dict[str, Any], total: int, elapsed: float, seconds_per_step: float) -> str:
+    """``step 120/1450  loss 0.1234  reconstruction 0.1200  val 0.3400  2,345 tokens/s  4.1 min, 12.3 left``."""
+    step = metrics["step"]
+    left = seconds_per_step * (total - step) / 60
+    val = f"  val {metrics['val_reconstruction']:.4f}" if "val_reconstruction" in metrics else ""
+    return (
+        f"step {step}/{total}  loss {metrics['loss']:.4f}  reconstruction {metrics['reconstruction']:.4f}{val}  "
+        f"{metrics['tokens_per_s']:,.0f} tokens/s  {elapsed / 60:.1f} min, {left:.1f} left"
+    )
 
 
 def remove_offload_files(config: TrainConfig) -> None:
@@ -409,6 +523,7 @@ def training_views(config: TrainConfig, model_config: AutoencoderConfig, train_i
         noise=config.noise,
         erase_probability=config.erase_probability,
         permute_hidden_units=config.permute_hidden_units,
+        shift=config.view_shift,
     )
     global_batch = config.batch_size * config.workers * config.grad_accum
     windows = windows_per_model_for(
@@ -430,10 +545,8 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
     config.validate()
     config = replace(config, collection=storage.absolute(config.collection))  # the workers read it too
     records = Collection(config.collection).records()
-    model_config = AutoencoderConfig.named(
-        config.model, token_size=records[0].token_size, window=config.window, mode=records[0].mode
-    )
-    split = split_models([r.id for r in records], config.val_fraction, config.seed)
+    model_config = config.autoencoder_config(records[0].token_size, records[0].mode)
+    split = split_models(records, config.val_fraction, config.seed)
     views = training_views(config, model_config, split.train)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit): use what it has
@@ -446,7 +559,7 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
     run = storage.join(storage_root, config.name)
     storage.write_bytes(
         storage.join(run, "split.json"),
-        json.dumps({"collection": config.collection, "train": split.train, "val": split.val}, indent=1).encode(),
+        json.dumps({"collection": config.collection, **asdict(split)}, indent=1).encode(),
     )
     trainer = TorchTrainer(
         train_loop,

@@ -28,6 +28,7 @@ __all__ = [
     "make_views",
     "permute_hidden_units",
     "prefix_mask",
+    "shifted_starts",
     "window_starts",
     "windows_per_pass",
 ]
@@ -40,6 +41,7 @@ class ViewConfig:
     erase_probability: float = 0.0  # chance that a token of a view is zeroed
     windows_per_model: float = 1.0  # random windows per model per pass, relative to its length / window
     permute_hidden_units: bool = False  # training passes see models with their MLP hidden units permuted
+    shift: float = 0.0  # the second view's window starts up to this fraction of a window away from the first's
 
 
 def windows_per_pass(num_tokens: int, config: ViewConfig) -> int:
@@ -84,18 +86,35 @@ def prefix_mask(valid: np.ndarray, token_size: int) -> np.ndarray:
     return np.arange(token_size) < valid[..., None]
 
 
-def make_views(batch: dict[str, np.ndarray], config: ViewConfig, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Add two augmented views (``view1``, ``view2``) of each window in ``batch``."""
-    tokens = batch["tokens"]
-    mask = prefix_mask(batch["valid"], tokens.shape[-1])
+def make_views(
+    batch: dict[str, np.ndarray],
+    config: ViewConfig,
+    rng: np.random.Generator,
+    shifted: dict[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """Add two augmented views (``view1``, ``view2``) of each window in ``batch``. With ``shifted`` windows (the same
+    model, starting elsewhere), ``view2`` is cut from those, and their clean tokens, positions and real-value counts
+    come along as ``tokens2``, ``positions2``, ``valid2``: view 2's own target. Two overlapping windows that differ
+    by more than noise are what give the contrastive term something to learn."""
     out = dict(batch)
-    for name in ("view1", "view2"):
+    for name, source in (("view1", batch), ("view2", shifted or batch)):
+        tokens = source["tokens"]
         view = tokens * (1 + config.noise * rng.standard_normal(tokens.shape, dtype=np.float32))
         if config.erase_probability:
             erased = rng.random(tokens.shape[:-1]) < config.erase_probability
             view = np.where(erased[..., None], 0, view)
-        out[name] = np.where(mask, view, 0).astype(np.float32)
+        out[name] = np.where(prefix_mask(source["valid"], tokens.shape[-1]), view, 0).astype(np.float32)
+    if shifted is not None:
+        out.update({f"{key}2": shifted[key] for key in ("tokens", "positions", "valid")})
     return out
+
+
+def shifted_starts(starts: np.ndarray, num_tokens: int, config: ViewConfig, rng: np.random.Generator) -> np.ndarray:
+    """Starts of the second views' windows: each up to ``shift * window`` tokens from its first view's, inside the
+    model."""
+    reach = int(config.shift * config.window)
+    offsets = rng.integers(-reach, reach + 1, size=len(starts))
+    return np.clip(starts + offsets, 0, max(0, num_tokens - config.window))
 
 
 # ------------------------------------------------------------------------------ hidden-unit permutation
@@ -213,8 +232,13 @@ def block_windows(
             mode, groups = hidden[shard]
             if all(start + count <= len(tokens) for g in groups for start, count, *_ in (*g.rows, g.reader)):
                 tokens = permute_hidden_units(tokens, groups, mode, rng)
-        windows = cut_windows(tokens, positions, valid, window_starts(len(tokens), views, rng), views.window)
-        windows = make_views(windows, views, rng)
+        starts = window_starts(len(tokens), views, rng)
+        windows = cut_windows(tokens, positions, valid, starts, views.window)
+        shifted = None
+        if views.shift:
+            later = shifted_starts(starts, len(tokens), views, rng)
+            shifted = cut_windows(tokens, positions, valid, later, views.window)
+        windows = make_views(windows, views, rng, shifted)
         mean, std = scales[shard]
         windows["mean"] = np.full(len(windows["tokens"]), mean, dtype=np.float32)
         windows["std"] = np.full(len(windows["tokens"]), std, dtype=np.float32)

@@ -61,6 +61,7 @@ class ZooConfig:
     gpus_per_trial: float = 0
     max_concurrent: int = 0  # 0: as many as resources allow
     licence: str = "MIT"
+    token_size: int | None = None  # a new collection's token size (default 230); an existing one keeps its own
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> ZooConfig:
@@ -267,7 +268,11 @@ def run_zoo(config: ZooConfig, out: str, storage: str, data_root: str | None = N
             raise GeoSANEError(f"{len(errors)} {group.dataset} trial(s) failed; first error: {errors[0]}")
         sources += [checkpoint_source(c, data, config) for r in results for c, _ in r.best_checkpoints]
     sources.sort(key=lambda s: s.name)
-    return Collection(out).add(sources, total=len(sources), progress=progress)
+    from geosane.tokenizer import TokenizerConfig
+
+    collection = Collection(out)
+    tokenizer = collection.config() or (TokenizerConfig(config.token_size) if config.token_size else None)
+    return collection.add(sources, tokenizer, total=len(sources), progress=progress)
 
 
 def fit_group(config: ZooConfig, index: int, trainable, storage: str, progress: bool):
@@ -330,5 +335,6 @@ def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooCo
             "lr": f"{member['lr']:.3g}",
             "weight_decay": f"{member['weight_decay']:.3g}",
             "zoo": config.name,
+            "lineage": f"{config.name}/{member['dataset']}/{member['arch']}/seed{member['seed']}",
         },
     )

@@ -102,7 +102,7 @@ def test_pickle_with_code_is_refused_by_the_cli(tmp_path: Path) -> None:
 def test_help_lists_every_command() -> None:
     result = geosane("--help")
     assert result.returncode == 0
-    for command in ("collect", "collection"):
+    for command in ("collect", "collection", "zoo", "train", "generate", "embed"):
         assert command in result.stdout
     sub = geosane("collection", "--help")
     for action in ("ls", "show", "export"):
@@ -153,3 +153,68 @@ def test_collect_refuses_a_token_size_of_zero(tmp_path: Path) -> None:
     result = geosane("collect", "timm:test_vit", "--out", str(tmp_path / "c"), "--token-size", "0")
     assert result.returncode == 2 and "token_size must be >= 1, got 0" in result.stderr
     assert not (tmp_path / "c").exists()
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An untrained autoencoder and a collection of three architectures, three seeds each."""
+    from geosane.autoencoder import Autoencoder, AutoencoderConfig
+
+    root = tmp_path_factory.mktemp("world")
+    torch.manual_seed(0)
+    Autoencoder(AutoencoderConfig(token_size=64, window=32)).save(str(root / "ae"))
+    models = [
+        f"timm:{a}?num_classes=10&seed={s}" for a in ("test_resnet", "test_vit", "test_efficientnet") for s in (0, 1, 2)
+    ]
+    result = geosane("-q", "collect", *models, "--out", str(root / "c"), "--token-size", "64")
+    assert result.returncode == 0, result.stderr
+    return {"ae": str(root / "ae"), "collection": str(root / "c")}
+
+
+def test_generate_writes_weights_and_cards(small_world: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "generated"
+    result = geosane(
+        "-q", "generate", "--autoencoder", small_world["ae"], "--prompt", "timm:test_resnet?in_chans=13&num_classes=10",
+        "--anchors", "family=resnet", "--collection", small_world["collection"], "--candidates", "2", "--top-k", "2",
+        "--seed", "7", "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rank 1" in result.stdout and "rank 2" in result.stdout and "not ranked: no target data" in result.stdout
+    card = json.loads((out / "model-1.json").read_text())
+    assert card["seed"] == 7 and card["prompt"]["in_chans"] == 13 and len(card["anchors"]) == 3
+    assert {a["fitted"] for a in card["anchors"]} == {"input convolution adapted"}
+    weights = load_file(out / "model-1.safetensors")
+    assert weights["conv1.0.weight"].shape[1] == 13
+    assert "# GeoSANE generated test_resnet: rank 1" in (out / "model-1.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prompt", "timm:resnet_nonexistent"], "unknown timm model 'resnet_nonexistent'"),
+        (["--prompt", "timm:test_vit", "--anchors", "family=resnet"], "fits the prompt test_vit"),
+        (["--prompt", "timm:test_resnet", "--anchors", "family=swin"], "no model in"),
+        (["--prompt", "timm:test_resnet?in_chans=13", "--data", "eurosat_rgb"], "eurosat_rgb has 3 bands"),
+    ],
+)
+def test_generate_refuses_bad_input_and_writes_nothing(
+    small_world: dict[str, str], tmp_path: Path, args: list[str], message: str, shared: Path
+) -> None:
+    out = tmp_path / "generated"
+    result = geosane(
+        "generate", "--autoencoder", small_world["ae"], "--collection", small_world["collection"], *args,
+        "--out", str(out), env={"GEOSANE_DATA": str(shared / "data")},
+    )  # fmt: skip
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+
+
+def test_embed_tells_architectures_apart(small_world: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "embed"
+    result = geosane("-q", "embed", "--autoencoder", small_world["ae"], "--collection", small_world["collection"],
+                     "--out", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    knn = json.loads((out / "knn.json").read_text())["knn"]
+    assert knn["architecture"]["knn_accuracy"] > knn["architecture"]["shuffled_accuracy"] + 0.3
+    assert (out / "umap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "architecture" in result.stdout

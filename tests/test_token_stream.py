@@ -9,9 +9,9 @@ import pytest
 
 from geosane import sources
 from geosane.autoencoder import Scale
-from geosane.collection import Collection
+from geosane.collection import Collection, ModelRecord
 from geosane.errors import GeoSANEError
-from geosane.token_stream import split_models, window_dataset, windows_per_model_for
+from geosane.token_stream import lineage, split_models, window_dataset, windows_per_model_for
 from geosane.tokenizer import TokenizerConfig
 from geosane.views import ViewConfig, windows_per_pass
 
@@ -24,14 +24,30 @@ def collection(tmp_path_factory: pytest.TempPathFactory) -> Collection:
     return collection
 
 
-def test_held_out_models_are_whole_models_and_seeded() -> None:
-    ids = [f"m{i}" for i in range(10)]
-    split = split_models(ids, 0.2, seed=0)
-    assert len(split.val) == 2 and set(split.train) | set(split.val) == set(ids)
-    assert not set(split.train) & set(split.val)
-    assert split_models(ids, 0.2, seed=0) == split and split_models(ids, 0.2, seed=1) != split
-    with pytest.raises(GeoSANEError, match="at least 2 models"):
-        split_models(["only"], 0.2, seed=0)
+def record(model_id: str, **tags: str) -> ModelRecord:
+    return ModelRecord(
+        model_id, model_id, "", "", "resnet", "classification", "rgb", None, 3, 10, 1, 1, 64, "dense", "MIT", tags
+    )
+
+
+def test_held_out_lineages_are_whole_and_seeded() -> None:
+    """Every checkpoint of a zoo trial lands on one side: training on epoch 2 and validating on epoch 3 of the same
+    trial would measure memory."""
+    records = [
+        record(f"m{seed}e{epoch}", zoo="z", dataset="eurosat_rgb", arch="test_resnet", seed=str(seed), epoch=str(epoch))
+        for seed in range(10)
+        for epoch in (2, 3)
+    ] + [record("presto")]
+    split = split_models(records, 0.2, seed=0)
+    assert set(split.train) | set(split.val) == {r.id for r in records} and not set(split.train) & set(split.val)
+    assert len(split.val_lineages) == 2  # 20% of 11 lineages
+    for seed in range(10):  # both checkpoints of a trial on one side
+        assert (f"m{seed}e2" in split.val) == (f"m{seed}e3" in split.val)
+    assert len(split.val) in (3, 4)
+    assert split_models(records, 0.2, seed=0) == split and split_models(records, 0.2, seed=1) != split
+    assert lineage(record("x", lineage="mine")) == "mine" and lineage(record("y")) == "y"
+    with pytest.raises(GeoSANEError, match="at least 2 lineages"):
+        split_models(records[:2], 0.2, seed=0)
 
 
 def test_small_collections_draw_longer_passes(collection: Collection) -> None:

@@ -20,7 +20,7 @@ from geosane import sources, storage
 from geosane.collection import Collection
 from geosane.errors import GeoSANEError
 from geosane.tokenizer import TokenizerConfig
-from geosane.train import StepMeter, TrainConfig, run_training
+from geosane.train import Horizon, StepMeter, TrainConfig, fit_horizon, progress_line, run_training
 
 MODELS = [
     "timm:test_resnet?num_classes=10&seed=0",
@@ -323,3 +323,47 @@ def test_large_blocks_get_their_own_mapping(setting: str, mapped: int) -> None:
 
     out = subprocess.run([sys.executable, "-c", MALLOC_PROBE, setting], capture_output=True, text=True, check=True)
     assert int(out.stdout) == mapped
+
+
+def test_one_cycle_horizon_and_fitting_it_to_a_budget() -> None:
+    """Warm-up over the first tenth, peak, cosine to zero; a wall-clock budget fits the length to the time left,
+    counting the validations the remaining steps bring, never beyond ``steps``."""
+    horizon = Horizon(100)
+    factors = [horizon(s) for s in range(101)]
+    assert factors[0] == pytest.approx(0.04) and factors[10] == pytest.approx(1.0) and factors[100] == 0.0
+    assert factors.index(max(factors)) == 10 and all(a >= b for a, b in zip(factors[10:-1], factors[11:], strict=True))
+
+    settings = TrainConfig(collection="c", steps=10_000, budget_minutes=1.0, eval_every=100)
+    # 20 steps took 10 s, a validation 2 s, and 12 s of the minute are gone: 48 s at 0.5 s a step plus 2 s a validation
+    # every 100 steps (0.52 s a step) hold 92 more steps
+    fit_horizon(horizon, settings, step=21, timed_steps=20, timed_seconds=10.0, validation_seconds=2.0,
+                elapsed=12.0, device="cpu")  # fmt: skip
+    assert horizon.total == 21 + 92 and horizon.fitted
+    fit_horizon(horizon, TrainConfig(collection="c", steps=50, budget_minutes=60), 21, 20, 10.0, 2.0, 12.0, "cpu")
+    assert horizon.total == 50  # the budget would allow far more: steps caps it
+    metrics = {"step": 120, "loss": 0.5, "reconstruction": 0.4, "val_reconstruction": 0.3, "tokens_per_s": 2345.0}
+    line = progress_line(metrics, 1450, elapsed=90.0, seconds_per_step=0.6)
+    assert line.startswith("step 120/1450  loss 0.5000") and "val 0.3000" in line and "2,345 tokens/s" in line
+    assert line.endswith("1.5 min, 13.3 left")  # 1,330 steps to go at 0.6 s
+
+
+def _fit_on_rank(rank: int, init: str, results: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    horizon = Horizon(100)
+    settings = TrainConfig(collection="c", steps=10_000, budget_minutes=1.0, eval_every=100)
+    # the ranks' clocks disagree a little: each alone would end the run at another step
+    fit_horizon(horizon, settings, 21, 20, 10.0 + rank, 2.0, 12.0 + 3 * rank, device="cpu")
+    Path(results, f"{rank}").write_text(str(horizon.total))
+    dist.destroy_process_group()
+
+
+def test_every_rank_fits_the_same_horizon(tmp_path: Path) -> None:
+    """A rank that ends one step before the others leaves them waiting in a collective for ever: the fit takes every
+    rank's slowest figures."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fit_on_rank, args=(f"file://{tmp_path}/rendezvous", str(tmp_path)), nprocs=2)
+    totals = {(tmp_path / str(rank)).read_text() for rank in (0, 1)}
+    assert totals == {str(21 + int(45 / (0.55 + 0.02)))}  # 45 s left at 0.55 s a step, both ranks

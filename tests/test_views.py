@@ -17,6 +17,7 @@ from geosane.views import (
     make_views,
     permute_hidden_units,
     prefix_mask,
+    shifted_starts,
     window_starts,
 )
 
@@ -172,3 +173,20 @@ def test_block_windows_come_from_the_permuted_twin() -> None:
     assert not np.array_equal(permuted["tokens"][0], values)
     assert np.array_equal(np.sort(permuted["tokens"][0], axis=None), np.sort(values, axis=None))  # same values
     assert np.array_equal(permuted["valid"], plain["valid"])
+
+
+def test_shifted_views_are_other_windows_of_the_same_model_with_their_own_targets() -> None:
+    tokens = np.arange(100 * 4, dtype=np.float32).reshape(100, 4) + 1
+    positions = np.stack([np.arange(100)] * 3, axis=1)
+    valid = np.full(100, 4)
+    config = ViewConfig(window=16, noise=0.0, shift=0.25)
+    rng = np.random.default_rng(0)
+    starts = np.array([0, 40, 84])
+    later = shifted_starts(starts, 100, config, rng)
+    assert (np.abs(later - starts) <= 4).all() and (later >= 0).all() and (later <= 84).all()
+    views = make_views(cut_windows(tokens, positions, valid, starts, 16), config, rng,
+                       cut_windows(tokens, positions, valid, later, 16))  # fmt: skip
+    assert np.array_equal(views["view1"], views["tokens"]) and np.array_equal(views["view2"], views["tokens2"])
+    assert np.array_equal(views["positions2"][:, 0, 0], later) and np.array_equal(
+        views["tokens2"][:, 0, 0], later * 4 + 1
+    )
