@@ -168,18 +168,25 @@ def test_bad_input_is_refused_before_anything_is_written(
 
 
 def test_batchnorm_is_re_estimated_in_train_mode_without_touching_weights() -> None:
+    """Images come class by class (as datasets list them); the statistics must be the whole set's, not an average
+    of within-class ones."""
+    torch.manual_seed(0)
     model = timm.create_model("test_resnet", num_classes=10).eval()
     weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
-    images = torch.randn(48, 3, 32, 32) * 3 + 5  # three equal batches: their cumulative average is the mean
+    classes = [torch.randn(16, 3, 32, 32) + shift for shift in (-6.0, 0.0, 6.0)]  # three classes, far apart
+    images = torch.cat(classes)  # three equal batches: their cumulative average is the mean
     layers = reestimate_batchnorm(model, images, batch=16)
     assert layers == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) and not model.training
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
     first = model.conv1[0] if isinstance(model.conv1, torch.nn.Sequential) else model.conv1
-    expected = first(images).mean(
-        dim=(0, 2, 3)
-    )  # the first BatchNorm sees the stem's outputs: its mean over all images
+    with torch.no_grad():
+        outputs = first(images)  # what the first BatchNorm sees
     bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
-    torch.testing.assert_close(bn.running_mean, expected.detach(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.running_mean, outputs.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    whole = outputs.var(dim=(0, 2, 3))
+    within = torch.stack([first(c).var(dim=(0, 2, 3)) for c in classes]).mean(0).detach()
+    assert torch.allclose(bn.running_var, whole, rtol=0.25)  # the whole set's variance ...
+    assert (bn.running_var > 1.5 * within).float().mean() > 0.5  # ... not the classes' own
 
 
 @pytest.mark.parametrize(
@@ -230,3 +237,35 @@ def test_candidates_run_as_ray_tasks_with_the_same_weights(autoencoder: str) -> 
     for one, other in zip(local, remote, strict=True):
         assert one.card["candidate"] == other.card["candidate"]
         assert all(torch.equal(one.state_dict[k], other.state_dict[k]) for k in one.state_dict)
+
+
+def test_an_anchor_keeps_its_classifier_where_it_fits_the_prompt() -> None:
+    """A zoo model's trained classifier is what a generated model for the same classes decodes; for other classes
+    the prompt's (fresh) classifier stands in."""
+    from geosane.generation import Prompt, fit_to_prompt, head_keys
+
+    anchor = sources.load("timm:test_resnet?num_classes=10&seed=1").state_dict
+    for classes, expected in ((10, anchor), (5, None)):
+        prompt_state = sources.load(f"timm:test_resnet?num_classes={classes}&seed=2").state_dict
+        prompt = Prompt(
+            "timm:test_resnet", "test_resnet", 3, classes, prompt_state, head_keys("test_resnet", prompt_state)
+        )
+        fitted, how = fit_to_prompt(anchor, prompt, in_chans=3)
+        assert prompt.head == ("fc.weight", "fc.bias") and how == "as is"
+        assert torch.equal(fitted["fc.weight"], (expected or prompt_state)["fc.weight"])
+        assert torch.equal(fitted["conv1.0.weight"], anchor["conv1.0.weight"])
+
+
+def test_rgb_filters_go_to_their_bands_in_a_multispectral_stem() -> None:
+    from geosane.datasets.eurosat import EuroSATMS, EuroSATRGB
+    from geosane.generation import band_mapped_input
+
+    rgb, ms = list(EuroSATRGB.bands), list(EuroSATMS.bands)
+    weight = torch.randn(8, 3, 3, 3)
+    mapped = band_mapped_input(weight, rgb, ms)
+    assert mapped is not None and mapped.shape == (8, 13, 3, 3)
+    for channel, band in enumerate(rgb):  # B04, B03, B02 land where the 13-band data has them
+        assert torch.equal(mapped[:, ms.index(band)], weight[:, channel])
+    others = [i for i, band in enumerate(ms) if band not in rgb]
+    assert not mapped[:, others].any()
+    assert band_mapped_input(weight, ["Red", "Green", "Blue"], ms) is None  # names it cannot place: timm's adaptation
