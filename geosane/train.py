@@ -241,9 +241,13 @@ def build_engine(config: TrainConfig, model_config: AutoencoderConfig) -> tuple[
         model = Autoencoder(model_config)
     fused = config.use_gpu and config.offload == "none"  # one CUDA kernel for the whole update
     optimizer = torch.optim.AdamW(parameter_groups(model, config.weight_decay), lr=config.lr, fused=fused)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, Horizon(config.steps))
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=schedule, config=deepspeed_config(config)
+    horizon = Horizon(config.steps)
+    # the schedule is built on DeepSpeed's own optimizer (ZeRO-3 and offload wrap the torch one, with other groups)
+    engine, _, _, schedule = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        lr_scheduler=lambda wrapped: torch.optim.lr_scheduler.LambdaLR(wrapped, horizon),
+        config=deepspeed_config(config),
     )
     return engine, schedule
 
