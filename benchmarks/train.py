@@ -8,7 +8,7 @@ and the largest autoencoder each ZeRO stage can train on this machine.
    windows made before its clock starts (the model's compute alone), the other is a plain training script that
    reads the shards and makes fresh windows and views every pass, as the Ray loop does. Start-up (Ray, the
    workers, the first batch) is reported apart: it is paid once per run.
-2. Ray Data input throughput (read_parquet -> windows -> views) against reading the same shards with pyarrow,
+2. Ray Data input throughput (read_lance -> windows -> views) against reading the same models in one process,
    for the first pass (with Ray Data's start-up) and a second pass.
 3. With --memory: per ZeRO stage (2 workers, bf16), and for ZeRO-3 with the optimizer states offloaded to disk
    (offload "nvme"; needs libaio), DeepSpeed's estimate of model-state memory for a ladder of autoencoder sizes,
@@ -33,11 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pyarrow.parquet as pq
 import torch
 
 import geosane
-from geosane import storage
 from geosane.autoencoder import training_losses
 from geosane.losses import LossConfig
 from geosane.token_stream import split_models, window_dataset
@@ -62,16 +60,11 @@ def build_collection(url: str) -> None:
 
 
 def pyarrow_views(collection: geosane.Collection, ids: list[str], views: ViewConfig, rng: np.random.Generator):
-    """One pass in one process: read each model's shard with pyarrow, cut its windows and their two views."""
+    """One pass in one process: read each model's tokens from the collection, cut its windows and their two views."""
     for record in (collection.record(i) for i in ids):
-        fs, path = storage.filesystem(storage.join(collection.url, record.shard))
-        with fs.open(path, "rb") as handle:
-            table = pq.read_table(handle)
-        values = table.column("tokens").combine_chunks().flatten().to_numpy().reshape(table.num_rows, -1)
-        positions = np.stack([table.column(c).to_numpy() for c in ("index", "layer", "within")], axis=1)
-        windows = cut_windows(
-            values, positions, table.column("valid").to_numpy(), window_starts(table.num_rows, views, rng), views.window
-        )
+        tokens = collection.tokens(record)
+        values, positions, valid = tokens.tokens.numpy(), tokens.positions.numpy(), tokens.valid.numpy()
+        windows = cut_windows(values, positions, valid, window_starts(len(values), views, rng), views.window)
         scale, count = collection.scale(record), len(windows["tokens"])
         yield {
             **make_views(windows, views, rng),

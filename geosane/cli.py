@@ -14,25 +14,37 @@ from dataclasses import asdict
 from typing import Sequence
 
 from geosane.errors import GeoSANEError
+from geosane.storage import redact
 from geosane.version import __version__
 
 log = logging.getLogger("geosane")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
-    from geosane.collection import collect, parse_tags
+    from geosane.collection import Collection, collect, parse_tags
 
     added, named = collect(
-        args.sources, args.out, args.token_size, args.mode, parse_tags(args.tag), progress=not args.quiet
+        args.sources,
+        args.out,
+        args.token_size,
+        args.mode,
+        parse_tags(args.tag),
+        progress=not args.quiet,
+        create_bucket=args.create_bucket,
     )
     skipped = named - len(added)
-    print(f"added {len(added)} model(s) to {args.out}" + (f", {skipped} already there" if skipped else ""))
+    version = Collection(args.out).version
+    print(
+        f"added {len(added)} model(s) to {args.out} (now at version {version})"
+        + (f", {skipped} already there" if skipped else "")
+    )
 
 
 def cmd_ls(args: argparse.Namespace) -> None:
     from geosane.collection import Collection
 
-    records = Collection(args.url).records()
+    collection = Collection(args.url, args.version)
+    records = collection.records()
     rows = [
         (r.id, r.name, r.family, r.task, r.modality, str(r.in_chans or "-"), f"{r.num_params:,}", f"{r.num_tokens:,}")
         for r in records
@@ -40,7 +52,44 @@ def cmd_ls(args: argparse.Namespace) -> None:
     header = ("id", "name", "family", "task", "modality", "in_chans", "params", "tokens")
     print_table(header, rows)
     total = sum(r.num_params for r in records)
-    print(f"\n{len(records)} model(s), {total:,} parameters")
+    at = f" at version {collection.version}" if collection.version is not None else " (first layout, read only)"
+    print(f"\n{len(records)} model(s), {total:,} parameters{at}")
+
+
+def cmd_versions(args: argparse.Namespace) -> None:
+    from geosane.collection import Collection
+
+    versions = Collection(args.url).versions()
+    if not versions:
+        raise GeoSANEError(
+            f"{args.url}: a collection in the first layout has no versions; `geosane collection migrate`"
+        )
+    print_table(
+        ("version", "time (UTC)", "models"), [(str(v["version"]), v["time"], str(v["models"])) for v in versions]
+    )
+
+
+def cmd_verify(args: argparse.Namespace) -> None:
+    from geosane.collection import Collection
+
+    collection = Collection(args.url, args.version)
+    problems = collection.verify(progress=not args.quiet)
+    for problem in problems:
+        print(problem)
+    if problems:
+        raise GeoSANEError(f"{args.url}: {len(problems)} bad model(s)")
+    print(f"{args.url}: every model of version {collection.version} reads back as it was written")
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    from geosane.collection import Collection
+
+    collection = Collection(args.url)
+    count = collection.migrate(progress=not args.quiet)
+    print(
+        f"migrated {count} model(s) of {args.url} into its table (version {collection.version}); "
+        "the first layout's files (manifest.json, shards/, layouts/, kept/) were left as they were"
+    )
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -62,12 +111,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     from geosane.collection import Collection
     from geosane.sources import KEY_ORDER
 
-    collection = Collection(args.url)
+    out = storage.absolute(args.out)
+    if storage.within(out, args.url):
+        raise GeoSANEError(f"--out {args.out} is inside the collection {args.url}; write the model elsewhere")
+    if storage.is_dir(out):
+        raise GeoSANEError(
+            f"--out {args.out} is a directory; give a file name, e.g. {args.out.rstrip('/')}/model.safetensors"
+        )
+    collection = Collection(args.url, args.version)
     record = collection.record(args.id)
     state_dict = collection.export(record)
     metadata = {"geosane_id": record.id, "name": record.name, KEY_ORDER: json.dumps(list(state_dict))}
-    storage.write_bytes(args.out, save(state_dict, metadata=metadata))
-    print(f"wrote {len(state_dict)} tensors of {record.name} ({record.id}) to {args.out}")
+    storage.write_bytes(out, save(state_dict, metadata=metadata))
+    print(f"wrote {len(state_dict)} tensors of {record.name} ({record.id}) to {out}")
 
 
 def cmd_stats(args: argparse.Namespace) -> None:
@@ -196,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--mode", choices=["dense", "per-channel"], default=None, help="how matrices are cut (default dense)"
     )
     collect.add_argument(
+        "--create-bucket", action="store_true", help="create the --out s3:// bucket if it does not exist"
+    )
+    collect.add_argument(
         "--tag",
         action="append",
         default=[],
@@ -298,7 +357,22 @@ def build_parser() -> argparse.ArgumentParser:
     actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
     ls = actions.add_parser("ls", help="list the models in a collection")
     ls.add_argument("url", metavar="URL")
+    ls.add_argument("--version", type=int, default=None, metavar="N", help="as it was at version N (default latest)")
     ls.set_defaults(func=cmd_ls)
+    versions = actions.add_parser("versions", help="every commit of a collection: version, time, models")
+    versions.add_argument("url", metavar="URL")
+    versions.set_defaults(func=cmd_versions)
+    verify = actions.add_parser(
+        "verify", help="read every model back and check it against its hashes; lists every bad model"
+    )
+    verify.add_argument("url", metavar="URL")
+    verify.add_argument("--version", type=int, default=None, metavar="N", help="check version N (default latest)")
+    verify.set_defaults(func=cmd_verify)
+    migrate = actions.add_parser(
+        "migrate", help="convert a collection in the first layout (manifest.json + shards) into the table format"
+    )
+    migrate.add_argument("url", metavar="URL")
+    migrate.set_defaults(func=cmd_migrate)
     show = actions.add_parser("show", help="one model's manifest record and kept tensors")
     show.add_argument("url", metavar="URL")
     show.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
@@ -307,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("url", metavar="URL")
     export.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
     export.add_argument("--out", required=True, metavar="FILE.safetensors")
+    export.add_argument(
+        "--version", type=int, default=None, metavar="N", help="as it was at version N (default latest)"
+    )
     export.set_defaults(func=cmd_export)
     stats = actions.add_parser("stats", help="counts by architecture, task, modality and parameters, with a PNG")
     stats.add_argument("url", metavar="URL")
@@ -322,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except GeoSANEError as exc:
-        print(f"geosane: error: {exc}", file=sys.stderr)
+        print(f"geosane: error: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("geosane: interrupted; the collection was left as it was", file=sys.stderr)

@@ -590,12 +590,12 @@ def generate(autoencoder: Autoencoder | str, prompt: str, progress: bool = False
 def base_card(config: GenerateConfig, plan: Plan, autoencoder_url: str, collection_url: str | None) -> dict[str, Any]:
     """What every generated model of one call shares in its card."""
     import datetime
-    import hashlib
+
+    from geosane.collection import Collection
 
     collection = None
-    if collection_url:
-        manifest = storage.read_bytes(storage.join(collection_url, "manifest.json"))
-        collection = {"url": collection_url, "manifest_sha256": hashlib.sha256(manifest).hexdigest()}
+    if collection_url:  # the version pins what the anchors were: later commits cannot change it
+        collection = {"url": collection_url, "version": Collection(collection_url).version}
     info = plan.autoencoder.info
     return {
         "format": "geosane.generated",

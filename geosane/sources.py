@@ -143,8 +143,21 @@ def read_safetensors(data: bytes, uri: str) -> dict[str, torch.Tensor]:
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     except (SafetensorError, ValueError) as exc:
         raise GeoSANEError(f"{uri}: not a valid safetensors file ({exc})") from exc
-    recorded = header.get("__metadata__", {}).get(KEY_ORDER)
-    order = json.loads(recorded) if recorded else sorted(tensors, key=lambda k: header[k]["data_offsets"][0])
+    recorded = (header.get("__metadata__") or {}).get(KEY_ORDER)
+    if not recorded:
+        return {key: tensors[key] for key in sorted(tensors, key=lambda k: header[k]["data_offsets"][0])}
+    try:
+        order = json.loads(recorded)
+    except json.JSONDecodeError as exc:
+        raise GeoSANEError(f"{uri}: metadata {KEY_ORDER} is not a JSON list of tensor names ({exc})") from exc
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(tensors) or len(order) != len(tensors):
+        names = set(map(str, order)) if isinstance(order, list) else set()
+        missing, unknown = sorted(set(tensors) - names), sorted(names - set(tensors))
+        raise GeoSANEError(
+            f"{uri}: metadata {KEY_ORDER} must list exactly the file's {len(tensors)} tensors, once each"
+            + (f"; it leaves out {missing[:3]}" if missing else "")
+            + (f"; it names {unknown[:3]}, which the file does not hold" if unknown else "")
+        )
     return {key: tensors[key] for key in order}
 
 
@@ -242,6 +255,11 @@ def load_timm(uri: str) -> ModelSource:
         seed = int(options.get("seed", 0))
     except ValueError as exc:
         raise GeoSANEError(f"{uri}: in_chans, num_classes and seed must be integers ({exc})") from exc
+    if in_chans < 1 or num_classes < 0 or seed < 0:
+        raise GeoSANEError(
+            f"{uri}: in_chans must be >= 1, num_classes and seed >= 0 "
+            f"(got in_chans={in_chans}, num_classes={num_classes}, seed={seed})"
+        )
     torch.manual_seed(seed)
     sha256 = ""
     overlay = None

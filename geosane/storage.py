@@ -8,13 +8,16 @@ the same configuration. Credentials never appear in messages: errors name the UR
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
+import re
 import uuid
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Any, Iterator
 
 import fsspec
+import numpy as np
 from fsspec.core import url_to_fs
 
 from geosane.errors import GeoSANEError
@@ -22,13 +25,20 @@ from geosane.errors import GeoSANEError
 __all__ = [
     "absolute",
     "atomic_open",
+    "ensure_bucket",
     "errors_named",
     "exists",
     "filesystem",
+    "is_dir",
     "join",
+    "within",
+    "object_store_options",
     "read_bytes",
+    "redact",
     "remove",
+    "sha256",
     "storage_options",
+    "tokens_sha256",
     "write_bytes",
 ]
 
@@ -51,7 +61,7 @@ def endpoint_description(url: str) -> str:
     """Where ``url`` lives, for error messages (never credentials)."""
     if url.startswith(("s3://", "s3a://")):
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-        return f"{url} (endpoint {endpoint})"
+        return f"{url} (endpoint {redact(endpoint)})"
     return url
 
 
@@ -69,6 +79,17 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def absolute(url: str) -> str:
     """A local path made absolute (Ray workers run in folders of their own); a URL with a scheme as it is."""
     return url if "://" in url else str(Path(url).resolve())
+
+
+def within(url: str, root: str) -> bool:
+    """Whether ``url`` is ``root`` or lies under it (whatever mix of plain paths and ``file://`` names the two)."""
+
+    def canonical(u: str) -> str:
+        fs, path = filesystem(absolute(u))
+        return fs.unstrip_protocol(posixpath.normpath(path)).rstrip("/")
+
+    inner, outer = canonical(url), canonical(root)
+    return inner == outer or inner.startswith(outer + "/")
 
 
 def join(url: str, *parts: str) -> str:
@@ -91,7 +112,7 @@ def errors_named(url: str, action: str) -> Iterator[None]:
         module = type(exc).__module__
         if isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs")):
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise GeoSANEError(f"cannot {action} {endpoint_description(url)}: {detail}") from exc
+            raise GeoSANEError(f"cannot {action} {endpoint_description(url)}: {redact(detail)}") from exc
         raise
 
 
@@ -99,6 +120,12 @@ def exists(url: str) -> bool:
     with errors_named(url, "check"):
         fs, path = filesystem(url)
         return fs.exists(path)
+
+
+def is_dir(url: str) -> bool:
+    with errors_named(url, "check"):
+        fs, path = filesystem(url)
+        return fs.isdir(path)
 
 
 def read_bytes(url: str) -> bytes:
@@ -143,3 +170,59 @@ def remove(url: str) -> None:
         fs, path = filesystem(url)
         if fs.exists(path):
             fs.rm(path)
+
+
+def object_store_options(url: str) -> dict[str, str] | None:
+    """The same S3 settings for Lance's object store (which reads the credentials from the environment itself)."""
+    if not url.startswith(("s3://", "s3a://")):
+        return None
+    options = {"aws_region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["aws_endpoint"] = endpoint
+        options["allow_http"] = str(endpoint.startswith("http://")).lower()
+    return options
+
+
+def ensure_bucket(url: str, create: bool = False) -> None:
+    """An ``s3://`` URL's bucket must exist: a typo is an error, not a new bucket, unless ``create`` is asked for."""
+    if not url.startswith(("s3://", "s3a://")):
+        return
+    bucket = url.split("://", 1)[1].split("/", 1)[0]
+    with errors_named(f"s3://{bucket}", "check"):
+        fs, _ = filesystem(url)
+        if fs.exists(bucket):
+            return
+        if not create:
+            raise GeoSANEError(
+                f"cannot write {endpoint_description(url)}: bucket {bucket} does not exist; "
+                "create it, or pass --create-bucket"
+            )
+        fs.mkdir(bucket)
+
+
+#: ``scheme://user:password@host``: the user information of a URL
+USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: user information in URLs, and the values of the credential variables."""
+    text = USERINFO.sub(r"\g<scheme>***@", text)
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID"):
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def sha256(*parts: Any) -> str:
+    """The SHA-256 of text (as UTF-8), bytes and arrays (their raw bytes), in order: how stored parts are checked."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else np.ascontiguousarray(part).data)
+    return digest.hexdigest()
+
+
+def tokens_sha256(tokens: np.ndarray, valid: np.ndarray, positions: np.ndarray) -> str:
+    """The hash of a model's token arrays as a collection stores them (float32 values, int32 counts and positions)."""
+    return sha256(tokens.astype(np.float32, copy=False), valid.astype(np.int32), positions.astype(np.int32))

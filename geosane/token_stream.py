@@ -1,10 +1,10 @@
-"""The stream of token windows that trains the autoencoder: Ray Data from a collection's shards to batches.
+"""The stream of token windows that trains the autoencoder: Ray Data from a collection's table to batches.
 
-``read_parquet`` streams the shards from ``file://`` or ``s3://`` (through the same fsspec filesystem the rest
-of GeoSANE uses), each block's rows are put back in token order per model and cut into random windows with two
-augmented views each (``geosane.views``). Ray Train hands each worker its shard of the windows. The split holds out
-whole *lineages* for validation (every checkpoint of a zoo trial), never windows or sibling checkpoints of a trained
-model.
+``read_lance`` streams the collection's rows (one whole model each) from ``file://`` or ``s3://``, at one
+version of the collection, so models added while a run trains do not change what it reads; each model's tokens
+are checked against their hash and cut into random windows with two augmented views each (``geosane.views``).
+Ray Train hands each worker its shard of the windows. The split holds out whole *lineages* for validation (every
+checkpoint of a zoo trial), never windows or sibling checkpoints of a trained model.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 from geosane import storage
 from geosane.collection import Collection, ModelRecord
 from geosane.errors import GeoSANEError
-from geosane.views import ViewConfig, block_windows, hidden_units, windows_per_pass
+from geosane.views import ViewConfig, WindowSource, hidden_units, model_windows, windows_per_pass
 
 __all__ = ["ModelSplit", "lineage", "split_models", "window_dataset", "windows_per_model_for"]
 
@@ -63,17 +63,11 @@ def split_models(records: list[ModelRecord], val_fraction: float, seed: int) -> 
     )
 
 
-def pyarrow_filesystem(url: str) -> Any:
-    """Our fsspec filesystem (S3 endpoint, timeouts) as a pyarrow filesystem for Ray Data."""
-    import pyarrow.fs
-
-    fs, _ = storage.filesystem(url)
-    return pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-
-
-def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, seed: int = 0) -> Any:
+def window_dataset(
+    collection_url: str, ids: list[str], views: ViewConfig, seed: int = 0, version: int | None = None
+) -> Any:
     """A Ray Dataset of training windows of the models ``ids``: tokens, positions, valid, view1, view2, and the
-    scale (mean, std) of each window's model.
+    scale (mean, std) of each window's model, read with ``read_lance`` from the collection at ``version``.
 
     One pass draws ``views.windows_per_model`` random windows per window-length of every model; iterating the
     dataset again draws a fresh pass. With ``views.permute_hidden_units`` each pass permutes the hidden units of
@@ -81,33 +75,48 @@ def window_dataset(collection_url: str, ids: list[str], views: ViewConfig, seed:
     """
     import ray.data
 
-    collection = Collection(collection_url)
-    records = {r.id: r for r in collection.records()}  # one manifest read, not one per model
+    collection = Collection(collection_url, version)
+    dataset = collection.dataset()
+    if dataset is None:
+        raise GeoSANEError(
+            f"{collection.url}: training reads collections in the table format; convert this one with "
+            f"`geosane collection migrate {collection.url}`"
+        )
+    records = {r.id: r for r in collection.records()}  # one read of the records, not one per model
     missing = [i for i in ids if i not in records]
     if missing:
         raise GeoSANEError(f"{collection.url}: models {missing[:3]} are not in the collection")
-    paths = [storage.filesystem(storage.join(collection.url, records[i].shard))[1] for i in ids]
-    shard = {i: records[i].shard.rsplit("/", 1)[-1] for i in ids}  # the file name a block's rows carry
-    scales = {}
-    for i in ids:  # stored at collect time (computed here only for models collected before that)
-        scale = collection.scale(records[i])
-        scales[shard[i]] = (float(scale.mean), float(scale.std))
-    # The classic parquet reader reads footers once on the driver; the V2 reader starts 32 footer-reading actors
-    # for every pass, which on a laptop costs more than the pass itself.
-    ray.data.DataContext.get_current().use_datasource_v2 = False
-    # one block per shard (Ray would split small files to reach its default parallelism): a block holds a
-    # whole model unless the model is larger than a block (128 MB)
-    dataset = ray.data.read_parquet(
-        paths, filesystem=pyarrow_filesystem(collection_url), include_paths=True, override_num_blocks=len(paths)
+    wanted = set(ids)
+    rows = collection.rows(dataset, [])  # where each model's (first) row is
+    addresses = {
+        m: a
+        for m, a in zip(rows.column("id").to_pylist(), rows.column("_rowaddr").to_pylist(), strict=True)
+        if m in wanted
+    }
+    layouts = collection.layouts([records[i] for i in ids]) if views.permute_hidden_units else {}
+    models = {}
+    for i in ids:
+        scale = collection.scale(records[i])  # stored at collect time (computed here only for older models)
+        models[i] = WindowSource(
+            mean=float(scale.mean),
+            std=float(scale.std),
+            mode=records[i].mode,
+            hidden=hidden_units(layouts[i]) if i in layouts else [],
+            files=collection.data_files(dataset, addresses[i]),
+        )
+    first_rows = ", ".join(str(addresses[i]) for i in sorted(wanted))  # the first copy of each model, no other
+    dataset = ray.data.read_lance(
+        collection.table_url,
+        version=dataset.version,
+        columns=["id", "tokens", "valid", "positions", "tokens_sha256"],
+        scanner_options={"filter": f"_rowaddr IN ({first_rows})"},
+        storage_options=storage.object_store_options(collection.table_url),
     )
-    hidden = None
-    if views.permute_hidden_units:  # each shard's permutable MLPs, from the layouts
-        hidden = {shard[i]: (records[i].mode, hidden_units(collection.layout(records[i]))) for i in ids}
-    return dataset.select_columns([*COLUMNS, "path"]).map_batches(
-        block_windows,  # type: ignore[arg-type]  # Ray types the function without room for fn_kwargs
+    return dataset.map_batches(
+        model_windows,  # type: ignore[arg-type]  # Ray types the function without room for fn_kwargs
         batch_size=None,
         batch_format="numpy",
-        fn_kwargs={"views": views, "seed": seed, "scales": scales, "hidden": hidden},
+        fn_kwargs={"views": views, "seed": seed, "models": models},
     )
 
 

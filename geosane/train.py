@@ -41,7 +41,10 @@ __all__ = [
     "build_engine",
     "deepspeed_config",
     "parameter_groups",
+    "training_plan",
     "training_views",
+    "SPLIT",
+    "STEPS_PER_PASS",
     "StepMeter",
     "nvme_folder",
     "remove_offload_files",
@@ -310,7 +313,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = engine.device
     loss_config = LossConfig(config.gamma, config.temperature)
     # every rank validates every held-out model (under ZeRO-3 each forward pass is a collective)
-    collection = Collection(config.collection)
+    collection = Collection(config.collection, loop_config["collection_version"])
     held_out = [collection.tokens(model_id) for model_id in loop_config["val"]]
 
     step, val_start = 0, None
@@ -430,7 +433,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if rank == 0:
             state[name] = (full if full is not None else parameter).detach().float().cpu().contiguous()
     if rank == 0:
-        info = {"train": asdict(config), "collection": config.collection, "step": step, "metrics": metrics}
+        info = {
+            "train": asdict(config),
+            "collection": config.collection,
+            "collection_version": loop_config["collection_version"],
+            "step": step,
+            "metrics": metrics,
+        }
         with torch.device("meta"):
             final = Autoencoder(model_config, info)
         final.load_state_dict(state, assign=True)
@@ -536,6 +545,55 @@ def training_views(config: TrainConfig, model_config: AutoencoderConfig, train_i
     return replace(views, windows_per_model=windows)
 
 
+SPLIT = "split.json"  # in the run: the collection, its version, the split and the settings a resume must share
+
+
+def training_plan(config: TrainConfig, run: str) -> dict[str, Any]:
+    """What the run ``run`` trains on: the collection at one version, the lineage split, and the settings a
+    resume must share. A new run plans them now; a resumed run reads its own plan back, and a resume that asks for
+    another collection or other settings is refused here, before Ray starts and without changing the run."""
+    from geosane.collection import Collection
+    from geosane.token_stream import split_models
+
+    saved_url = storage.join(run, SPLIT)
+    if storage.exists(saved_url):
+        try:
+            saved = json.loads(storage.read_bytes(saved_url))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GeoSANEError(f"{saved_url}: not valid JSON ({exc}); use another --name to start afresh") from exc
+        if not isinstance(saved, dict) or not {"collection", "train", "val"} <= saved.keys():
+            raise GeoSANEError(f"{saved_url}: not a GeoSANE run plan; use another --name to start afresh")
+        if saved["collection"] != config.collection:
+            raise GeoSANEError(
+                f"run {run} trains on {saved['collection']}, not {config.collection}; "
+                "use another --name to start afresh"
+            )
+        if saved.get("resume_key", resume_key(config)) != resume_key(config):
+            raise GeoSANEError(
+                f"run {run} was started with {saved['resume_key']}, this run has {resume_key(config)}; "
+                "use another --name to start afresh"
+            )
+        log.info("resuming %s: collection %s at version %s", run, saved["collection"], saved.get("collection_version"))
+        return {"collection_version": None, "val_lineages": [], **saved}
+    collection = Collection(config.collection)
+    if collection.dataset() is None:
+        if collection.exists():
+            raise GeoSANEError(
+                f"{collection.url}: training reads collections in the table format; convert this one with "
+                f"`geosane collection migrate {collection.url}`"
+            )
+        raise GeoSANEError(f"{collection.url}: no collection here")
+    version = collection.version
+    records = Collection(config.collection, version).records()
+    split = split_models(records, config.val_fraction, config.seed)
+    return {
+        "collection": config.collection,
+        "collection_version": version,
+        **asdict(split),
+        "resume_key": resume_key(config),
+    }
+
+
 def run_training(config: TrainConfig, progress: bool = True) -> Any:
     """Train (or resume) the run ``config.name``: Ray Data windows of the collection's training models feed a Ray
     Train worker group of DeepSpeed engines; returns Ray Train's result (``.metrics`` holds the last report)."""
@@ -544,13 +602,16 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
     from ray.train.torch import TorchTrainer
 
     from geosane.collection import Collection
-    from geosane.token_stream import split_models, window_dataset
+    from geosane.token_stream import ModelSplit, window_dataset
 
     config.validate()
     config = replace(config, collection=storage.absolute(config.collection))  # the workers read it too
-    records = Collection(config.collection).records()
+    run = storage.join(storage.absolute(config.storage), config.name)
+    plan = training_plan(config, run)  # every refusal comes here, before Ray starts and before anything is written
+    collection = Collection(config.collection, plan["collection_version"])
+    records = collection.records()
     model_config = config.autoencoder_config(records[0].token_size, records[0].mode)
-    split = split_models(records, config.val_fraction, config.seed)
+    split = ModelSplit(plan["train"], plan["val"], plan["val_lineages"])
     views = training_views(config, model_config, split.train)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit): use what it has
@@ -560,14 +621,17 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
                 num_cpus=max(os.cpu_count() or 1, config.workers + 2), include_dashboard=False, log_to_driver=progress
             )
     storage_root = storage.absolute(config.storage)
-    run = storage.join(storage_root, config.name)
-    storage.write_bytes(
-        storage.join(run, "split.json"),
-        json.dumps({"collection": config.collection, **asdict(split)}, indent=1).encode(),
-    )
+    if not storage.exists(storage.join(run, SPLIT)):
+        storage.write_bytes(storage.join(run, SPLIT), json.dumps(plan, indent=1).encode())
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"train": asdict(config), "model": asdict(model_config), "run": run, "val": split.val},
+        train_loop_config={
+            "train": asdict(config),
+            "model": asdict(model_config),
+            "run": run,
+            "val": split.val,
+            "collection_version": plan["collection_version"],
+        },
         scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
         run_config=ray.train.RunConfig(
             name=config.name,
@@ -575,7 +639,11 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
         ),
-        datasets={"train": window_dataset(config.collection, split.train, views, seed=config.seed)},
+        datasets={
+            "train": window_dataset(
+                config.collection, split.train, views, seed=config.seed, version=plan["collection_version"]
+            )
+        },
     )
     try:
         return trainer.fit()

@@ -21,11 +21,12 @@ import numpy as np
 __all__ = [
     "HiddenUnits",
     "ViewConfig",
-    "block_windows",
+    "WindowSource",
     "cut_windows",
     "halo_windows",
     "hidden_units",
     "make_views",
+    "model_windows",
     "permute_hidden_units",
     "prefix_mask",
     "shifted_starts",
@@ -200,38 +201,48 @@ def permute_hidden_units(
 PASSES = itertools.count()  # per Ray Data task worker: a fresh draw of windows for every block it handles
 
 
-def block_windows(
-    block: dict[str, np.ndarray],
-    views: ViewConfig,
-    seed: int,
-    scales: dict[str, tuple[float, float]],
-    hidden: dict[str, tuple[str, list[HiddenUnits]]] | None = None,
-) -> dict[str, np.ndarray]:
-    """Ray Data ``map_batches`` function over whole blocks of shard rows: the training windows of each model in the
-    block, with their two views and their model's scale (``mean``, ``std``: how the autoencoder standardizes them).
+@dataclass(frozen=True)
+class WindowSource:
+    """What cutting one model's windows needs besides its tokens: its scale, its tokenizer mode and permutable MLPs,
+    and its data files (for errors)."""
 
-    Shards are written in token order and a read block holds contiguous rows of its files, so windows are cut
-    without an all-to-all group-by; only windows that would straddle two blocks of one large file are lost.
-    Random draws are seeded by the run's ``seed``, the model, the block's first token and how many blocks this
-    worker process has cut before: the same schedule draws the same windows, another schedule (more workers,
-    a restarted task worker) draws others. Lives here, beside numpy only, so that Ray Data's task workers never
-    import torch. ``scales`` maps a shard's file name to its model's scale (whole-model statistics: a block may hold
-    only part of a large model), ``hidden`` to its tokenizer mode and permutable MLPs.
+    mean: float
+    std: float
+    mode: str
+    hidden: list[HiddenUnits]
+    files: list[str]
+
+
+def model_windows(
+    block: dict[str, np.ndarray], views: ViewConfig, seed: int, models: dict[str, WindowSource]
+) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function over blocks of collection rows, one row per whole model: the training
+    windows of each model, with their two views and their model's scale (``mean``, ``std``: how the autoencoder
+    standardizes them).
+
+    Every model's tokens are checked against the hash written with them before a window is cut. Random draws are
+    seeded by the run's ``seed``, the model and how many blocks this worker process has cut before: the same
+    schedule draws the same windows, another schedule (more workers, a restarted task worker) draws others. Lives
+    here, beside numpy only, so that Ray Data's task workers never import torch.
     """
+    from geosane.errors import GeoSANEError
+    from geosane.storage import tokens_sha256
+
     out: dict[str, list[np.ndarray]] = {}
-    for path in np.unique(block["path"]):
-        rows = block["path"] == path
-        order = np.argsort(block["index"][rows])
-        raw = block["tokens"][rows]
-        tokens = (np.stack(raw) if raw.dtype == object else raw)[order]
-        positions = np.stack([block[c][rows][order] for c in ("index", "layer", "within")], axis=1)
-        valid = block["valid"][rows][order]
-        shard = str(path).rsplit("/", 1)[-1]  # the shard's name: the model's id
-        rng = np.random.default_rng([seed, zlib.crc32(shard.encode()), int(positions[0, 0]), len(tokens), next(PASSES)])
-        if views.permute_hidden_units and hidden and shard in hidden and positions[0, 0] == 0:
-            mode, groups = hidden[shard]
-            if all(start + count <= len(tokens) for g in groups for start, count, *_ in (*g.rows, g.reader)):
-                tokens = permute_hidden_units(tokens, groups, mode, rng)
+    for i, model in enumerate(str(m) for m in block["id"]):
+        source = models[model]
+        values = np.asarray(block["tokens"][i], dtype=np.float32)
+        valid = np.asarray(block["valid"][i], dtype=np.int32)
+        positions = np.asarray(block["positions"][i], dtype=np.int32)
+        if tokens_sha256(values, valid, positions) != block["tokens_sha256"][i]:
+            raise GeoSANEError(
+                f"model {model}: its tokens do not match what was written (data file {', '.join(source.files)}); "
+                "`geosane collection verify URL` lists every bad model"
+            )
+        tokens, positions = values.reshape(len(valid), -1), positions.reshape(-1, 3).astype(np.int64)
+        rng = np.random.default_rng([seed, zlib.crc32(model.encode()), len(tokens), next(PASSES)])
+        if views.permute_hidden_units and source.hidden:
+            tokens = permute_hidden_units(tokens, source.hidden, source.mode, rng)
         starts = window_starts(len(tokens), views, rng)
         windows = cut_windows(tokens, positions, valid, starts, views.window)
         shifted = None
@@ -239,9 +250,8 @@ def block_windows(
             later = shifted_starts(starts, len(tokens), views, rng)
             shifted = cut_windows(tokens, positions, valid, later, views.window)
         windows = make_views(windows, views, rng, shifted)
-        mean, std = scales[shard]
-        windows["mean"] = np.full(len(windows["tokens"]), mean, dtype=np.float32)
-        windows["std"] = np.full(len(windows["tokens"]), std, dtype=np.float32)
+        windows["mean"] = np.full(len(windows["tokens"]), source.mean, dtype=np.float32)
+        windows["std"] = np.full(len(windows["tokens"]), source.std, dtype=np.float32)
         for key, value in windows.items():
             out.setdefault(key, []).append(value)
     return {key: np.concatenate(values) for key, values in out.items()}

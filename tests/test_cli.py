@@ -78,6 +78,9 @@ def test_collect_ls_show_export(tmp_path: Path, shared: Path) -> None:
             "tag 'novalue' is not of the form key=value",
         ),
         (["collection", "ls", "OUT"], "no collection here"),
+        (["collect", "timm:test_vit?in_chans=-3", "--out", "OUT"], "in_chans must be >= 1"),
+        (["collection", "verify", "OUT"], "no collection here"),
+        (["collection", "migrate", "OUT"], "no collection here"),
     ],
 )
 def test_bad_input_exits_non_zero_with_a_message(tmp_path: Path, args: list[str], message: str) -> None:
@@ -88,7 +91,7 @@ def test_bad_input_exits_non_zero_with_a_message(tmp_path: Path, args: list[str]
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "c" / "manifest.json").exists()
+    assert not (tmp_path / "c").exists(), "a refused command creates nothing"
 
 
 def test_pickle_with_code_is_refused_by_the_cli(tmp_path: Path) -> None:
@@ -218,3 +221,74 @@ def test_embed_tells_architectures_apart(small_world: dict[str, str], tmp_path: 
     assert knn["architecture"]["knn_accuracy"] > knn["architecture"]["shuffled_accuracy"] + 0.3
     assert (out / "umap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "architecture" in result.stdout
+
+
+def test_versions_verify_and_safe_exports(tmp_path: Path) -> None:
+    out = str(tmp_path / "c")
+    assert geosane("-q", "collect", "timm:test_vit?num_classes=3", "--out", out, "--token-size", "64").returncode == 0
+    second = geosane("-q", "collect", "timm:test_resnet?num_classes=3", "--out", out)
+    assert second.returncode == 0 and "(now at version 3)" in second.stdout
+    past = geosane("collection", "ls", out, "--version", "2")
+    assert past.returncode == 0 and "test_vit" in past.stdout and "test_resnet" not in past.stdout
+    assert "1 model(s)" in past.stdout and "at version 2" in past.stdout
+    history = geosane("collection", "versions", out)
+    assert [line.split()[0] for line in history.stdout.splitlines()[1:]] == ["1", "2", "3"], history.stdout
+    ok = geosane("collection", "verify", out)
+    assert ok.returncode == 0 and "every model of version 3 reads back" in ok.stdout
+
+    # export refuses a directory and anywhere inside the collection, and changes nothing when it refuses
+    before = {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()}
+    (tmp_path / "d").mkdir()
+    for target, message in (
+        (str(tmp_path / "d"), "is a directory; give a file name"),
+        (f"file://{tmp_path}/c/manifest.json", "is inside the collection"),
+        (str(tmp_path / "c" / "models.lance" / "x.safetensors"), "is inside the collection"),
+    ):
+        refused = geosane("collection", "export", out, "test_vit", "--out", target)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+    assert list((tmp_path / "d").iterdir()) == []
+    assert {p: p.read_bytes() for p in (tmp_path / "c").rglob("*") if p.is_file()} == before
+    exported = geosane("collection", "export", out, "test_vit", "--out", str(tmp_path / "d" / "m.safetensors"))
+    assert exported.returncode == 0 and f"to {tmp_path / 'd' / 'm.safetensors'}" in exported.stdout
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["m.safetensors"], "no temporary file is left behind"
+
+    # a flipped byte in a model's data file: verify names the model and the file, export refuses
+    data = next((tmp_path / "c" / "models.lance" / "data").iterdir())
+    damaged = bytearray(data.read_bytes())
+    damaged[len(damaged) // 3] ^= 0xFF
+    data.write_bytes(bytes(damaged))
+    bad = geosane("collection", "verify", out)
+    assert bad.returncode == 2 and data.name in bad.stdout and "1 bad model(s)" in bad.stderr, bad.stdout + bad.stderr
+
+
+def test_migrate_converts_the_first_layout(tmp_path: Path) -> None:
+    from .helpers import write_legacy_collection
+
+    sd = __import__("timm").create_model("test_vit", num_classes=3).state_dict()
+    (record,) = write_legacy_collection(str(tmp_path / "old"), {"m": sd})
+    listing = geosane("collection", "ls", str(tmp_path / "old"))
+    assert listing.returncode == 0 and "(first layout, read only)" in listing.stdout
+    refused = geosane("collect", "timm:test_resnet", "--out", str(tmp_path / "old"))
+    assert refused.returncode == 2 and f"geosane collection migrate {tmp_path / 'old'}" in refused.stderr
+    migrated = geosane("collection", "migrate", str(tmp_path / "old"))
+    assert migrated.returncode == 0 and "migrated 1 model(s)" in migrated.stdout, migrated.stderr
+    assert geosane("collection", "verify", str(tmp_path / "old")).returncode == 0
+    exported = geosane(
+        "collection", "export", str(tmp_path / "old"), record.id, "--out", str(tmp_path / "m.safetensors")
+    )
+    assert exported.returncode == 0
+    from geosane.sources import load
+
+    assert_bit_exact(sd, load(str(tmp_path / "m.safetensors")).state_dict)
+
+
+def test_no_message_holds_a_credential(tmp_path: Path, s3_server: str) -> None:
+    port = s3_server.rsplit(":", 1)[1]
+    env = {"AWS_ENDPOINT_URL": f"http://user:SECRET-IN-URL@127.0.0.1:{port}", "AWS_SECRET_ACCESS_KEY": "SECRET-KEY"}
+    result = geosane("collect", "timm:test_vit", "--out", "s3://some-bucket/c", env=env)
+    assert result.returncode == 2 and "endpoint http://***@127.0.0.1" in result.stderr, result.stderr
+    assert "SECRET" not in result.stderr + result.stdout
+    typo = geosane("collect", "timm:test_vit", "--out", "s3://typo-bucket/c")
+    assert (
+        typo.returncode == 2 and "bucket typo-bucket does not exist; create it, or pass --create-bucket" in typo.stderr
+    )

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from geosane import sources
 from geosane.errors import GeoSANEError
+from geosane.sources import KEY_ORDER
 
 from .helpers import Exploit
 
@@ -81,6 +82,25 @@ def test_bad_files_get_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage" * 10)
     with pytest.raises(GeoSANEError, match="broken.onnx: not a valid ONNX"):
         sources.load(str(tmp_path / "broken.onnx"))
+
+
+@pytest.mark.parametrize(
+    "recorded, message",
+    [
+        (["a.weight"], r"must list exactly the file's 2 tensors, once each; it leaves out \['b.bias'\]"),
+        (["a.weight", "b.bias", "c"], r"it names \['c'\], which the file does not hold"),
+        (["a.weight", "a.weight"], "once each; it leaves out"),
+    ],
+)
+def test_key_order_metadata_must_name_exactly_the_files_tensors(tmp_path: Path, recorded: list, message: str) -> None:
+    """A ``geosane_keys`` that names a subset would silently drop tensors at collect."""
+    path = tmp_path / "m.safetensors"
+    save_file({"a.weight": torch.ones(2, 2), "b.bias": torch.ones(2)}, path, metadata={KEY_ORDER: json.dumps(recorded)})
+    with pytest.raises(GeoSANEError, match=message):
+        sources.load(str(path))
+    save_file({"a.weight": torch.ones(2, 2), "b.bias": torch.ones(2)}, path, metadata={KEY_ORDER: "not json"})
+    with pytest.raises(GeoSANEError, match="is not a JSON list of tensor names"):
+        sources.load(str(path))
 
 
 def test_timm_sources() -> None:

@@ -70,8 +70,16 @@ def test_ray_data_passes_permuted_twins(collection: Collection) -> None:
         views = ViewConfig(window=vit.num_tokens, noise=0.0)  # one window: the whole model
         plain = window_dataset(collection.url, [vit.id], views).take_all()
         twin = window_dataset(collection.url, [vit.id], replace(views, permute_hidden_units=True)).take_all()
+        # a second writer committed the same model at the same time: training still reads it once
+        version = collection.version
+        copy = collection.dataset().to_table(filter=f"id = '{vit.id}'").to_batches()[0]
+        collection._append(iter([copy]), "added", [vit])
+        assert collection.dataset().count_rows() == 4 and len(collection.records()) == 3
+        again = window_dataset(collection.url, [vit.id], views).take_all()
+        before = window_dataset(collection.url, [vit.id], views, version=version).take_all()
     finally:
         ray.shutdown()
+    assert len(again) == len(before) == 1
     tokens = collection.tokens(vit.id)
     original = tokens.tokens.numpy()
     assert np.array_equal(plain[0]["tokens"], original)

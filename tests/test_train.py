@@ -254,13 +254,52 @@ def test_killed_worker_resumes_from_the_last_checkpoint(s3_collection: str, tmp_
 def test_corrupt_or_mismatched_checkpoint_is_refused(s3_collection: str, tmp_path: Path) -> None:
     settings = config(s3_collection, tmp_path, "fragile", steps=10)
     run_training(settings, progress=False)
-    with pytest.raises(GeoSANEError, match="saved with different settings"):
+    with pytest.raises(GeoSANEError, match="was started with"):
         run_training(config(s3_collection, tmp_path, "fragile", steps=20, zero_stage=3), progress=False)
     checkpoint = sorted(p for p in (tmp_path / "fragile").glob("checkpoint_*") if p.is_dir())[-1]
     shard = next(checkpoint.rglob("*optim_states.pt"))
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(GeoSANEError, match="is corrupt"):
         run_training(config(s3_collection, tmp_path, "fragile", steps=20), progress=False)
+
+
+def test_a_refused_resume_changes_nothing_and_starts_no_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run remembers its collection, the version it read and its settings; a resume that asks for others is
+    refused before Ray starts, and the run's files stay as they were."""
+    import ray
+
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started before the refusal")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_ray)
+    from geosane.train import SPLIT, training_plan
+
+    from .helpers import write_legacy_collection
+
+    urls = {}
+    for name in ("one", "two"):
+        urls[name] = str(tmp_path / name)
+        geosane.collect([f"timm:test_vit?num_classes=3&seed={s}" for s in (0, 1)], urls[name], 64, progress=False)
+    first = config(urls["one"], tmp_path, "run")
+    plan = training_plan(first, str(tmp_path / "run"))
+    assert plan["collection_version"] == Collection(urls["one"]).version
+    assert sorted(plan["train"] + plan["val"]) == sorted(r.id for r in Collection(urls["one"]).records())
+    storage.write_bytes(str(tmp_path / "run" / SPLIT), json.dumps(plan).encode())
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*")}
+    geosane.collect(["timm:test_vit?num_classes=3&seed=2"], urls["one"], progress=False)  # a later commit
+    assert training_plan(first, str(tmp_path / "run")) == plan, "a resume reads what the run read"
+    for settings, message in (
+        (config(urls["two"], tmp_path, "run"), r"trains on .*one, not .*two; use another --name"),
+        (config(urls["one"], tmp_path, "run", zero_stage=3), "was started with .* this run has"),
+    ):
+        with pytest.raises(GeoSANEError, match=message):
+            run_training(settings, progress=False)
+        assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*")} == before
+    write_legacy_collection(str(tmp_path / "old"), {"a": timm.create_model("test_vit").state_dict()})
+    with pytest.raises(GeoSANEError, match="training reads collections in the table format; .* migrate"):
+        run_training(config(str(tmp_path / "old"), tmp_path, "new"), progress=False)
+    assert not (tmp_path / "new").exists()
 
 
 def test_step_meter_keeps_start_up_apart_from_the_steady_state(monkeypatch: pytest.MonkeyPatch) -> None:

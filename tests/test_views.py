@@ -7,14 +7,17 @@ import pytest
 import timm
 import torch
 
+from geosane.errors import GeoSANEError
+from geosane.storage import tokens_sha256
 from geosane.tokenizer import TokenizerConfig, detokenize, tokenize
 from geosane.views import (
     ViewConfig,
-    block_windows,
+    WindowSource,
     cut_windows,
     halo_windows,
     hidden_units,
     make_views,
+    model_windows,
     permute_hidden_units,
     prefix_mask,
     shifted_starts,
@@ -122,53 +125,62 @@ def test_only_mlps_the_rule_knows_are_permuted() -> None:
     assert all(torch.equal(permuted[k], state[k]) for k in state if not k.startswith("plain."))
 
 
-def shard_block(models: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rows of several models' shards in one block, out of order, as Ray Data may hand them to block_windows."""
-    rows = [(path, i, t) for path, tokens in models.items() for i, t in enumerate(tokens)]
-    rows = [rows[i] for i in np.random.default_rng(0).permutation(len(rows))]
-    return {
-        "path": np.array([r[0] for r in rows]),
-        "index": np.array([r[1] for r in rows]),
-        "layer": np.zeros(len(rows), dtype=np.int64),
-        "within": np.array([r[1] for r in rows]),
-        "valid": np.full(len(rows), rows[0][2].shape[0]),
-        "tokens": np.stack([r[2] for r in rows]),
-    }
+def model_rows(models: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, WindowSource]]:
+    """Collection rows of several models in one block, as ``read_lance`` hands them to ``model_windows``, and what
+    the driver knows of each."""
+    rows, sources = [], {}
+    for n, (model, tokens) in enumerate(models.items()):
+        valid = np.full(len(tokens), tokens.shape[1], dtype=np.int32)
+        positions = np.stack([np.arange(len(tokens))] * 3, axis=1).astype(np.int32).reshape(-1)
+        flat = tokens.reshape(-1).astype(np.float32)
+        rows.append((model, flat, valid, positions, tokens_sha256(flat, valid, positions)))
+        sources[model] = WindowSource(float(n), float(n + 1), "dense", [], [f"data/{model}.lance"])
+    columns = ("id", "tokens", "valid", "positions", "tokens_sha256")
+    return {c: np.array([r[i] for r in rows], dtype=object) for i, c in enumerate(columns)}, sources
 
 
-def test_block_windows_are_cut_per_model_in_token_order() -> None:
+def test_model_windows_are_cut_per_model_in_token_order() -> None:
     models = {
-        "s/a.parquet": np.arange(40 * 3, dtype=np.float32).reshape(40, 3),
-        "s/b.parquet": -np.arange(1, 25 * 3 + 1, dtype=np.float32).reshape(25, 3),
+        "a": np.arange(40 * 3, dtype=np.float32).reshape(40, 3),
+        "b": -np.arange(1, 25 * 3 + 1, dtype=np.float32).reshape(25, 3),
     }
     views = ViewConfig(window=8, noise=0.0)
-    scales = {"a.parquet": (1.0, 2.0), "b.parquet": (-1.0, 3.0)}
-    first = block_windows(shard_block(models), views, seed=0, scales=scales)
-    second = block_windows(shard_block(models), views, seed=0, scales=scales)
+    block, sources = model_rows(models)
+    first = model_windows(block, views, seed=0, models=sources)
+    second = model_windows(block, views, seed=0, models=sources)
     assert len(first["tokens"]) == round(40 / 8) + round(25 / 8)
     for window, positions, mean, std in zip(
         first["tokens"], first["positions"][:, :, 0], first["mean"], first["std"], strict=True
     ):
-        source = models["s/a.parquet"] if window[0, 0] >= 0 else models["s/b.parquet"]
-        assert np.array_equal(window, source[positions])  # consecutive tokens of one model, in order
+        name = "a" if window[0, 0] >= 0 else "b"
+        assert np.array_equal(window, models[name][positions])  # consecutive tokens of one model, in order
         assert np.array_equal(positions, np.arange(positions[0], positions[0] + 8))
-        assert (mean, std) == ((1.0, 2.0) if window[0, 0] >= 0 else (-1.0, 3.0)), (
-            "each window carries its model's scale"
-        )
+        assert (mean, std) == (sources[name].mean, sources[name].std), "each window carries its model's scale"
     assert not np.array_equal(first["positions"], second["positions"])  # every pass draws fresh windows
 
 
-def test_block_windows_come_from_the_permuted_twin() -> None:
+def test_model_windows_refuse_tokens_that_do_not_match_their_hash() -> None:
+    block, sources = model_rows({"a": np.ones((10, 4), dtype=np.float32)})
+    block["tokens"][0] = block["tokens"][0].copy()
+    block["tokens"][0][17] = 2.0
+    with pytest.raises(
+        GeoSANEError, match=r"model a: its tokens do not match what was written \(data file data/a.lance\)"
+    ):
+        model_windows(block, ViewConfig(window=4), seed=0, models=sources)
+
+
+def test_model_windows_come_from_the_permuted_twin() -> None:
     model = timm.create_model("test_vit", num_classes=10)
     tokens = tokenize(model.state_dict(), TokenizerConfig(token_size=64))
     values = tokens.tokens.numpy()
-    block = shard_block({"s/m.parquet": values})
-    block["index"] = block["within"]
-    hidden = {"m.parquet": ("dense", hidden_units(tokens.layout))}
+    block, sources = model_rows({"m": values})
+    block["positions"][0] = tokens.positions.numpy().astype(np.int32).reshape(-1)
+    block["valid"][0] = tokens.valid.numpy().astype(np.int32)
+    block["tokens_sha256"][0] = tokens_sha256(block["tokens"][0], block["valid"][0], block["positions"][0])
+    sources["m"] = replace(sources["m"], hidden=hidden_units(tokens.layout))
     views = ViewConfig(window=len(values), noise=0.0)  # one window: the whole model
-    scales = {"m.parquet": (0.0, 1.0)}
-    plain = block_windows(block, views, seed=0, scales=scales, hidden=hidden)
-    permuted = block_windows(block, replace(views, permute_hidden_units=True), seed=0, scales=scales, hidden=hidden)
+    plain = model_windows(block, views, seed=0, models=sources)
+    permuted = model_windows(block, replace(views, permute_hidden_units=True), seed=0, models=sources)
     assert np.array_equal(plain["tokens"][0], values)
     assert not np.array_equal(permuted["tokens"][0], values)
     assert np.array_equal(np.sort(permuted["tokens"][0], axis=None), np.sort(values, axis=None))  # same values
