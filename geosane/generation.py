@@ -258,8 +258,9 @@ def band_mapped_input(
 
 def find_anchors(
     config: GenerateConfig, prompt: Prompt, autoencoder: Autoencoder, target_bands: list[str] | None = None
-) -> tuple[list[Anchor], str | None]:
-    """The anchors (the prompt, or the query's collection models fitted to the prompt) and the collection URL."""
+) -> tuple[list[Anchor], dict[str, Any] | None]:
+    """The anchors (the prompt, or the query's collection models fitted to the prompt) and where they came from: the
+    collection's URL and the version they were read at (later commits cannot change what that names)."""
     from geosane.collection import Collection
 
     if config.anchors == "prompt":
@@ -268,9 +269,9 @@ def find_anchors(
     url = config.collection or autoencoder.info.get("collection") or autoencoder.info.get("train", {}).get("collection")
     if not url:
         raise GeoSANEError("anchors from a query need a collection (--collection URL); the autoencoder names none")
-    collection = Collection(url)
-    if not collection.exists():
+    if not Collection(url).exists():
         raise GeoSANEError(f"no collection at {url}")
+    collection = Collection(url, Collection(url).version)  # every read below sees one version
     autoencoder.check_collection(collection)
     anchors, misfits = [], []
     for record in select_records(collection, query):
@@ -290,7 +291,7 @@ def find_anchors(
         )
     if misfits:
         log.warning("%d model(s) matching %s do not fit the prompt and are skipped", len(misfits), query)
-    return anchors, url
+    return anchors, {"url": url, "version": collection.pinned}
 
 
 def keeps_head(anchors: list[Anchor], prompt: Prompt, data: str | None) -> bool:
@@ -567,7 +568,7 @@ def generate(autoencoder: Autoencoder | str, prompt: str, progress: bool = False
         autoencoder = Autoencoder.load(autoencoder)
     built = build_prompt(config)
     target = load_target(config, built)
-    anchors, collection_url = find_anchors(config, built, autoencoder, target.bands if target else None)
+    anchors, source = find_anchors(config, built, autoencoder, target.bands if target else None)
     head_kept = keeps_head(anchors, built, config.data)
     plan = Plan(config, autoencoder, built, anchors, target, head_kept)
     if config.sampling != "joint" or len(anchors) == 1:  # every candidate needs every anchor: encode them once
@@ -578,7 +579,7 @@ def generate(autoencoder: Autoencoder | str, prompt: str, progress: bool = False
     )
     results, executor = run_candidates(plan, progress)
     ranked = sorted(results, key=lambda r: -r[1].get("selection_score", 0.0)) if target else results
-    card = {**base_card(config, plan, str(autoencoder_url), collection_url), "generated_by": executor}
+    card = {**base_card(config, plan, str(autoencoder_url), source), "generated_by": executor}
     out = []
     for rank, (state_dict, info) in enumerate(ranked[: config.top_k], start=1):
         model = task_model(built, config.task, plan.num_classes)
@@ -587,15 +588,12 @@ def generate(autoencoder: Autoencoder | str, prompt: str, progress: bool = False
     return out
 
 
-def base_card(config: GenerateConfig, plan: Plan, autoencoder_url: str, collection_url: str | None) -> dict[str, Any]:
+def base_card(
+    config: GenerateConfig, plan: Plan, autoencoder_url: str, collection: dict[str, Any] | None
+) -> dict[str, Any]:
     """What every generated model of one call shares in its card."""
     import datetime
 
-    from geosane.collection import Collection
-
-    collection = None
-    if collection_url:  # the version pins what the anchors were: later commits cannot change it
-        collection = {"url": collection_url, "version": Collection(collection_url).version}
     info = plan.autoencoder.info
     return {
         "format": "geosane.generated",

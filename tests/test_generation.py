@@ -109,7 +109,7 @@ def test_anchors_from_a_query_and_the_card(autoencoder: str, collection: Collect
     assert {a["name"] for a in card["anchors"]} == {"test_resnet"} and len(card["anchors"]) == 2
     assert all(a["fitted"] == "input convolution adapted" for a in card["anchors"])  # 3-band anchors, 13-band prompt
     assert card["head"] == "re-initialized (seeded)" and card["selection"] == "not ranked: no target data"
-    assert card["collection"]["url"] == collection.url and card["seed"] == 3
+    assert card["collection"] == {"url": collection.url, "version": collection.version} and card["seed"] == 3
     written = write_generated(generated, str(tmp_path / "out"))
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "model-1.json",
