@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import warnings
 from dataclasses import asdict
 from typing import Sequence
 
@@ -204,6 +206,35 @@ def cmd_generate(args: argparse.Namespace) -> None:
         print(f"{path}: rank {item.card['rank']}, candidate {item.card['candidate']}, {score}")
 
 
+def cmd_bench(args: argparse.Namespace) -> None:
+    from geosane.bench import BenchConfig, run_bench, write_results
+
+    config = BenchConfig.from_yaml(args.config)
+    name = args.name or config.name
+    results = run_bench(config, args.storage, name, resume=args.resume, progress=not args.quiet)
+    out = args.out or f"{args.storage.rstrip('/')}/{name}-results"
+    info = write_results(results, config, out, name)
+    summary = info["summary"]
+    rows = [
+        (
+            r["task"],
+            r["initialization"],
+            f"{r['parameters']:,}",
+            r["metric"],
+            f"{r['epoch_0_mean']:.3f}",
+            f"{r['final_mean']:.3f} ± {r['final_std']:.3f}",
+        )
+        for _, r in summary.iterrows()
+    ]
+    print_table(
+        ("task", "initialization", "params", "metric", "epoch 0", f"final (mean ± std, {len(config.seeds)} seeds)"),
+        rows,
+    )
+    print(f"\nwrote {out}: results.md, results.parquet, curves-*.png and tensorboard/")
+    if info["failed"]:
+        raise GeoSANEError(f"{len(info['failed'])} trial(s) failed; first: {info['failed'][0]}")
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     from geosane.autoencoder import Autoencoder
     from geosane.collection import Collection
@@ -342,6 +373,21 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", required=True, metavar="DIR")
     generate.set_defaults(func=cmd_generate)
 
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark generated models against scratch, the prompt, pruning, distillation and specialists",
+        description="One Ray Tune experiment over task x initialization x seed: every trial builds its model, scores "
+        "it before fine-tuning (epoch 0), fine-tunes it with the task's budget and reports after every epoch. "
+        "Writes a Parquet table of every trial and epoch, a Markdown summary, convergence curves and TensorBoard "
+        "logs. Tasks marked held_out are checked against the collection first.",
+    )
+    bench.add_argument("--config", required=True, metavar="FILE.yaml", help="sweep, e.g. sweeps/bench-small.yaml")
+    bench.add_argument("--storage", default="runs", metavar="PATH|URL", help="Tune experiment storage (default: runs)")
+    bench.add_argument("--name", default=None, help="experiment name (default: the config's name)")
+    bench.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
+    bench.add_argument("--out", default=None, metavar="DIR", help="results folder (default: STORAGE/NAME-results)")
+    bench.set_defaults(func=cmd_bench)
+
     embed = commands.add_parser(
         "embed",
         help="embed a collection's models and check what the latent space knows",
@@ -395,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    if not args.verbose:  # Ray's own tables, progress and info logs only when asked for (-v)
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy output, silent at verbosity 0
+        os.environ.setdefault("RAY_LOGGER_LEVEL", "error")
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+        warnings.filterwarnings("ignore", message="lance is not fork-safe")  # GeoSANE's pools use spawn
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         args.func(args)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,11 @@ def plot_map(embeddings: Embeddings, path: Path, seed: int = 0) -> None:
     from sklearn.preprocessing import StandardScaler
 
     n = len(embeddings.ids)
-    points = umap.UMAP(n_neighbors=max(2, min(15, n - 1)), random_state=seed, init="random").fit_transform(
-        StandardScaler().fit_transform(embeddings.vectors)
-    )
+    with warnings.catch_warnings():  # UMAP notes that a seed means one thread: the seed is the point
+        warnings.filterwarnings("ignore", message="n_jobs value")
+        points = umap.UMAP(n_neighbors=max(2, min(15, n - 1)), random_state=seed, init="random").fit_transform(
+            StandardScaler().fit_transform(embeddings.vectors)
+        )
     figure, axes = plt.subplots(1, len(LABELS), figsize=(6 * len(LABELS), 5))
     for axis, name in zip(axes, LABELS, strict=True):
         values = embeddings.labels[name]

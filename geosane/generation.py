@@ -53,6 +53,9 @@ __all__ = [
     "fit_to_prompt",
     "head_keys",
     "band_mapped_input",
+    "adapt_input",
+    "build_prompt",
+    "backbone_weights",
 ]
 
 log = logging.getLogger(__name__)
@@ -111,6 +114,7 @@ class Prompt:
     num_classes: int
     state_dict: dict[str, torch.Tensor]
     head: tuple[str, ...]  # state-dict keys of the classifier
+    sizes: dict[str, Any] = field(default_factory=dict)  # timm size arguments of a lightweight prompt (channels=...)
 
 
 @dataclass
@@ -128,7 +132,7 @@ class Anchor:
 
 def build_prompt(config: GenerateConfig) -> Prompt:
     """The prompt architecture from timm (seeded), with its local weights if given."""
-    from geosane.sources import load_timm, parse_timm
+    from geosane.sources import load_timm, parse_timm, timm_sizes
 
     if not config.prompt.startswith("timm:"):
         raise GeoSANEError(f"prompt {config.prompt!r}: expected timm:NAME[?in_chans=C&num_classes=K]")
@@ -146,6 +150,7 @@ def build_prompt(config: GenerateConfig) -> Prompt:
         num_classes=source.num_classes or 0,
         state_dict=source.state_dict,
         head=head_keys(arch, source.state_dict),
+        sizes=timm_sizes(uri),
     )
 
 
@@ -200,8 +205,6 @@ def fit_to_prompt(
     """An anchor's weights in the prompt's shapes (see the module's docstring), or an error naming the first tensor
     that does not fit (key, prompt shape, anchor shape). The classifier is the anchor's where it has the prompt's
     shape, the prompt's otherwise (whether a decoded classifier is kept is decided later, :func:`keeps_head`)."""
-    from timm.models import adapt_input_conv
-
     fitted, how = {}, set()
     for key, target in prompt.state_dict.items():
         if key in prompt.head:
@@ -229,7 +232,7 @@ def fit_to_prompt(
                 source = mapped.to(target.dtype)
                 how.add(f"input convolution mapped by band ({', '.join(bands[0] or [])})")
             else:
-                source = adapt_input_conv(prompt.in_chans, source.float()).to(target.dtype)
+                source = adapt_input(source.float(), prompt.in_chans).to(target.dtype)
                 how.add("input convolution adapted")
         elif all(s >= t for s, t in zip(source.shape, target.shape, strict=True)):
             source = source[tuple(slice(0, t) for t in target.shape)]
@@ -240,6 +243,24 @@ def fit_to_prompt(
     if set(state_dict) - set(prompt.state_dict) - {k for k in state_dict if k.startswith(prompt.head)}:
         how.add("layers the prompt lacks dropped")
     return fitted, ", ".join(sorted(how)) or "as is"
+
+
+def adapt_input(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An input convolution for ``in_chans`` bands from one trained on others, as timm adapts RGB stems: the filters
+    repeated over the new bands in order and rescaled, or, for fewer bands, summed onto them, so that a constant
+    image gives the same response. timm's ``adapt_input_conv`` assumes a 3-band source (it returns a 6-band stem
+    unchanged for a 3-band target)."""
+    from timm.models import adapt_input_conv
+
+    bands = weight.shape[1]
+    if bands == 3:
+        return adapt_input_conv(in_chans, weight)
+    if bands >= in_chans:  # fewer bands: source band s adds onto band s mod in_chans
+        folded = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])
+        for band in range(bands):
+            folded[:, band % in_chans] += weight[:, band]
+        return folded
+    return weight.repeat(1, -(-in_chans // bands), 1, 1)[:, :in_chans] * (bands / in_chans)
 
 
 def band_mapped_input(
@@ -254,6 +275,20 @@ def band_mapped_input(
     for channel, band in enumerate(anchor_bands):
         mapped[:, target_bands.index(band)] = weight[:, channel]
     return mapped
+
+
+def backbone_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A task model's backbone under the names of the timm classifier (a segmentation or detection model of the zoo
+    keeps its timm ``features_only`` backbone as ``backbone.``; the inverse of :func:`load_backbone`'s renaming);
+    a classifier's weights as they are. Its head is left behind: a prompt gets its own."""
+    prefix = "backbone."
+    if not any(k.startswith(prefix) for k in state_dict):
+        return state_dict
+    return {
+        re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k[len(prefix) :].removeprefix("model.")): v
+        for k, v in state_dict.items()
+        if k.startswith(prefix)
+    }
 
 
 def find_anchors(
@@ -277,7 +312,7 @@ def find_anchors(
     for record in select_records(collection, query):
         try:
             state_dict, how = fit_to_prompt(
-                collection.export(record), prompt, record.in_chans, (record.bands, target_bands)
+                backbone_weights(collection.export(record)), prompt, record.in_chans, (record.bands, target_bands)
             )
         except GeoSANEError as exc:
             misfits.append(f"{record.name} ({record.id[:8]}): {exc}")
@@ -347,7 +382,8 @@ def load_backbone(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> Non
         else:
             missing.append(key)
     if missing:
-        raise GeoSANEError(f"generated weights lack {len(missing)} backbone tensor(s), first {missing[:3]}")
+        shapes = [f"{k} {tuple(own[k].shape)}" for k in missing[:3]]
+        raise GeoSANEError(f"generated weights lack {len(missing)} backbone tensor(s) of these shapes: {shapes}")
     module.load_state_dict(loaded, strict=True)
 
 
@@ -358,8 +394,8 @@ def task_model(prompt: Prompt, task: str, num_classes: int) -> nn.Module:
     from geosane.tasks import create_model
 
     if task == "classification":
-        return timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes)
-    return create_model(prompt.arch, task, prompt.in_chans, num_classes)
+        return timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes, **prompt.sizes)
+    return create_model(prompt.arch, task, prompt.in_chans, num_classes, **prompt.sizes)
 
 
 @torch.no_grad()
@@ -499,7 +535,7 @@ def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dic
     state_dict = detokenize(plan.autoencoder.decode(latents), tokens.layout, tokens.kept)
     if not plan.head_kept and prompt.head:
         torch.manual_seed(config.seed * 1_000_003 + index)
-        fresh = timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes)
+        fresh = timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes, **prompt.sizes)
         state_dict.update({k: v for k, v in fresh.state_dict().items() if k in prompt.head})
     model = task_model(prompt, config.task, plan.num_classes)
     if config.task == "classification":
@@ -520,9 +556,12 @@ def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dic
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, info
 
 
-def run_candidates(plan: Plan, progress: bool) -> tuple[list[tuple[dict[str, torch.Tensor], dict[str, Any]]], str]:
-    """All candidates: as Ray tasks when a Ray cluster is there (``ray.init`` done, or ``RAY_ADDRESS`` set), in this
-    process otherwise; with a progress bar either way."""
+def run_candidates(
+    plan: Plan, progress: bool, use_ray: bool | None = None
+) -> tuple[list[tuple[dict[str, torch.Tensor], dict[str, Any]]], str]:
+    """All candidates: as Ray tasks when a Ray cluster is there (``ray.init`` done, or ``RAY_ADDRESS`` set) unless
+    ``use_ray`` is False (inside a Tune trial, whose resources are the trial's), in this process otherwise; with a
+    progress bar either way."""
     import os
     import sys
 
@@ -532,7 +571,7 @@ def run_candidates(plan: Plan, progress: bool) -> tuple[list[tuple[dict[str, tor
     results: dict[int, Any] = {}
     ray_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # never import Ray just to ask
     executor = "this process"
-    if ray_running or os.environ.get("RAY_ADDRESS"):
+    if use_ray is not False and (ray_running or os.environ.get("RAY_ADDRESS")):
         import ray
 
         executor = "Ray tasks"
@@ -556,8 +595,11 @@ def run_candidates(plan: Plan, progress: bool) -> tuple[list[tuple[dict[str, tor
 # ------------------------------------------------------------------------------ the stage
 
 
-def generate(autoencoder: Autoencoder | str, prompt: str, progress: bool = False, **settings: Any) -> list[Generated]:
+def generate(
+    autoencoder: Autoencoder | str, prompt: str, progress: bool = False, use_ray: bool | None = None, **settings: Any
+) -> list[Generated]:
     """Generate ``top_k`` task-ready models for ``prompt`` (settings: :class:`GenerateConfig`), best first.
+    Candidates run as Ray tasks where a Ray cluster is there, unless ``use_ray`` is False.
 
     Every check (prompt, anchors, token sizes, the target's band count) runs before anything is generated.
     """
@@ -577,7 +619,7 @@ def generate(autoencoder: Autoencoder | str, prompt: str, progress: bool = False
     log.info(
         "%s: %d anchor(s), %d candidate(s), sampling %s", built.arch, len(anchors), config.candidates, config.sampling
     )
-    results, executor = run_candidates(plan, progress)
+    results, executor = run_candidates(plan, progress, use_ray)
     ranked = sorted(results, key=lambda r: -r[1].get("selection_score", 0.0)) if target else results
     card = {**base_card(config, plan, str(autoencoder_url), source), "generated_by": executor}
     out = []

@@ -35,7 +35,10 @@ log = logging.getLogger(__name__)
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 SUFFIXES = (".safetensors", ".onnx", *TORCH_SUFFIXES)
 TIMM_PREFIX = "timm:"
-TIMM_OPTIONS = ("in_chans", "num_classes", "pretrained", "seed")
+#: Architecture-size arguments a timm URI may pass to timm (integers, or comma-separated integers for tuples), so
+#: lightweight prompts are expressible: ``timm:test_resnet?channels=16,24,24,48``.
+TIMM_SIZE_OPTIONS = ("channels", "layers", "embed_dim", "depth", "num_heads", "dims", "depths")
+TIMM_OPTIONS = ("in_chans", "num_classes", "pretrained", "seed", *TIMM_SIZE_OPTIONS)
 
 
 @dataclass
@@ -240,6 +243,20 @@ def parse_timm(uri: str) -> tuple[str, dict[str, str]]:
     return name, options
 
 
+def timm_sizes(uri: str) -> dict[str, Any]:
+    """The architecture-size arguments of a timm URI (:data:`TIMM_SIZE_OPTIONS`), as timm takes them."""
+    _, options = parse_timm(uri)
+    sizes: dict[str, Any] = {}
+    for key in TIMM_SIZE_OPTIONS:
+        if key in options:
+            try:
+                values = tuple(int(v) for v in options[key].split(","))
+            except ValueError:
+                raise GeoSANEError(f"{uri}: {key} must be an integer or comma-separated integers") from None
+            sizes[key] = values if "," in options[key] else values[0]
+    return sizes
+
+
 def load_timm(uri: str) -> ModelSource:
     """Build a timm architecture (random init, seeded), optionally with local pretrained weights."""
     import timm
@@ -260,6 +277,7 @@ def load_timm(uri: str) -> ModelSource:
             f"{uri}: in_chans must be >= 1, num_classes and seed >= 0 "
             f"(got in_chans={in_chans}, num_classes={num_classes}, seed={seed})"
         )
+    sizes = timm_sizes(uri)
     torch.manual_seed(seed)
     sha256 = ""
     overlay = None
@@ -274,7 +292,10 @@ def load_timm(uri: str) -> ModelSource:
             pretrained_cfg_overlay=overlay,
             in_chans=in_chans,
             num_classes=num_classes,
+            **sizes,
         )
+    except TypeError as exc:
+        raise GeoSANEError(f"{uri}: {name} does not take {', '.join(sizes)} ({exc})") from None
     except RuntimeError as exc:
         if overlay is None:
             raise

@@ -164,6 +164,13 @@ def write_bytes(url: str, data: bytes) -> None:
         handle.write(data)
 
 
+def upload(folder: str | Path, url: str) -> None:
+    """Copy a local folder's files to ``url`` (any fsspec URL; a local path too)."""
+    with errors_named(url, "write"):
+        fs, path = filesystem(url)
+        fs.put(str(folder).rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
+
+
 def remove(url: str) -> None:
     """Delete ``url`` if it exists (used to clean up after a failed write)."""
     with contextlib.suppress(Exception):

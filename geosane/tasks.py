@@ -28,7 +28,7 @@ __all__ = [
     "mean_iou",
 ]
 
-TASKS = ("classification", "segmentation", "detection")
+TASKS = ("classification", "multilabel", "segmentation", "detection")
 
 
 def backbone_features(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -86,14 +86,14 @@ class DetectionModel(nn.Module):
     over all levels. ``num_classes`` counts object classes; torchvision adds the background class. Inputs are lists
     of ``[C, H, W]`` images (any sizes); in train mode targets give ``boxes`` and ``labels`` and the losses return."""
 
-    def __init__(self, arch: str, in_chans: int, num_classes: int, **kwargs) -> None:
+    def __init__(self, arch: str, in_chans: int, num_classes: int, image_size: int | None = None, **kwargs) -> None:
         from torchvision.models.detection import FasterRCNN
         from torchvision.models.detection.anchor_utils import AnchorGenerator
         from torchvision.ops import MultiScaleRoIAlign
 
         super().__init__()
         pyramid = PyramidBackbone(arch, in_chans, **kwargs)
-        size = int(kwargs.get("img_size") or timm.get_pretrained_cfg(arch).input_size[-1])  # type: ignore[union-attr]
+        size = int(image_size or kwargs.get("img_size") or timm.get_pretrained_cfg(arch).input_size[-1])  # type: ignore[union-attr]
         names = [str(i) for i in range(pyramid.levels)]
         anchors = AnchorGenerator(
             sizes=tuple((16 * 2**i,) for i in range(pyramid.levels)), aspect_ratios=((0.5, 1.0, 2.0),) * pyramid.levels
@@ -124,7 +124,7 @@ def create_model(
     ``kwargs`` (e.g. ``patch_size``) to timm."""
     if not timm.is_model(arch):
         raise GeoSANEError(f"unknown timm architecture {arch!r}")
-    if task == "classification":
+    if task in ("classification", "multilabel"):  # one logit per class; multi-label reads them independently
         if img_size and "vit" in arch:
             kwargs["img_size"] = img_size
         return timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)

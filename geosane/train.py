@@ -18,8 +18,9 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
-from dataclasses import asdict, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -76,6 +77,7 @@ class TrainConfig:
     window: int | None = None  # overrides the model size's window
     workers: int = 2
     use_gpu: bool = False
+    placement: str = "PACK"  # Ray Train's placement of the workers: PACK (fewest nodes) or SPREAD (across nodes)
     zero_stage: int = 2
     bf16: bool = False
     offload: str = "none"  # optimizer states: "none", "cpu", or "nvme" (files under nvme_path; ZeRO-3 only)
@@ -105,6 +107,8 @@ class TrainConfig:
         return replace(load_config(path, cls), **{k: v for k, v in overrides.items() if v is not None})
 
     def validate(self) -> None:
+        if self.placement not in ("PACK", "SPREAD"):
+            raise GeoSANEError(f"placement must be PACK or SPREAD, got {self.placement!r}")
         if self.zero_stage not in (0, 1, 2, 3):
             raise GeoSANEError(f"zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if not self.collection:
@@ -404,7 +408,10 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if rank == 0 and (step % config.log_every == 0 or evaluate):
                 elapsed = time.perf_counter() - loop_began
                 per_step = (elapsed - sum(validation_seconds)) / (step - first_step)  # validations are rare
-                print(progress_line(metrics, horizon.total, elapsed, per_step), flush=True)
+                line = progress_line(metrics, horizon.total, elapsed, per_step)
+                print(line, flush=True)
+                progress = {"step": step, "total": horizon.total, "line": line}
+                storage.write_bytes(storage.join(run, PROGRESS), json.dumps(progress).encode())
             if writer:
                 for key, value in metrics.items():
                     if key != "step":
@@ -414,7 +421,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if step % config.checkpoint_every == 0 or step == horizon.total:
                 if writer:
                     writer.flush()
-                    upload(tensorboard, storage.join(run, "tensorboard"))
+                    storage.upload(tensorboard, storage.join(run, "tensorboard"))
                 save_and_report(engine, config, model_config, metrics, rank)
             elif evaluate:
                 ray.train.report(metrics)
@@ -446,7 +453,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         final.save(storage.join(run, "final"))
     if writer:
         writer.close()
-        upload(tensorboard, storage.join(run, "tensorboard"))
+        storage.upload(tensorboard, storage.join(run, "tensorboard"))
     shutil.rmtree(tensorboard, ignore_errors=True)  # uploaded: the local copy was only a staging folder
     remove_offload_files(config)
 
@@ -501,11 +508,6 @@ def remove_offload_files(config: TrainConfig) -> None:
         shutil.rmtree(nvme_folder(config), ignore_errors=True)
 
 
-def upload(folder: Path, url: str) -> None:
-    fs, path = storage.filesystem(url)
-    fs.put(str(folder) + "/", path.rstrip("/") + "/", recursive=True)
-
-
 def save_and_report(
     engine: Any, config: TrainConfig, model_config: AutoencoderConfig, metrics: dict[str, Any], rank: int
 ) -> None:
@@ -546,6 +548,7 @@ def training_views(config: TrainConfig, model_config: AutoencoderConfig, train_i
 
 
 SPLIT = "split.json"  # in the run: the collection, its version, the split and the settings a resume must share
+PROGRESS = "progress.json"  # in the run: the last progress line, which the driver shows as a progress bar
 
 
 def training_plan(config: TrainConfig, run: str) -> dict[str, Any]:
@@ -594,6 +597,13 @@ def training_plan(config: TrainConfig, run: str) -> dict[str, Any]:
     }
 
 
+@dataclass
+class FinishedRun:
+    """What :func:`run_training` returns for a run that had finished already: its last metrics, as Ray's result."""
+
+    metrics: dict[str, Any]
+
+
 def run_training(config: TrainConfig, progress: bool = True) -> Any:
     """Train (or resume) the run ``config.name``: Ray Data windows of the collection's training models feed a Ray
     Train worker group of DeepSpeed engines; returns Ray Train's result (``.metrics`` holds the last report)."""
@@ -608,6 +618,13 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
     config = replace(config, collection=storage.absolute(config.collection))  # the workers read it too
     run = storage.join(storage.absolute(config.storage), config.name)
     plan = training_plan(config, run)  # every refusal comes here, before Ray starts and before anything is written
+    final = storage.join(run, "final", "config.json")
+    if storage.exists(storage.join(run, SPLIT)) and storage.exists(final):
+        info = json.loads(storage.read_bytes(final)).get("info", {})
+        asked = {k: getattr(config, k) for k in ("steps", "budget_minutes")}
+        if {k: info.get("train", {}).get(k) for k in asked} == asked:  # finished as asked: nothing to resume
+            log.info("run %s finished at step %s; its final model is in %s/final", config.name, info.get("step"), run)
+            return FinishedRun({"step": info.get("step"), **info.get("metrics", {})})
     collection = Collection(config.collection, plan["collection_version"])
     records = collection.records()
     model_config = config.autoencoder_config(records[0].token_size, records[0].mode)
@@ -618,7 +635,9 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
             ray.init(include_dashboard=False)
         else:  # one machine: the workers take a CPU each and Ray Data needs CPUs beside them to feed them
             ray.init(
-                num_cpus=max(os.cpu_count() or 1, config.workers + 2), include_dashboard=False, log_to_driver=progress
+                num_cpus=max(os.cpu_count() or 1, config.workers + 2),
+                include_dashboard=False,
+                log_to_driver=log.isEnabledFor(logging.DEBUG),  # the workers' own lines with -v; a bar otherwise
             )
     storage_root = storage.absolute(config.storage)
     if not storage.exists(storage.join(run, SPLIT)):
@@ -632,7 +651,9 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
             "val": split.val,
             "collection_version": plan["collection_version"],
         },
-        scaling_config=ray.train.ScalingConfig(num_workers=config.workers, use_gpu=config.use_gpu),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.workers, use_gpu=config.use_gpu, placement_strategy=config.placement
+        ),
         run_config=ray.train.RunConfig(
             name=config.name,
             storage_path=storage_root,
@@ -645,6 +666,9 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
             )
         },
     )
+    stop = threading.Event()
+    follower = threading.Thread(target=follow_progress, args=(run, config.name, stop, progress), daemon=True)
+    follower.start()
     try:
         return trainer.fit()
     except Exception as exc:  # Ray wraps worker errors; surface ours with its own message
@@ -652,6 +676,30 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
         if cause is None:
             raise
         raise GeoSANEError(cause.args[0] if cause.args else str(cause)) from exc
+    finally:
+        stop.set()
+        follower.join()
+
+
+def follow_progress(run: str, name: str, stop: threading.Event, enabled: bool) -> None:
+    """A progress bar in the driver over the steps rank 0 reports in ``run/progress.json`` (wherever ``run`` is)."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=f"train {name}", unit="step", disable=not enabled)
+    shown = None
+    while True:
+        stopping = stop.wait(2.0)
+        try:
+            progress = json.loads(storage.read_bytes(storage.join(run, PROGRESS)))
+        except (GeoSANEError, OSError, ValueError):  # not written yet
+            progress = None
+        if progress and progress != shown:
+            shown = progress
+            bar.total, bar.n = progress["total"], progress["step"]
+            bar.set_postfix_str(progress["line"].split("  ", 1)[-1])
+        if stopping:
+            break
+    bar.close()
 
 
 def geosane_cause(error: BaseException) -> GeoSANEError | None:

@@ -25,7 +25,7 @@ from geosane.config import load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.storage import absolute
 
-__all__ = ["ZooConfig", "ZooGroup", "run_zoo", "load_data", "fit_member"]
+__all__ = ["ZooConfig", "ZooGroup", "run_zoo", "load_data", "fit_member", "training_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ SPACES = ("choice", "loguniform", "uniform", "randint")
 class ZooGroup:
     """Trials of one dataset: architectures are used round-robin, trial k gets seed k."""
 
-    dataset: str
+    dataset: str  # a registered dataset with options: eurosat_rgb, cloudmask?holdout=landsat5
     architectures: list[str]
     trials: int
     epochs: int
@@ -47,6 +47,7 @@ class ZooGroup:
     batch_size: int = 64
     search: dict[str, Any] = field(default_factory=dict)  # overrides the zoo's search space for this group
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm arguments, e.g. {patch_size: 8}
+    exclude: list[str] = field(default_factory=list)  # datasets whose images this group never trains on (held out)
 
 
 @settings
@@ -105,21 +106,63 @@ def search_space(config: ZooConfig, group: ZooGroup) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------- data
 
 
+def data_key(spec: str, exclude: list[str] | None) -> str:
+    """What a group's data is: its dataset, less the datasets it excludes."""
+    return spec + "".join(f" -{e}" for e in sorted(exclude or []))
+
+
+def excluded_keys(specs: list[str], data_root: str | None) -> set[str]:
+    """The image keys of every sample of the datasets ``specs`` (all splits)."""
+    from geosane import datasets
+
+    keys: set[str] = set()
+    for spec in specs:
+        dataset = datasets.get(spec, data_root)
+        keys |= {
+            k
+            for split in ("train", "selection", "test")
+            for i in dataset.splits()[split]
+            for k in dataset.image_keys(i)
+        }
+    return keys
+
+
+def training_ids(spec: str, exclude: list[str], data_root: str | None, limit: int | None = None) -> list[str]:
+    """The train-split samples a zoo group of ``spec`` trains on: the (limited) train split, less every sample whose
+    image is one of the excluded datasets' (EuroSAT RGB patches whose multispectral versions a benchmark holds out)."""
+    from geosane import datasets
+
+    dataset = datasets.get(spec, data_root)
+    ids = dataset.load_ids("train", limit)
+    if not exclude:
+        return ids
+    keys = excluded_keys(exclude, data_root)
+    return [i for i in ids if not keys.intersection(dataset.image_keys(i))]
+
+
 def load_data(config: ZooConfig, data_root: str | None) -> dict[str, dict[str, Any]]:
     """Every dataset the zoo needs, in memory: train and test tensors plus what the manifest records."""
     from geosane import datasets
 
     data: dict[str, dict[str, Any]] = {}
     for group in config.groups:
-        if group.dataset in data:
+        key = data_key(group.dataset, group.exclude)
+        if key in data:
             continue
         dataset = datasets.get(group.dataset, data_root)
         if dataset.task not in ("classification", "segmentation"):
             raise GeoSANEError(f"zoo trains classification and segmentation; {group.dataset} is {dataset.task}")
         train = dataset.load("train", limit=group.train_limit)
+        if group.exclude:
+            keep = set(training_ids(group.dataset, group.exclude, data_root, group.train_limit))
+            mask = torch.tensor([i in keep for i in train.ids])
+            log.info(
+                "%s: %d train samples share images with %s and are left out", key, int((~mask).sum()), group.exclude
+            )
+            train = type(train)(train.x[mask], train.y[mask], [i for i in train.ids if i in keep])
         test = dataset.load("test", limit=group.test_limit)
-        log.info("%s: %d train, %d test samples", group.dataset, len(train), len(test))
-        data[group.dataset] = {"train": (train.x, train.y), "test": (test.x, test.y), **dataset.describe()}
+        log.info("%s: %d train, %d test samples", key, len(train), len(test))
+        data[key] = {"train": (train.x, train.y), "test": (test.x, test.y), **dataset.describe()}
     return data
 
 
@@ -165,7 +208,7 @@ def fit_member(
     from geosane.tasks import create_model, evaluate, loss_fn
 
     member = config["member"]
-    info = data[member["dataset"]]
+    info = data[data_key(member["dataset"], member.get("exclude"))]
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     torch.manual_seed(member["seed"])
     x_train, y_train = info["train"]
@@ -241,9 +284,11 @@ def fit_member(
 
 
 def trial_name(trial) -> str:
+    from geosane.tuning import slug
+
     """``eurosat_rgb-test_resnet-s3-00003``: what the trial trains, readable in Tune's tables and folders."""
     member = trial.config["member"]
-    return f"{member['dataset']}-{member['arch']}-s{member['seed']}-{trial.trial_id.split('_')[-1]}"
+    return f"{slug(member['dataset'])}-{member['arch']}-s{member['seed']}-{trial.trial_id.split('_')[-1]}"
 
 
 def run_zoo(config: ZooConfig, out: str, storage: str, data_root: str | None = None, progress: bool = True) -> list:
@@ -277,33 +322,24 @@ def run_zoo(config: ZooConfig, out: str, storage: str, data_root: str | None = N
 
 def fit_group(config: ZooConfig, index: int, trainable, storage: str, progress: bool):
     """Run, or resume, the Tune experiment of group ``index`` and return its results."""
-    from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
+    from geosane.tuning import run_experiment, slug
+
     group = config.groups[index]
-    name = f"{config.name}-{index}-{group.dataset}"
-    experiment = f"{storage.rstrip('/')}/{name}"
-    if tune.Tuner.can_restore(experiment):
-        log.info("resuming the zoo experiment at %s", experiment)
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_errored=True).fit()
-    tuner = tune.Tuner(
+    return run_experiment(
         trainable,
-        param_space=search_space(config, group),
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(random_state=config.seed),
-            max_concurrent_trials=config.max_concurrent or None,
-            trial_name_creator=trial_name,
-            trial_dirname_creator=trial_name,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
-            failure_config=tune.FailureConfig(max_failures=1),
-            verbose=1 if progress else 0,
-        ),
+        storage,
+        f"{config.name}-{index}-{slug(group.dataset)}",
+        search_space(config, group),
+        f"zoo {group.dataset}",
+        progress,
+        keep_checkpoints=None,
+        search_alg=BasicVariantGenerator(random_state=config.seed),
+        max_concurrent_trials=config.max_concurrent or None,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
     )
-    return tuner.fit()
 
 
 def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooConfig):
@@ -313,7 +349,7 @@ def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooCo
     with checkpoint.as_directory() as folder:
         saved = read_checkpoint(folder)
     member, state_dict = saved["member"], saved["model"]
-    info = data[member["dataset"]]
+    info = data[data_key(member["dataset"], member.get("exclude"))]
     return ModelSource(
         name=f"{member['arch']}-{member['dataset']}-s{member['seed']}-e{member['epoch']}",
         uri=f"zoo:{config.name}/{member['dataset']}/{member['arch']}/seed{member['seed']}/epoch{member['epoch']}",
@@ -335,6 +371,8 @@ def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooCo
             "lr": f"{member['lr']:.3g}",
             "weight_decay": f"{member['weight_decay']:.3g}",
             "zoo": config.name,
+            **({"train_limit": str(member["train_limit"])} if member.get("train_limit") else {}),
+            **({"exclude": ",".join(member["exclude"])} if member.get("exclude") else {}),
             "lineage": f"{config.name}/{member['dataset']}/{member['arch']}/seed{member['seed']}",
         },
     )

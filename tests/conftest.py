@@ -28,6 +28,16 @@ def shared() -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def ray_session():
+    """One local Ray session per test module (``ray.init`` costs seconds): two CPUs, Ray's own logs off."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1, reached through the standard AWS environment variables."""

@@ -292,3 +292,15 @@ def test_no_message_holds_a_credential(tmp_path: Path, s3_server: str) -> None:
     assert (
         typo.returncode == 2 and "bucket typo-bucket does not exist; create it, or pass --create-bucket" in typo.stderr
     )
+
+
+def test_bench_refuses_an_invalid_sweep_before_anything_starts(tmp_path: Path, shared: Path) -> None:
+    bad = tmp_path / "bench-bad.yaml"
+    bad.write_text(
+        "name: bad\nautoencoder: nowhere\ntasks:\n  - {data: eurosat_ms, arch: test_resnet, epochs: 1, lr: 0.01,\n"
+        "     initializations: [scratch, magic]}\n"
+    )
+    result = geosane("bench", "--config", str(bad), "--storage", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "tasks[0].initializations: unknown ['magic']" in result.stderr
+    assert not (tmp_path / "runs").exists()
+    assert "--resume" in geosane("bench", "--help").stdout

@@ -8,13 +8,14 @@ from typing import Any
 
 import pytest
 
+from geosane.bench import BenchConfig
 from geosane.config import load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.train import TrainConfig
 from geosane.zoo import ZooConfig
 
 SWEEPS = Path(__file__).parents[1] / "sweeps"
-KINDS = {"train": TrainConfig, "zoo": ZooConfig}  # sweeps/<stage>-<name>.yaml
+KINDS = {"train": TrainConfig, "zoo": ZooConfig, "bench": BenchConfig}  # sweeps/<stage>-<name>.yaml
 
 
 @settings

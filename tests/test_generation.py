@@ -269,3 +269,33 @@ def test_rgb_filters_go_to_their_bands_in_a_multispectral_stem() -> None:
     others = [i for i, band in enumerate(ms) if band not in rgb]
     assert not mapped[:, others].any()
     assert band_mapped_input(weight, ["Red", "Green", "Blue"], ms) is None  # names it cannot place: timm's adaptation
+
+
+@pytest.mark.parametrize(("bands", "target"), [(3, 13), (6, 3), (6, 12), (13, 4)])
+def test_an_input_convolution_adapts_to_any_band_count_keeping_its_response_to_a_constant_image(
+    bands: int, target: int
+) -> None:
+    from geosane.generation import adapt_input
+
+    torch.manual_seed(0)
+    weight = torch.randn(8, bands, 3, 3)
+    adapted = adapt_input(weight, target)
+    assert adapted.shape == (8, target, 3, 3)
+    before = torch.nn.functional.conv2d(torch.ones(1, bands, 5, 5), weight)
+    after = torch.nn.functional.conv2d(torch.ones(1, target, 5, 5), adapted)
+    if target % bands == 0 or bands >= target:  # exact when the bands repeat whole or fold onto fewer
+        assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_a_segmentation_models_backbone_is_an_anchor_under_the_classifiers_names() -> None:
+    import timm
+
+    from geosane.generation import backbone_weights
+    from geosane.tasks import create_model
+
+    segmenter = create_model("test_resnet", "segmentation", 6, 3).state_dict()
+    backbone = backbone_weights(segmenter)
+    classifier = timm.create_model("test_resnet", in_chans=6, num_classes=3).state_dict()
+    assert set(backbone) == set(classifier) - {"fc.weight", "fc.bias"}
+    assert all(torch.equal(backbone[k], segmenter[f"backbone.{k}"]) for k in backbone)
+    assert backbone_weights(classifier) is classifier

@@ -245,7 +245,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(s3_collection: str, tmp_
     assert len(firsts) == 2 and firsts[0] == 1
     assert firsts[1] > 1 and firsts[1] % settings.checkpoint_every == 1
 
-    # re-running the finished run with the same name resumes from its last checkpoint (no new steps needed)
+    # re-running the finished run with the same name and settings reuses it: its final metrics, no new steps
     again = run_training(settings, progress=False)
     assert int(again.metrics["step"]) == 60
 

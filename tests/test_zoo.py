@@ -15,22 +15,13 @@ from geosane.zoo import ZooConfig, run_zoo
 CONFIG = Path(__file__).parents[1] / "sweeps" / "zoo-tiny.yaml"
 
 
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_tiny_zoo_fills_a_collection_whose_checkpoints_evaluate_to_their_metric(
     ray_session, tmp_path: Path, shared: Path
 ) -> None:
     config = ZooConfig.from_yaml(CONFIG)
     out, storage = str(tmp_path / "collection"), str(tmp_path / "runs")
     added = run_zoo(config, out, storage, str(shared / "data"), progress=False)
-    # one ViT for one epoch on EuroSAT RGB, one ResNet for two epochs on cloud masks: 3 checkpoints
+    # one ResNet for one epoch on EuroSAT RGB, one for two epochs on cloud masks (Landsat 5 held out): 3 checkpoints
     assert len(added) == 3
     by_task = {r.task for r in added}
     assert by_task == {"classification", "segmentation"} and {r.modality for r in added} == {"rgb", "multispectral"}
@@ -65,3 +56,15 @@ def test_zoo_configs_are_validated(tmp_path: Path) -> None:
         trials = ok.trials(group)
         assert len(trials) == group.trials and {t["arch"] for t in trials} == set(group.architectures)
         assert sorted(t["seed"] for t in trials) == list(range(ok.seed, ok.seed + group.trials))
+
+
+def test_a_group_never_trains_on_the_images_it_excludes(shared: Path) -> None:
+    from geosane.zoo import training_ids
+
+    root = str(shared / "data")
+    rgb_train = datasets.get("eurosat_rgb", root).splits()["train"]
+    multispectral = {i for s in ("train", "selection", "test") for i in datasets.get("eurosat_ms", root).splits()[s]}
+    kept = training_ids("eurosat_rgb", ["eurosat_ms"], root)
+    # the RGB versions of the multispectral patches in the train split are left out, and nothing else
+    assert set(rgb_train) - set(kept) == set(rgb_train) & multispectral != set()
+    assert training_ids("eurosat_rgb", [], root, limit=100) == datasets.get("eurosat_rgb", root).load_ids("train", 100)

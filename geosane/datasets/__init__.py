@@ -7,15 +7,20 @@ project, so every result names exactly which samples it saw.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from geosane.datasets.base import SPLITS, Dataset, Samples, data_root
 from geosane.datasets.cloudmask import CloudMask
 from geosane.datasets.eurosat import EuroSATMS, EuroSATMSFull, EuroSATRGB
 from geosane.datasets.neon_trees import NeonTrees
 from geosane.datasets.sen1floods11 import Sen1Floods11
+from geosane.datasets.torchgeo_sets import DIOR, RESISC45, BigEarthNet
+from geosane.datasets.user import IMAGEFOLDER, NPZ, ImageFolderDataset, NpzDataset
 from geosane.errors import GeoSANEError
 
 REGISTRY: dict[str, type[Dataset]] = {
-    cls.name: cls for cls in (EuroSATRGB, EuroSATMS, EuroSATMSFull, CloudMask, Sen1Floods11, NeonTrees)
+    cls.name: cls
+    for cls in (EuroSATRGB, EuroSATMS, EuroSATMSFull, CloudMask, Sen1Floods11, NeonTrees, RESISC45, BigEarthNet, DIOR)
 }
 
 
@@ -23,11 +28,35 @@ def list_datasets() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get(name: str, root: str | None = None, **options) -> Dataset:
-    """A dataset by registry name; ``root`` defaults as ``data_root`` resolves it."""
+def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``cloudmask?holdout=landsat5`` -> ``("cloudmask", {"holdout": "landsat5"})``: a dataset and its options, as
+    configs, the CLI and the collection's tags name them."""
+    name, _, query = spec.partition("?")
+    options = {}
+    for part in filter(None, query.split("&")):
+        key, sep, value = part.partition("=")
+        if not sep or not key or not value:
+            raise GeoSANEError(f"dataset {spec!r}: expected NAME[?option=value&...], got option {part!r}")
+        options[key] = value
+    return name, options
+
+
+def get(spec: str, root: str | None = None, **options) -> Dataset:
+    """A dataset by registry name with options (``cloudmask?holdout=landsat5``), or a user's ``npz:PATH`` or
+    ``imagefolder:DIR``; ``root`` defaults as ``data_root`` resolves it."""
+    if spec.startswith(NPZ):
+        return NpzDataset(Path("."), spec.removeprefix(NPZ))
+    if spec.startswith(IMAGEFOLDER):
+        return ImageFolderDataset(Path("."), spec.removeprefix(IMAGEFOLDER))
+    name, parsed = parse_spec(spec)
     if name not in REGISTRY:
-        raise GeoSANEError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
-    return REGISTRY[name](data_root(root), **options)
+        raise GeoSANEError(
+            f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or npz:PATH, imagefolder:DIR"
+        )
+    try:
+        return REGISTRY[name](data_root(root), **parsed, **options)
+    except TypeError:
+        raise GeoSANEError(f"dataset {spec!r}: {name} takes no option(s) {', '.join(parsed)}") from None
 
 
-__all__ = ["SPLITS", "Dataset", "Samples", "data_root", "get", "list_datasets", "REGISTRY"]
+__all__ = ["SPLITS", "Dataset", "Samples", "data_root", "get", "parse_spec", "list_datasets", "REGISTRY"]

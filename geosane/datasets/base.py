@@ -74,6 +74,19 @@ class Dataset:
         self.root = Path(root)
 
     @property
+    def spec(self) -> str:
+        """How a config names this dataset with its options (``cloudmask?holdout=landsat5``)."""
+        return self.name
+
+    def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        """What identifies the images behind one sample, so that held-out checks can compare datasets.
+
+        The default is the dataset itself: its splits come from the same scenes, so a model that trained on any of
+        them has seen "this dataset". Datasets whose samples are separate images say so per sample (EuroSAT patches,
+        shared by the RGB and multispectral versions), or per scene (cloud-mask sensors)."""
+        return (self.name,)
+
+    @property
     def in_chans(self) -> int:
         return len(self.bands)
 
@@ -122,16 +135,21 @@ class Dataset:
             self.split_file.write_text(json.dumps(data, indent=0) + "\n")
         return json.loads(self.split_file.read_text())
 
-    def load(self, split: str, limit: int | None = None) -> Samples:
-        """The samples of split ``split`` in memory, normalized with the train statistics; ``limit`` keeps a
-        stratified-ish prefix of a seeded shuffle (for tiny test configs)."""
+    def load_ids(self, split: str, limit: int | None = None) -> list[str]:
+        """The sample ids :meth:`load` reads for ``split`` and ``limit``."""
         if split not in SPLITS:
             raise GeoSANEError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-        info = self.splits()
-        ids = info[split]
+        ids = self.splits()[split]
         if limit is not None and limit < len(ids):
             order = np.random.default_rng(self.seed).permutation(len(ids))[:limit]
             ids = [ids[i] for i in sorted(order)]
+        return ids
+
+    def load(self, split: str, limit: int | None = None) -> Samples:
+        """The samples of split ``split`` in memory, normalized with the train statistics; ``limit`` keeps a
+        stratified-ish prefix of a seeded shuffle (for tiny test configs)."""
+        ids = self.load_ids(split, limit)
+        info = self.splits()
         x, y = self.read(ids)
         mean = torch.tensor(info["mean"]).view(1, -1, 1, 1)
         std = torch.tensor(info["std"]).view(1, -1, 1, 1)

@@ -40,6 +40,14 @@ class CloudMask(Dataset):
         self._scenes: dict[str, tuple[np.ndarray, np.ndarray]] = {}
 
     @property
+    def spec(self) -> str:
+        return f"{self.name}?holdout={self.holdout}" if self.holdout else self.name
+
+    def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        """One key per scene: chips of one sensor's scene are parts of one image."""
+        return (f"cloudmask/{sample_id.split('_')[0]}",)
+
+    @property
     def split_file(self) -> Path:
         suffix = f"-holdout-{self.holdout}" if self.holdout else ""
         return super().split_file.with_name(f"{self.name}{suffix}.json")

@@ -25,6 +25,13 @@ CLASSES = (
 MS_BANDS = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B09", "B10", "B11", "B12", "B8A")
 
 
+def patch_keys(dataset: str, sample_id: str) -> tuple[str, ...]:
+    """EuroSAT's RGB and multispectral files are the same patches (same names): a model trained on the RGB version
+    of a patch has seen the patch. The dataset itself is a key too: its train and test patches come from the same
+    scenes."""
+    return (dataset, f"eurosat/{sample_id}")
+
+
 def class_of(sample_id: str) -> int:
     """``Forest_1031`` -> index of ``Forest``."""
     return CLASSES.index(sample_id.rsplit("_", 1)[0])
@@ -54,6 +61,9 @@ class EuroSATRGB(Dataset):
     def samples(self) -> tuple[list[str], list[int]]:
         ids = sorted(self.paths)
         return ids, [class_of(i) for i in ids]
+
+    def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        return patch_keys(self.name, sample_id)
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         from PIL import Image
@@ -87,6 +97,9 @@ class EuroSATMS(Dataset):
     def samples(self) -> tuple[list[str], list[int]]:
         ids = sorted(self.paths)
         return ids, [class_of(i) for i in ids]
+
+    def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        return patch_keys(self.name, sample_id)
 
     def make_splits(self) -> dict:
         """The shipped test folder is test; a stratified tenth of the shipped train folder is selection."""
@@ -140,6 +153,9 @@ class EuroSATMSFull(Dataset):
             raise GeoSANEError(f"full EuroSAT multispectral not found in {folder} (torchgeo: {exc})") from exc
         self.paths = {Path(p).stem: p for source in self.sources.values() for p, _ in source.samples}
         self._splits: dict | None = None
+
+    def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        return ("eurosat_ms", f"eurosat/{sample_id}")  # the sample is a part of the full set
 
     def splits(self) -> dict:
         if self._splits is None:

@@ -74,11 +74,15 @@ class NeonTrees(Dataset):
             {"train": sorted(order[: max(1, n - 2)]), "selection": order[n - 2 : n - 1], "test": order[n - 1 :]}
         )
 
+    def load_ids(self, split: str, limit: int | None = None) -> list[str]:
+        ids = self.splits()[split]
+        return ids[:limit] if limit else ids
+
     def load(self, split: str, limit: int | None = None):
         from geosane.datasets.base import Samples
 
         info = self.splits()
-        ids = info[split][:limit] if limit else info[split]
+        ids = self.load_ids(split, limit)
         images, boxes = self.read(ids)
         mean, std = torch.tensor(info["mean"]).view(3, 1, 1), torch.tensor(info["std"]).view(3, 1, 1)
         return Samples([(image - mean) / std for image in images], boxes, ids)  # type: ignore[arg-type]

@@ -141,3 +141,71 @@ def test_full_eurosat_ms_goes_through_torchgeo(root: Path, tmp_path: Path) -> No
     )
     with pytest.raises(GeoSANEError, match="full EuroSAT multispectral not found"):
         datasets.get("eurosat_ms_full", str(tmp_path / "empty"))
+
+
+def test_dataset_specs_name_options_and_refuse_unknown_ones(root: Path) -> None:
+    assert datasets.parse_spec("cloudmask?holdout=landsat5") == ("cloudmask", {"holdout": "landsat5"})
+    held = datasets.get("cloudmask?holdout=landsat5", str(root))
+    assert held.spec == "cloudmask?holdout=landsat5" and set(held.splits()["test"]) == {
+        i for i in held.splits()["test"] if i.startswith("landsat5")
+    }
+    with pytest.raises(GeoSANEError, match="eurosat_ms takes no option"):
+        datasets.get("eurosat_ms?holdout=x", str(root))
+    with pytest.raises(GeoSANEError, match="expected NAME"):
+        datasets.get("cloudmask?holdout", str(root))
+    # image keys: a patch is the same image in EuroSAT RGB and multispectral; chips of one scene are one image
+    rgb, ms = datasets.get("eurosat_rgb", str(root)), datasets.get("eurosat_ms", str(root))
+    assert set(rgb.image_keys("Forest_1")) & set(ms.image_keys("Forest_1")) == {"eurosat/Forest_1"}
+    assert held.image_keys("landsat5_r0_c1") == held.image_keys("landsat5_r3_c3") == ("cloudmask/landsat5",)
+
+
+def test_user_data_from_npz(tmp_path: Path) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4, 8, 8)).astype(np.float32)
+    y = np.repeat(np.arange(3), 10)
+    split = np.array(["train"] * 18 + ["selection"] * 6 + ["test"] * 6)
+    np.savez(tmp_path / "mine.npz", x=x, y=y, split=split)
+    mine = datasets.get(f"npz:{tmp_path}/mine.npz")
+    assert (mine.task, mine.in_chans, mine.num_classes) == ("classification", 4, 3)
+    train, test = mine.load("train"), mine.load("test")
+    assert len(train) == 18 and len(test) == 6 and torch.equal(test.y, torch.from_numpy(y[24:]))
+    # normalized with the train split's statistics
+    assert torch.allclose(train.x.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5)
+    # segmentation maps, no split given: a seeded split, the same every time
+    np.savez(tmp_path / "maps.npz", x=x, y=rng.integers(0, 2, size=(30, 8, 8)))
+    maps = datasets.get(f"npz:{tmp_path}/maps.npz")
+    assert (
+        maps.task == "segmentation"
+        and maps.splits()["test"] == datasets.get(f"npz:{tmp_path}/maps.npz").splits()["test"]
+    )
+    for arrays, message in [
+        ({"x": x}, "no array 'y'"),
+        ({"x": x[:, 0], "y": y}, r"x must be \[N, C, H, W\]"),
+        ({"x": x, "y": y[:5]}, r"y must be \[N\]"),
+        ({"x": x, "y": y.astype(np.float32)}, "class indices"),
+        ({"x": x, "y": y, "split": np.array(["train"] * 29 + ["later"])}, "split must give train"),
+    ]:
+        np.savez(tmp_path / "bad.npz", **arrays)
+        with pytest.raises(GeoSANEError, match=message):
+            datasets.get(f"npz:{tmp_path}/bad.npz")
+
+
+def test_user_data_from_an_image_folder(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for split, count in (("train", 4), ("test", 2)):
+        for label in ("field", "forest"):
+            folder = tmp_path / "images" / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                value = 40 if label == "field" else 200
+                Image.fromarray(np.full((16, 16, 3), value + i, dtype=np.uint8)).save(folder / f"{i}.png")
+    images = datasets.get(f"imagefolder:{tmp_path}/images")
+    assert images.classes == ("field", "forest") and images.task == "classification"
+    test = images.load("test")
+    assert test.x.shape == (4, 3, 16, 16) and test.y.tolist() == [0, 0, 1, 1]
+    with pytest.raises(GeoSANEError, match="not a folder"):
+        datasets.get(f"imagefolder:{tmp_path}/missing")
