@@ -29,6 +29,7 @@ pytestmark = pytest.mark.multinode
 
 ROOT = Path(__file__).parents[1]
 RAY = str(Path(sys.executable).parent / "ray")
+TOKEN = secrets.token_hex(32)
 AWS = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
 
 
@@ -75,8 +76,9 @@ def two_nodes(s3_server: str) -> Iterator[dict[str, str]]:
     temps = [tempfile.mkdtemp(prefix="ray", dir="/tmp") for _ in range(2)]  # short: socket paths < 108 bytes
     gcs, dashboard = free_port(), free_port()
     (head, head_marker), (node, node_marker) = node_ports(21000), node_ports(22000)
-    # Ray 2.60 clusters authenticate with a token: the same one for both nodes and for this test's job client
-    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # Ray 2.60 clusters authenticate with a token: the same one for both nodes and the job client (which reads it
+    # once per process, so one token serves every cluster of this module)
+    token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": TOKEN}
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **token}
     saved = {k: os.environ.get(k) for k in token}
     os.environ.update(token)
