@@ -7,6 +7,7 @@ project, so every result names exactly which samples it saw.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 from geosane.datasets.base import SPLITS, Dataset, Samples, data_root
@@ -53,10 +54,11 @@ def get(spec: str, root: str | None = None, **options) -> Dataset:
         raise GeoSANEError(
             f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or npz:PATH, imagefolder:DIR"
         )
-    try:
-        return REGISTRY[name](data_root(root), **parsed, **options)
-    except TypeError:
-        raise GeoSANEError(f"dataset {spec!r}: {name} takes no option(s) {', '.join(parsed)}") from None
+    accepted = set(inspect.signature(REGISTRY[name].__init__).parameters) - {"self", "root"}
+    unknown = sorted(set(parsed) - accepted)
+    if unknown:  # checked here: a TypeError raised inside a constructor is not the user's option
+        raise GeoSANEError(f"dataset {spec!r}: {name} takes no option(s) {', '.join(unknown)}")
+    return REGISTRY[name](data_root(root), **parsed, **options)
 
 
 __all__ = ["SPLITS", "Dataset", "Samples", "data_root", "get", "parse_spec", "list_datasets", "REGISTRY"]
