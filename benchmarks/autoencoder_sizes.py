@@ -21,9 +21,8 @@ import numpy as np
 import torch
 
 import geosane
-from geosane.autoencoder import training_losses
-from geosane.losses import LossConfig
-from geosane.token_stream import split_models
+from geosane.autoencoder.losses import LossConfig, training_losses
+from geosane.train import split_models
 from geosane.views import ViewConfig, cut_windows, make_views, shifted_starts, window_starts
 
 from measure import save

@@ -22,7 +22,7 @@ import torch
 
 import geosane
 from geosane.generation import reestimate_batchnorm
-from geosane.tasks import create_model, evaluate, loss_fn
+from geosane.tasks import FineTuning, Recipe, create_model, score_samples
 
 from measure import save
 
@@ -32,21 +32,8 @@ TEST_IMAGES = 2000  # the zoo's test subset
 
 
 def fine_tune(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float, seed: int) -> torch.nn.Module:
-    """One epoch of AdamW with a one-cycle schedule, batch 64, horizontal flips (the zoo's recipe)."""
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    steps = len(x) // 64
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
-    order = torch.randperm(len(x), generator=generator)
-    model.train()
-    for step in range(steps):
-        batch = order[step * 64 : (step + 1) * 64]
-        images = x[batch].flip(-1) if torch.rand(1, generator=generator) < 0.5 else x[batch]
-        loss = loss_fn(model(images), y[batch])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    """One epoch of the one fine-tuning recipe (AdamW, one-cycle, batch 64, horizontal flips), as the zoo trains."""
+    FineTuning(model, (x, y), "classification", Recipe(epochs=1, lr=lr, batch_size=64), seed).epoch()
     return model.eval()
 
 
@@ -86,18 +73,18 @@ def rgb_experiment(autoencoder: str, seed: int, data: dict) -> dict:
         "generate_seconds": round(seconds, 1),
         "anchor": generated.card["anchor"],
         "selection_score": generated.card["selection"]["score"],
-        "generated_epoch0": evaluate(generated.model, "classification", test.x, test.y, 10),
-        "random_bn_reestimated_epoch0": evaluate(random, "classification", test.x, test.y, 10),
+        "generated_epoch0": score_samples(generated.model, "classification", test.x, test.y, 10),
+        "random_bn_reestimated_epoch0": score_samples(random, "classification", test.x, test.y, 10),
     }
     for name, model, lr in [
         ("generated_epoch1_lr0.001", generated.model, 0.001),
         ("scratch_epoch1_lr0.005", random, 0.005),
     ]:
         tuned = fine_tune(model, train.x, train.y, lr, seed)
-        row[name] = evaluate(tuned, "classification", test.x, test.y, 10)
+        row[name] = score_samples(tuned, "classification", test.x, test.y, 10)
     torch.manual_seed(seed)
     scratch = fine_tune(create_model(ARCH, "classification", 3, 10), train.x, train.y, 0.001, seed)
-    row["scratch_epoch1_lr0.001"] = evaluate(scratch, "classification", test.x, test.y, 10)
+    row["scratch_epoch1_lr0.001"] = score_samples(scratch, "classification", test.x, test.y, 10)
     return row
 
 

@@ -65,8 +65,8 @@ def run_case(case: str, model_name: str, batch: int, steps: int, warmup: int) ->
     import torch
 
     import geosane
-    from geosane.autoencoder import num_parameters, training_losses
-    from geosane.losses import LossConfig
+    from geosane.autoencoder import num_parameters
+    from geosane.autoencoder.losses import LossConfig, training_losses
     from geosane.train import build_engine
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29561", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")

@@ -1,7 +1,9 @@
-"""Time and extra peak resident memory of one call, shared by the benchmark scripts (Linux: reads /proc)."""
+"""What the benchmark scripts share: time and extra peak resident memory of one call (Linux: reads /proc), a free
+port on 127.0.0.1, and saving a result with what made it."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -25,6 +27,13 @@ def measure(fn: Callable[[], T]) -> tuple[float, int, T]:
     result = fn()
     seconds = time.perf_counter() - start
     return seconds, (rss_kib("VmHWM") - base) * 1024, result
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (for a local S3 server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def save(result: dict, out: str | Path) -> None:

@@ -22,7 +22,7 @@ import torch
 import geosane
 from geosane.autoencoder import normalized_error
 from geosane.generation import reestimate_batchnorm
-from geosane.tasks import create_model, evaluate
+from geosane.tasks import create_model, score_samples
 
 from measure import save
 
@@ -45,7 +45,7 @@ def score(model: torch.nn.Module, data: dict, reestimate: bool) -> float:
     if reestimate:
         reestimate_batchnorm(model, data["unlabeled"])
     dataset = data["dataset"]
-    return evaluate(model, dataset.task, *data["test"], dataset.num_classes)
+    return score_samples(model, dataset.task, *data["test"], dataset.num_classes)
 
 
 def rebuild(record: geosane.ModelRecord, collection: geosane.Collection, autoencoder, data: dict) -> dict:
@@ -129,7 +129,11 @@ def main() -> None:
     autoencoder = geosane.Autoencoder.load(args.run)
     registered = set(geosane.datasets.list_datasets())
     held_out = [collection.record(i) for i in split["val"]]
-    measurable = [r for r in held_out if r.tags.get("dataset") in registered and "arch" in r.tags]
+    measurable = [
+        r
+        for r in held_out
+        if geosane.datasets.parse_spec(r.tags.get("dataset", ""))[0] in registered and "arch" in r.tags
+    ]
     print(f"{len(held_out)} held-out models ({len(split['val_lineages'])} lineages), {len(measurable)} with a dataset")
 
     began, cache, rows = time.perf_counter(), {}, []

@@ -24,7 +24,6 @@ import argparse
 import multiprocessing
 import os
 import statistics
-import sys
 import tempfile
 import time
 import zlib
@@ -35,9 +34,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).parents[1]))  # tests.helpers writes collections in the first layout
-
-from measure import save  # noqa: E402
+from measure import free_port, save
 
 MODELS = [
     f"timm:{arch}?num_classes=10&seed={seed}"
@@ -183,16 +180,15 @@ def ray_data_input(root: Path, count: int) -> dict[str, Any]:
 
     import geosane
     from geosane import Collection
-    from geosane.token_stream import window_dataset, windows_per_model_for
-    from geosane.train import STEPS_PER_PASS
+    from geosane.collection.legacy import write_first_layout
+    from geosane.train import STEPS_PER_PASS, window_dataset, windows_per_model_for
     from geosane.views import ViewConfig, WindowSource
-    from tests.helpers import write_legacy_collection
 
     lance_url, legacy_url, delta_url = str(root / "lance"), str(root / "legacy"), str(root / "delta")
     geosane.collect(MODELS, lance_url, progress=False)
     collection = Collection(lance_url)
     records = collection.records()
-    write_legacy_collection(legacy_url, {r.name + str(i): collection.export(r) for i, r in enumerate(records)})
+    write_first_layout(legacy_url, {r.name + str(i): collection.export(r) for i, r in enumerate(records)})
     ids = [r.id for r in records]
     write_deltalake(delta_url, collection.dataset().to_table())
     # the views training uses (benchmarks/train.py: window 32, 2 workers x batch 8): a pass holds 200 steps' windows
@@ -281,8 +277,6 @@ def one_model(lance_url: str, legacy_url: str, delta_url: str, model: str) -> di
 def start_moto() -> Any:
     import boto3
     from moto.server import ThreadedMotoServer
-
-    from tests.helpers import free_port
 
     port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)

@@ -36,10 +36,15 @@ import psutil
 import torch
 
 import geosane
-from geosane.autoencoder import training_losses
-from geosane.losses import LossConfig
-from geosane.token_stream import split_models, window_dataset
-from geosane.train import build_engine, parameter_groups, remove_offload_files, training_views
+from geosane.autoencoder.losses import LossConfig, training_losses
+from geosane.train import (
+    build_engine,
+    parameter_groups,
+    remove_offload_files,
+    split_models,
+    training_views,
+    window_dataset,
+)
 from geosane.views import ViewConfig, cut_windows, make_views, window_starts
 
 MODELS = [

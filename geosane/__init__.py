@@ -1,6 +1,8 @@
 """GeoSANE: learn one latent space from the weights of many remote-sensing models, and decode new weights from it.
 
-One import gives the public API, in the order data flows through it::
+One import gives the public API, in the order data flows through it; the packages read in that order too
+(``collection`` -> ``autoencoder`` / ``train`` -> ``generation`` -> ``bench``, with ``zoo`` feeding collections, and
+``datasets`` and ``tasks`` beneath them all), and an earlier stage never imports a later one::
 
     import geosane
 
@@ -37,13 +39,12 @@ from geosane.version import __version__, software_versions
 
 if TYPE_CHECKING:
     from geosane import datasets
-    from geosane.autoencoder import Autoencoder, AutoencoderConfig, Latents, Scale
-    from geosane.collection import Collection, ModelRecord, collect
+    from geosane.autoencoder import Autoencoder, AutoencoderConfig, Latents
+    from geosane.collection import Collection, ModelRecord, ModelSource, collect
     from geosane.config import load_config
     from geosane.errors import GeoSANEError
     from geosane.generation import GenerateConfig, Generated, generate
-    from geosane.sources import ModelSource
-    from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
+    from geosane.tokenizer import Layout, Scale, TokenizerConfig, Tokens, detokenize, tokenize
     from geosane.train import TrainConfig, run_training
     from geosane.zoo import ZooConfig, run_zoo
 
@@ -52,7 +53,7 @@ EXPORTS = {
     "collect": "geosane.collection",
     "Collection": "geosane.collection",
     "ModelRecord": "geosane.collection",
-    "ModelSource": "geosane.sources",
+    "ModelSource": "geosane.collection",
     "tokenize": "geosane.tokenizer",
     "detokenize": "geosane.tokenizer",
     "TokenizerConfig": "geosane.tokenizer",
@@ -66,7 +67,7 @@ EXPORTS = {
     "Autoencoder": "geosane.autoencoder",
     "AutoencoderConfig": "geosane.autoencoder",
     "Latents": "geosane.autoencoder",
-    "Scale": "geosane.autoencoder",
+    "Scale": "geosane.tokenizer",
     "generate": "geosane.generation",
     "Generated": "geosane.generation",
     "GenerateConfig": "geosane.generation",

@@ -7,22 +7,31 @@ scripts and ``ray job submit`` see a clear failure instead of a traceback.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
 import sys
 import warnings
-from dataclasses import asdict
-from typing import Sequence
+from dataclasses import asdict, fields
+from typing import Any, Sequence
 
+from geosane.config import add_options
 from geosane.errors import GeoSANEError
 from geosane.storage import redact
 from geosane.version import __version__
+
+__all__ = ["build_parser", "main"]
 
 log = logging.getLogger("geosane")
 
 
 def cmd_collect(args: argparse.Namespace) -> None:
+    """Tokenize models into a collection.
+
+    Read models (files, directories, s3:// URLs, timm:NAME[?in_chans=..&num_classes=..&pretrained=FILE&seed=..],
+    pretrained:NAME) and add their tokens to the collection at --out.
+    """
     from geosane.collection import Collection, collect, parse_tags
 
     added, named = collect(
@@ -111,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from geosane import storage
     from geosane.collection import Collection
-    from geosane.sources import KEY_ORDER
+    from geosane.collection.sources import KEY_ORDER
 
     out = storage.absolute(args.out)
     if storage.within(out, args.url):
@@ -145,6 +154,12 @@ def cmd_stats(args: argparse.Namespace) -> None:
 
 
 def cmd_zoo(args: argparse.Namespace) -> None:
+    """Train a model zoo with Ray Tune into a collection.
+
+    Every Tune trial trains one timm model on a real dataset and checkpoints it at the config's epochs; every
+    checkpoint is added to the collection with its test metric. Re-running the same config resumes an
+    interrupted zoo.
+    """
     from geosane.zoo import ZooConfig, run_zoo
 
     config = ZooConfig.from_yaml(args.config)
@@ -153,21 +168,14 @@ def cmd_zoo(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """Train the weight autoencoder (Ray Train + DeepSpeed ZeRO).
+
+    Train the autoencoder on a collection; usable unchanged as a `ray job submit` entrypoint. Re-running with
+    the same --name resumes the run from its latest checkpoint. Options override --config.
+    """
     from geosane.train import TrainConfig, run_training
 
-    overrides = {
-        "collection": args.collection,
-        "storage": args.storage,
-        "name": args.name,
-        "model": args.model,
-        "workers": args.workers,
-        "zero_stage": args.zero_stage,
-        "bf16": args.bf16,
-        "offload": args.offload,
-        "steps": args.steps,
-        "budget_minutes": args.budget_minutes,
-        "use_gpu": args.gpu,
-    }
+    overrides = {name: getattr(args, name) for name in TRAIN_OPTIONS}
     config = (
         TrainConfig.from_yaml(args.config, **overrides)
         if args.config
@@ -182,24 +190,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from geosane.generation import generate, write_generated
+    """Generate task-ready weights for a prompt architecture.
 
-    generated = generate(
-        args.autoencoder,
-        args.prompt,
-        progress=not args.quiet,
-        task=args.task,
-        prompt_weights=args.prompt_weights,
-        anchors=args.anchors,
-        collection=args.collection,
-        sampling=args.sampling,
-        bandwidth=args.bandwidth,
-        candidates=args.candidates,
-        top_k=args.top_k,
-        data=args.data,
-        data_root=args.data_root,
-        seed=args.seed,
-    )
+    Tokenize and encode the prompt (or anchors from the collection), draw latents by kernel density around the
+    anchors, decode into the prompt's weights, re-estimate BatchNorm on the target data, rank the candidates on
+    its selection split and write the top k as safetensors with model cards (JSON, Markdown).
+    """
+    from geosane.generation import GenerateConfig, generate, write_generated
+
+    names = [f.name for f in fields(GenerateConfig) if f.name != "prompt"]  # every setting is an option
+    settings = {name: getattr(args, name) for name in names}
+    generated = generate(args.autoencoder, args.prompt, progress=not args.quiet, **settings)
     for path, item in zip(write_generated(generated, args.out), generated, strict=True):
         selection = item.card["selection"]
         score = f"selection score {selection['score']:.4f}" if isinstance(selection, dict) else selection
@@ -207,6 +208,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    """Benchmark generated models against scratch, the prompt, pruning, distillation and specialists.
+
+    One Ray Tune experiment over task x initialization x seed: every trial builds its model, scores it before
+    fine-tuning (epoch 0), fine-tunes it with the task's budget and reports after every epoch. Writes a Parquet
+    table of every trial and epoch, a Markdown summary, convergence curves and TensorBoard logs. Tasks marked
+    held_out are checked against the collection first.
+    """
     from geosane.bench import BenchConfig, run_bench, write_results
 
     config = BenchConfig.from_yaml(args.config)
@@ -236,6 +244,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
+    """Embed a collection's models and check what the latent space knows.
+
+    One embedding per collection model, a UMAP plot coloured by architecture, task and modality, and the
+    k-nearest-neighbour accuracy of those labels against shuffled labels.
+    """
     from geosane.autoencoder import Autoencoder
     from geosane.collection import Collection
     from geosane.embed import embed_collection, write_embeddings
@@ -253,35 +266,49 @@ def cmd_embed(args: argparse.Namespace) -> None:
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell.
+
+    Args:
+        header: column names.
+        rows: rows of cells.
+    """
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
     for row in (header, *rows):
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="geosane",
-        description="Learn from the weights of remote-sensing models and generate new ones.",
-    )
-    parser.add_argument("--version", action="version", version=f"geosane {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
-    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+DATA_ROOT = "data root (default: $GEOSANE_DATA, then ../shared/data)"
 
-    collect = commands.add_parser(
-        "collect",
-        help="tokenize models into a collection",
-        description="Read models (files, directories, s3:// URLs, timm:NAME[?in_chans=..&num_classes=..&"
-        "pretrained=FILE&seed=..]) and add their tokens to the collection at --out.",
+
+def subcommand(commands: Any, command: Any) -> argparse.ArgumentParser:
+    """A subcommand's parser, named after its function (``cmd_train``: ``train``), its help the docstring's first line
+    and its description the rest, so that what a command does is written once, beside what it does.
+
+    Args:
+        commands: the subparsers of ``geosane``.
+        command: the function that runs the subcommand.
+
+    Returns:
+        The subcommand's parser, which runs ``command``.
+    """
+    summary, _, description = inspect.cleandoc(command.__doc__ or "").partition("\n\n")
+    parser = commands.add_parser(
+        command.__name__.removeprefix("cmd_"),
+        help=summary[:1].lower() + summary[1:].rstrip("."),
+        description=" ".join(description.split()) or summary,
     )
+    parser.set_defaults(func=command)
+    return parser
+
+
+def add_collect(commands: Any) -> None:
+    from geosane.tokenizer import TokenizerConfig
+
+    collect = subcommand(commands, cmd_collect)
     collect.add_argument("sources", nargs="+", metavar="SOURCE")
     collect.add_argument("--out", required=True, metavar="URL", help="collection root (path, file://, s3://)")
-    collect.add_argument(
-        "--token-size", type=int, default=None, help="values per token (default 230, or the collection's)"
-    )
-    collect.add_argument(
-        "--mode", choices=["dense", "per-channel"], default=None, help="how matrices are cut (default dense)"
-    )
+    # a collection keeps the token language it was created with: these only set a new one's
+    add_options(collect, TokenizerConfig, ["token_size", "mode"], keep_config=True)
     collect.add_argument(
         "--create-bucket", action="store_true", help="create the --out s3:// bucket if it does not exist"
     )
@@ -293,152 +320,121 @@ def build_parser() -> argparse.ArgumentParser:
         help="metadata for every model of this call; family, task, modality, bands, in_chans, num_classes, "
         "licence and name set manifest columns, other keys are free-form tags (repeatable)",
     )
-    collect.set_defaults(func=cmd_collect)
 
-    zoo = commands.add_parser(
-        "zoo",
-        help="train a model zoo with Ray Tune into a collection",
-        description="Every Tune trial trains one timm model on a real dataset and checkpoints it at the "
-        "config's epochs; every checkpoint is added to the collection with its test metric. Re-running the "
-        "same config resumes an interrupted zoo.",
-    )
+
+def add_zoo(commands: Any) -> None:
+    zoo = subcommand(commands, cmd_zoo)
     zoo.add_argument("--config", required=True, metavar="FILE.yaml", help="zoo config, e.g. sweeps/zoo-small.yaml")
     zoo.add_argument("--out", required=True, metavar="URL", help="collection root")
     zoo.add_argument("--storage", default="runs", metavar="PATH|URL", help="Tune experiment storage (default: runs)")
-    zoo.add_argument("--data-root", default=None, help="data root (default: $GEOSANE_DATA, then ../shared/data)")
-    zoo.set_defaults(func=cmd_zoo)
+    zoo.add_argument("--data-root", default=None, help=DATA_ROOT)
 
-    train = commands.add_parser(
-        "train",
-        help="train the weight autoencoder (Ray Train + DeepSpeed ZeRO)",
-        description="Train the autoencoder on a collection; usable unchanged as a `ray job submit` entrypoint. "
-        "Re-running with the same --name resumes the run from its latest checkpoint.",
-    )
-    train.add_argument("--collection", required=True, metavar="URL")
-    train.add_argument("--storage", default=None, metavar="URL", help="run storage (default: runs)")
-    train.add_argument("--name", default=None, help="run name (default: autoencoder)")
+
+#: What ``geosane train`` offers of :class:`~geosane.train.TrainConfig`; a ``--config`` file sets the rest.
+TRAIN_OPTIONS = (
+    "collection",
+    "storage",
+    "name",
+    "model",
+    "workers",
+    "zero_stage",
+    "bf16",
+    "offload",
+    "steps",
+    "budget_minutes",
+    "use_gpu",
+)
+
+
+def add_train(commands: Any) -> None:
+    from geosane.train import TrainConfig
+
+    train = subcommand(commands, cmd_train)
     train.add_argument(
         "--config", default=None, metavar="FILE.yaml", help="settings, e.g. sweeps/train-tiny.yaml; flags override them"
     )
-    train.add_argument("--model", default=None, metavar="SIZE", help="tiny, small, base or geosane (default tiny)")
-    train.add_argument("--workers", type=int, default=None)
-    train.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None)
-    train.add_argument("--bf16", action="store_true", default=None)
-    train.add_argument(
-        "--offload",
-        nargs="?",
-        const="cpu",
-        choices=["none", "cpu", "nvme"],
-        default=None,
-        help="optimizer states to CPU memory (--offload) or to files on a local disk (--offload nvme, "
-        "ZeRO-3 only; needs libaio)",
+    add_options(
+        train,
+        TrainConfig,
+        TRAIN_OPTIONS,
+        keep_config=True,
+        flags={
+            "collection": {"required": True},
+            "offload": {"nargs": "?", "const": "cpu"},
+            "use_gpu": {"flag": "--gpu"},
+        },
     )
-    train.add_argument("--steps", type=int, default=None)
-    train.add_argument("--budget-minutes", type=float, default=None, help="fit the schedule to this wall-clock budget")
-    train.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker")
-    train.set_defaults(func=cmd_train)
 
-    generate = commands.add_parser(
-        "generate",
-        help="generate task-ready weights for a prompt architecture",
-        description="Tokenize and encode the prompt (or anchors from the collection), draw latents by kernel density "
-        "around the anchors, decode into the prompt's weights, re-estimate BatchNorm on the target data, rank the "
-        "candidates on its selection split and write the top k as safetensors with model cards (JSON, Markdown).",
-    )
+
+def add_generate(commands: Any) -> None:
+    from geosane.generation import GenerateConfig
+
+    generate = subcommand(commands, cmd_generate)
     generate.add_argument("--autoencoder", required=True, metavar="URL", help="a trained autoencoder (a run or final/)")
-    generate.add_argument(
-        "--prompt", required=True, metavar="timm:NAME[?in_chans=C&num_classes=K]", help="the architecture to generate"
-    )
-    generate.add_argument("--task", choices=["classification", "segmentation", "detection"], default="classification")
-    generate.add_argument("--prompt-weights", default=None, metavar="FILE", help="local weights for the prompt")
-    generate.add_argument(
-        "--anchors",
-        default="prompt",
-        metavar="prompt|QUERY",
-        help="sample around the prompt itself (default) or collection models matching KEY=VALUE[,KEY=VALUE] "
-        "(family, task, modality, name, in_chans, num_classes or a tag such as dataset or arch)",
-    )
-    generate.add_argument(
-        "--collection", default=None, metavar="URL", help="anchors' collection (default: the autoencoder's)"
-    )
-    generate.add_argument("--sampling", choices=["joint", "token", "individual"], default="joint")
-    generate.add_argument(
-        "--bandwidth", type=float, default=0.05, help="kernel width, in latent spreads (default 0.05)"
-    )
-    generate.add_argument("--candidates", type=int, default=4, help="candidates generated and ranked (default 4)")
-    generate.add_argument("--top-k", type=int, default=1, help="candidates written (default 1)")
-    generate.add_argument("--data", default=None, metavar="DATASET", help="target dataset (BatchNorm and ranking)")
-    generate.add_argument("--data-root", default=None, help="data root (default: $GEOSANE_DATA, then ../shared/data)")
-    generate.add_argument("--seed", type=int, default=0)
+    add_options(generate, GenerateConfig, [f.name for f in fields(GenerateConfig)])
     generate.add_argument("--out", required=True, metavar="DIR")
-    generate.set_defaults(func=cmd_generate)
 
-    bench = commands.add_parser(
-        "bench",
-        help="benchmark generated models against scratch, the prompt, pruning, distillation and specialists",
-        description="One Ray Tune experiment over task x initialization x seed: every trial builds its model, scores "
-        "it before fine-tuning (epoch 0), fine-tunes it with the task's budget and reports after every epoch. "
-        "Writes a Parquet table of every trial and epoch, a Markdown summary, convergence curves and TensorBoard "
-        "logs. Tasks marked held_out are checked against the collection first.",
-    )
+
+def add_bench(commands: Any) -> None:
+    bench = subcommand(commands, cmd_bench)
     bench.add_argument("--config", required=True, metavar="FILE.yaml", help="sweep, e.g. sweeps/bench-small.yaml")
     bench.add_argument("--storage", default="runs", metavar="PATH|URL", help="Tune experiment storage (default: runs)")
     bench.add_argument("--name", default=None, help="experiment name (default: the config's name)")
     bench.add_argument("--resume", action="store_true", help="continue an interrupted sweep; finished trials stay")
     bench.add_argument("--out", default=None, metavar="DIR", help="results folder (default: STORAGE/NAME-results)")
-    bench.set_defaults(func=cmd_bench)
 
-    embed = commands.add_parser(
-        "embed",
-        help="embed a collection's models and check what the latent space knows",
-        description="One embedding per collection model, a UMAP plot coloured by architecture, task and modality, "
-        "and the k-nearest-neighbour accuracy of those labels against shuffled labels.",
-    )
+
+def add_embed(commands: Any) -> None:
+    embed = subcommand(commands, cmd_embed)
     embed.add_argument("--autoencoder", required=True, metavar="URL")
     embed.add_argument("--collection", required=True, metavar="URL")
     embed.add_argument("--out", required=True, metavar="DIR")
-    embed.set_defaults(func=cmd_embed)
 
+
+def add_collection(commands: Any) -> None:
     collection = commands.add_parser("collection", help="inspect and export a collection")
     actions = collection.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ls = actions.add_parser("ls", help="list the models in a collection")
-    ls.add_argument("url", metavar="URL")
-    ls.add_argument("--version", type=int, default=None, metavar="N", help="as it was at version N (default latest)")
-    ls.set_defaults(func=cmd_ls)
-    versions = actions.add_parser("versions", help="every commit of a collection: version, time, models")
-    versions.add_argument("url", metavar="URL")
-    versions.set_defaults(func=cmd_versions)
-    verify = actions.add_parser(
-        "verify", help="read every model back and check it against its hashes; lists every bad model"
+
+    def action(name: str, func: Any, text: str, model: bool = False, version: str | None = None) -> Any:
+        parser = actions.add_parser(name, help=text)
+        parser.add_argument("url", metavar="URL")
+        if model:
+            parser.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
+        if version:
+            parser.add_argument("--version", type=int, default=None, metavar="N", help=f"{version} (default latest)")
+        parser.set_defaults(func=func)
+        return parser
+
+    action("ls", cmd_ls, "list the models in a collection", version="as it was at version N")
+    action("versions", cmd_versions, "every commit of a collection: version, time, models")
+    action("verify", cmd_verify, "read every model back and check it against its hashes", version="check version N")
+    action("migrate", cmd_migrate, "convert a collection in the first layout (manifest.json + shards) into a table")
+    action("show", cmd_show, "one model's manifest record and kept tensors", model=True)
+    export = action(
+        "export", cmd_export, "rebuild a model's state dict as safetensors", True, version="as it was at version N"
     )
-    verify.add_argument("url", metavar="URL")
-    verify.add_argument("--version", type=int, default=None, metavar="N", help="check version N (default latest)")
-    verify.set_defaults(func=cmd_verify)
-    migrate = actions.add_parser(
-        "migrate", help="convert a collection in the first layout (manifest.json + shards) into the table format"
-    )
-    migrate.add_argument("url", metavar="URL")
-    migrate.set_defaults(func=cmd_migrate)
-    show = actions.add_parser("show", help="one model's manifest record and kept tensors")
-    show.add_argument("url", metavar="URL")
-    show.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
-    show.set_defaults(func=cmd_show)
-    export = actions.add_parser("export", help="rebuild a model's state dict as safetensors")
-    export.add_argument("url", metavar="URL")
-    export.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
     export.add_argument("--out", required=True, metavar="FILE.safetensors")
-    export.add_argument(
-        "--version", type=int, default=None, metavar="N", help="as it was at version N (default latest)"
-    )
-    export.set_defaults(func=cmd_export)
-    stats = actions.add_parser("stats", help="counts by architecture, task, modality and parameters, with a PNG")
-    stats.add_argument("url", metavar="URL")
+    stats = action("stats", cmd_stats, "counts by architecture, task, modality and parameters, with a PNG")
     stats.add_argument("--png", default=None, metavar="FILE.png", help="pie charts (default collection-stats.png)")
-    stats.set_defaults(func=cmd_stats)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """``geosane``'s parser: global options, then one subcommand per stage, in the order data flows."""
+    parser = argparse.ArgumentParser(
+        prog="geosane",
+        description="Learn from the weights of remote-sensing models and generate new ones.",
+    )
+    parser.add_argument("--version", action="version", version=f"geosane {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_collect, add_zoo, add_train, add_generate, add_bench, add_embed, add_collection):
+        add(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``geosane`` with ``argv`` (default: the command line); returns the exit status (2: a GeoSANEError)."""
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     if not args.verbose:  # Ray's own tables, progress and info logs only when asked for (-v)

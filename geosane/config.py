@@ -5,18 +5,26 @@ Configs are data. The YAML is parsed with the safe loader, so a tag that would b
 class it is meant for (a dataclass made with :func:`settings`) by pydantic, so an unknown key or a value of the
 wrong type is an error that names the file, the line, the key and what was expected. Config files live in
 ``sweeps/``, one per stage and size: ``sweeps/<stage>-<name>.yaml``.
+
+Settings declared with :func:`option` carry their help, and :func:`add_options` turns them into ``geosane``'s
+command-line options, so every default is written once, in its settings class.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+import dataclasses
+import typing
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, dataclass_transform
+from typing import Any, Sequence, TypeVar, dataclass_transform
 
 import pydantic
 import yaml
 
 from geosane.errors import GeoSANEError
+
+__all__ = ["add_options", "load_config", "option", "settings"]
 
 T = TypeVar("T")
 
@@ -27,8 +35,83 @@ def settings(cls: type[T]) -> type[T]:
     return pydantic.with_config(pydantic.ConfigDict(extra="forbid"))(dataclass(cls))
 
 
+def option(
+    default: Any = MISSING, help: str = "", choices: tuple[Any, ...] | None = None, metavar: str | None = None
+) -> Any:
+    """A setting with the help the command line shows for it, so that its default and its meaning are written once:
+    ``bandwidth: float = option(0.05, "kernel width")`` in the settings class, ``--bandwidth`` in ``geosane``.
+
+    Args:
+        default: the setting's default (none: the setting is required).
+        help: what it means, for ``--help``.
+        choices: the values it may take, where they are few.
+        metavar: how ``--help`` names its value (default: N for integers, X for numbers, the name for text).
+
+    Returns:
+        A dataclass field.
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+
+
+def add_options(
+    parser: argparse.ArgumentParser,
+    settings: type,
+    names: Sequence[str],
+    keep_config: bool = False,
+    flags: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    """Options for fields of a settings class, their type, default, choices and help taken from the fields, so that
+    a default is written once (in the settings class) and ``--help`` shows it.
+
+    Args:
+        parser: the subcommand's parser.
+        settings: a dataclass whose fields were declared with :func:`geosane.config.option`.
+        names: the fields to offer, as ``--field-name``.
+        keep_config: options default to None, meaning "the config file's value" (``geosane train --config``).
+        flags: per field, argparse settings that differ (another flag name, ``nargs``).
+    """
+    hints = typing.get_type_hints(settings)
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    for name in names:
+        field, extra = fields[name], dict((flags or {}).get(name, {}))
+        kind = hints[name]
+        if typing.get_origin(kind) is typing.Literal:  # the choices say which strings
+            kind = str
+        kind = next(t for t in (typing.get_args(kind) or (kind,)) if t is not type(None))  # X | None: X
+        required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+        default = None if required else field.default
+        text = field.metadata.get("help", "")
+        if default not in (None, False, ""):
+            text += f" (default: {default})"
+        options: dict[str, Any] = {"help": text, "default": None if keep_config else default}
+        if field.metadata.get("choices"):
+            options["choices"] = field.metadata["choices"]
+        if kind is bool:
+            options["action"] = "store_true"
+        else:
+            options["type"] = kind
+            named = {int: "N", float: "X"}.get(kind, name.upper())
+            options["metavar"] = field.metadata.get("metavar") or (None if "choices" in options else named)
+        if required:
+            options["required"] = True
+        flag = extra.pop("flag", "--" + name.replace("_", "-"))
+        parser.add_argument(flag, dest=name, **{**options, **extra})
+
+
 def load_config(path: str | Path, kind: type[T]) -> T:
-    """Read the YAML file ``path`` as settings of type ``kind``."""
+    """Read the YAML file ``path`` as settings of type ``kind``.
+
+    Args:
+        path: a YAML file.
+        kind: the settings class (made with :func:`settings`).
+
+    Returns:
+        The settings.
+
+    Raises:
+        GeoSANEError: a missing or unreadable file, a tag that builds objects, unknown keys or wrong types (with their
+            lines).
+    """
     path = Path(path)
     try:
         text = path.read_text()

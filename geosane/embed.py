@@ -48,7 +48,16 @@ def architecture(record: ModelRecord) -> str:
 
 
 def embed_collection(autoencoder: Autoencoder, collection: Collection, progress: bool = True) -> Embeddings:
-    """Every model of ``collection`` through the encoder: the mean and standard deviation of its latents."""
+    """Every model of ``collection`` through the encoder: the mean and standard deviation of its latents.
+
+    Args:
+        autoencoder: a trained autoencoder.
+        collection: the collection to embed (its token language must be the autoencoder's).
+        progress: show a progress bar.
+
+    Returns:
+        Ids, vectors and labels (architecture, task, modality).
+    """
     from tqdm import tqdm
 
     records = collection.records()
@@ -72,7 +81,17 @@ def embed_collection(autoencoder: Autoencoder, collection: Collection, progress:
 def knn_accuracy(vectors: np.ndarray, labels: list[str], k: int = 3, seed: int = 0) -> dict[str, float]:
     """Leave-one-out k-nearest-neighbour accuracy of ``labels`` (cosine distance on standardized embeddings), and
     the mean accuracy of the same classifier on shuffled labels: the chance level this collection's label counts
-    give."""
+    give.
+
+    Args:
+        vectors: one embedding per model.
+        labels: one label per model.
+        k: neighbours that vote.
+        seed: seeds the shuffles.
+
+    Returns:
+        ``knn_accuracy``, ``shuffled_accuracy`` and ``k``.
+    """
     from sklearn.model_selection import LeaveOneOut, cross_val_score
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
@@ -124,7 +143,17 @@ def write_embeddings(
     embeddings: Embeddings, out: str, info: dict[str, Any] | None = None, seed: int = 0
 ) -> dict[str, Any]:
     """``out/embeddings.npz`` (ids, vectors), ``out/umap.png`` and ``out/knn.json`` (kNN accuracy against the
-    shuffled baseline per label, with what produced them); returns the kNN results."""
+    shuffled baseline per label, with what produced them); returns the kNN results.
+
+    Args:
+        embeddings: :func:`embed_collection`.
+        out: the output folder.
+        info: what produced them (autoencoder, collection), recorded in ``knn.json``.
+        seed: seeds UMAP and the shuffles.
+
+    Returns:
+        The kNN results per label.
+    """
     import io
 
     folder = Path(out)

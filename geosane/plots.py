@@ -7,6 +7,8 @@ from typing import Sequence
 
 from geosane.collection import ModelRecord
 
+__all__ = ["collection_stats", "plot_make_up"]
+
 
 def collection_stats(records: Sequence[ModelRecord]) -> dict[str, dict[str, int]]:
     """Model counts by architecture family, task and modality, and parameters by family."""
@@ -22,7 +24,13 @@ def collection_stats(records: Sequence[ModelRecord]) -> dict[str, dict[str, int]
 
 
 def plot_make_up(stats: dict[str, dict[str, int]], title: str, path: str) -> None:
-    """One pie per breakdown, saved as PNG (small slices are folded into 'other' to stay readable)."""
+    """One pie per breakdown, saved as PNG (small slices are folded into 'other' to stay readable).
+
+    Args:
+        stats: :func:`collection_stats`.
+        title: the figure's title.
+        path: the PNG to write.
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -82,7 +82,15 @@ def absolute(url: str) -> str:
 
 
 def within(url: str, root: str) -> bool:
-    """Whether ``url`` is ``root`` or lies under it (whatever mix of plain paths and ``file://`` names the two)."""
+    """Whether ``url`` is ``root`` or lies under it (whatever mix of plain paths and ``file://`` names the two).
+
+    Args:
+        url: a path or URL.
+        root: a folder path or URL.
+
+    Returns:
+        True when ``url`` is inside ``root``.
+    """
 
     def canonical(u: str) -> str:
         fs, path = filesystem(absolute(u))
@@ -93,13 +101,29 @@ def within(url: str, root: str) -> bool:
 
 
 def join(url: str, *parts: str) -> str:
-    """``url`` with path components appended, keeping its scheme."""
+    """``url`` with path components appended, keeping its scheme.
+
+    Args:
+        url: a path or URL.
+        *parts: components to append.
+
+    Returns:
+        The joined URL.
+    """
     return posixpath.join(url.rstrip("/"), *parts)
 
 
 @contextlib.contextmanager
 def errors_named(url: str, action: str) -> Iterator[None]:
-    """Turn low-level storage failures into a GeoSANEError that says what failed where."""
+    """Turn low-level storage failures into a GeoSANEError that says what failed where.
+
+    Args:
+        url: where (credentials are never shown).
+        action: what was being done.
+
+    Returns:
+        A context manager.
+    """
     try:
         yield
     except GeoSANEError:
@@ -117,18 +141,21 @@ def errors_named(url: str, action: str) -> Iterator[None]:
 
 
 def exists(url: str) -> bool:
+    """Whether anything is at ``url``."""
     with errors_named(url, "check"):
         fs, path = filesystem(url)
         return fs.exists(path)
 
 
 def is_dir(url: str) -> bool:
+    """Whether ``url`` is a folder."""
     with errors_named(url, "check"):
         fs, path = filesystem(url)
         return fs.isdir(path)
 
 
 def read_bytes(url: str) -> bytes:
+    """A file's bytes; a missing file is a GeoSANEError naming it."""
     with errors_named(url, "read"):
         fs, path = filesystem(url)
         return fs.cat_file(path)
@@ -160,6 +187,12 @@ def atomic_open(url: str) -> Iterator[IO[bytes]]:
 
 
 def write_bytes(url: str, data: bytes) -> None:
+    """Write ``data`` to ``url`` under a temporary name, then move it into place (a reader never sees half a file).
+
+    Args:
+        url: a path or URL.
+        data: the bytes.
+    """
     with atomic_open(url) as handle:
         handle.write(data)
 
@@ -192,7 +225,15 @@ def object_store_options(url: str) -> dict[str, str] | None:
 
 
 def ensure_bucket(url: str, create: bool = False) -> None:
-    """An ``s3://`` URL's bucket must exist: a typo is an error, not a new bucket, unless ``create`` is asked for."""
+    """An ``s3://`` URL's bucket must exist: a typo is an error, not a new bucket, unless ``create`` is asked for.
+
+    Args:
+        url: a collection or run URL.
+        create: create a missing bucket.
+
+    Raises:
+        GeoSANEError: the bucket does not exist (or cannot be reached).
+    """
     if not url.startswith(("s3://", "s3a://")):
         return
     bucket = url.split("://", 1)[1].split("/", 1)[0]
@@ -231,5 +272,14 @@ def sha256(*parts: Any) -> str:
 
 
 def tokens_sha256(tokens: np.ndarray, valid: np.ndarray, positions: np.ndarray) -> str:
-    """The hash of a model's token arrays as a collection stores them (float32 values, int32 counts and positions)."""
+    """The hash of a model's token arrays as a collection stores them (float32 values, int32 counts and positions).
+
+    Args:
+        tokens: flat token values.
+        valid: real values per token.
+        positions: flat positions.
+
+    Returns:
+        The hex digest.
+    """
     return sha256(tokens.astype(np.float32, copy=False), valid.astype(np.int32), positions.astype(np.int32))

@@ -21,14 +21,32 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
+import numpy as np
 import torch
 
 from geosane.errors import GeoSANEError
 
+__all__ = [
+    "MODES",
+    "ROWS_PER_PASS",
+    "Layout",
+    "LayerEntry",
+    "KeptEntry",
+    "Scale",
+    "TokenizerConfig",
+    "Tokens",
+    "detokenize",
+    "plan_layout",
+    "prefix_mask",
+    "tokenize",
+]
+
 Mode = Literal["dense", "per-channel"]
 MODES: tuple[str, ...] = ("dense", "per-channel")
+#: Tokens per pass of a whole model's statistics and errors (bounds their memory).
+ROWS_PER_PASS = 65_536
 
 #: Floating dtypes whose values float32 tokens hold exactly.
 TOKEN_DTYPES: dict[str, torch.dtype] = {
@@ -56,8 +74,8 @@ WEIGHT_NAME = re.compile(r"^(?P<stem>.*)(weight|kernel)(?P<tail>:\d+)?$")
 class TokenizerConfig:
     """How weights become tokens: values per token and how matrices are cut."""
 
-    token_size: int = 230
-    mode: Mode = "dense"
+    token_size: int = field(default=230, metadata={"help": "values per token"})
+    mode: Mode = field(default="dense", metadata={"help": "how matrices are cut", "choices": MODES})
 
     def __post_init__(self) -> None:
         if self.token_size < 1:
@@ -80,6 +98,7 @@ class LayerEntry:
 
     @property
     def rows(self) -> int:
+        """Rows of the layer matrix."""
         return self.shape[0]
 
     @property
@@ -111,9 +130,11 @@ class Layout:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens of the whole model."""
         return self.layers[-1].start + self.layers[-1].count if self.layers else 0
 
     def to_dict(self) -> dict:
+        """The layout as JSON-ready data."""
         return {
             "token_size": self.token_size,
             "mode": self.mode,
@@ -124,6 +145,7 @@ class Layout:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> Layout:
+        """A layout from :meth:`to_dict`."""
         try:
             return cls(
                 token_size=int(data["token_size"]),
@@ -152,11 +174,22 @@ class Tokens:
 
     @property
     def mask(self) -> torch.Tensor:
+        """``[N, T]`` booleans, True for real values."""
         return prefix_mask(self.valid, self.layout.token_size)
 
 
-def prefix_mask(valid: torch.Tensor, token_size: int) -> torch.Tensor:
-    """``[..., T]`` booleans that are True for the first ``valid`` values of each token."""
+def prefix_mask(valid: Any, token_size: int) -> Any:
+    """``[..., T]`` booleans that are True for the first ``valid`` values of each token.
+
+    Args:
+        valid: real values per token, a torch tensor or (in Ray Data's window tasks) a NumPy array.
+        token_size: values per token.
+
+    Returns:
+        The mask, of the same kind as ``valid``.
+    """
+    if isinstance(valid, np.ndarray):
+        return np.arange(token_size) < valid[..., None]
     return torch.arange(token_size, device=valid.device) < valid.unsqueeze(-1)
 
 
@@ -214,7 +247,15 @@ def matching_bias(name: str, weight: torch.Tensor, state_dict: Mapping[str, torc
 
 
 def plan_layout(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Layout:
-    """Decide, without touching values, which tensors become which tokens."""
+    """Decide, without touching values, which tensors become which tokens.
+
+    Args:
+        state_dict: the model's tensors.
+        config: the token language.
+
+    Returns:
+        The layout.
+    """
     for name, tensor in state_dict.items():
         if not isinstance(tensor, torch.Tensor):
             raise GeoSANEError(f"state_dict entry {name!r} is a {type(tensor).__name__}, expected a tensor")
@@ -273,7 +314,15 @@ def _padding(tokens: torch.Tensor, layer: LayerEntry, layout: Layout) -> torch.T
 
 
 def tokenize(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Tokens:
-    """Turn a state dict into tokens, mask, positions and the layout that inverts them."""
+    """Turn a state dict into tokens, mask, positions and the layout that inverts them.
+
+    Args:
+        state_dict: the model's tensors.
+        config: the token language.
+
+    Returns:
+        Tokens, real values per token, positions, layout and kept tensors.
+    """
     layout = plan_layout(state_dict, config)
     size = config.token_size
     n = layout.num_tokens
@@ -314,6 +363,17 @@ def detokenize(
 
     Kept tensors missing from ``kept`` (for instance when decoding generated tokens without the prompt's
     buffers) are an error: export must return every tensor or say which one it cannot.
+
+    Args:
+        tokens: ``[N, token_size]`` values (padding is ignored).
+        layout: the layout :func:`tokenize` made.
+        kept: the kept tensors (default: none; a layout that keeps tensors needs them).
+
+    Returns:
+        The state dict, in the original key order, dtypes and shapes.
+
+    Raises:
+        GeoSANEError: tokens or kept tensors that do not fit the layout.
     """
     expected = (layout.num_tokens, layout.token_size)
     if tuple(tokens.shape) != expected:
@@ -342,3 +402,48 @@ def detokenize(
             )
         rebuilt[entry.name] = value
     return {key: rebuilt[key] for key in layout.keys}
+
+
+# ------------------------------------------------------------------------------ standardization
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The standardization rule, in this one place: a model's token values pass through the network as
+    ``(x - mean) / std``, with the mean and (unbiased) standard deviation of the model's real values. The collection
+    stores each model's scale (computed here at collect time), training windows carry their model's, and encoding a
+    model computes it; decoding restores the scale the encoder removed."""
+
+    mean: torch.Tensor  # 0-dimensional for one model; one per window ([B, 1, 1]) in a training batch
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, values: torch.Tensor, valid: torch.Tensor) -> Scale:
+        """The scale of ``values`` ``[..., T]`` whose first ``valid`` entries per token are real (float64 sums).
+
+        Args:
+            values: ``[..., T]`` token values.
+            valid: real values per token.
+
+        Returns:
+            The mean and the (unbiased) standard deviation of the real values.
+        """
+        rows, counts = values.reshape(-1, values.shape[-1]), valid.reshape(-1)
+        total = torch.zeros((), dtype=torch.float64, device=values.device)
+        squares, real = total.clone(), int(counts.sum())
+        for first in range(0, len(rows), ROWS_PER_PASS):
+            chunk = rows[first : first + ROWS_PER_PASS].double()
+            chunk = chunk * prefix_mask(counts[first : first + ROWS_PER_PASS], values.shape[-1])
+            total += chunk.sum()
+            squares += chunk.square().sum()
+        mean = total / max(real, 1)
+        variance = (squares - real * mean.square()) / (real - 1) if real > 1 else torch.ones_like(mean)
+        return cls(mean.float(), variance.clamp_min(0).sqrt().float().clamp_min(1e-8))
+
+    def apply(self, values: torch.Tensor) -> torch.Tensor:
+        """Values in standardized units."""
+        return (values - self.mean) / self.std
+
+    def restore(self, values: torch.Tensor) -> torch.Tensor:
+        """Standardized values back in the model's units."""
+        return values * self.std + self.mean

@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-__all__ = ["TrialProgress", "run_experiment", "slug", "tune_verbosity"]
+__all__ = ["TrialProgress", "run_experiment", "slug", "trial_name", "tune_verbosity"]
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,13 @@ log = logging.getLogger(__name__)
 def slug(spec: str) -> str:
     """A dataset spec as a folder name: ``cloudmask?holdout=landsat5`` -> ``cloudmask-holdout-landsat5``."""
     return re.sub(r"[^A-Za-z0-9_.]+", "-", spec).strip("-")
+
+
+def trial_name(trial: Any) -> str:
+    """``eurosat_rgb-test_resnet-s3-00003``: what a trial runs (the ``stem`` its config names) and Tune's trial
+    number, readable in Tune's tables and folders; the zoo's members and the bench's trials both carry a stem."""
+    spec = next(v for v in trial.config.values() if isinstance(v, dict) and "stem" in v)
+    return f"{spec['stem']}-{trial.trial_id.split('_')[-1]}"
 
 
 def tune_verbosity() -> int:
@@ -42,6 +49,13 @@ class TrialProgress(Callback):
         return {"description": self.description, "enabled": self.enabled, "bar": None}
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Tune's hook after every step of its loop: the bar follows the trials' states.
+
+        Args:
+            iteration: Tune's loop iteration.
+            trials: every trial.
+            **info: what else Tune passes.
+        """
         from tqdm import tqdm
 
         if self.bar is None:
@@ -56,6 +70,12 @@ class TrialProgress(Callback):
             self.bar.set_postfix(running=running, **({"failed": failed} if failed else {}))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """The bar shows the final counts and closes.
+
+        Args:
+            trials: every trial.
+            **info: what else Tune passes.
+        """
         self.on_step_end(0, trials)
         self.bar.close()
 
@@ -71,7 +91,21 @@ def run_experiment(
     **tune_config: Any,
 ) -> Any:
     """Run the Tune experiment ``storage/name``, or resume it where it exists (finished trials stay finished, trials
-    that errored run again); one failure per trial is retried. Returns Tune's ResultGrid."""
+    that errored run again); one failure per trial is retried. Returns Tune's ResultGrid.
+
+    Args:
+        trainable: the Tune trainable.
+        storage: experiment storage.
+        name: the experiment.
+        param_space: Tune's parameter space.
+        description: the progress bar's label.
+        progress: show the bar.
+        keep_checkpoints: checkpoints kept per trial (None: all).
+        **tune_config: :class:`ray.tune.TuneConfig` settings.
+
+    Returns:
+        Tune's ResultGrid.
+    """
     from ray import tune
 
     experiment = f"{storage.rstrip('/')}/{name}"

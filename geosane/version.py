@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["__version__", "software_versions"]
+
 __version__ = "0.1.0"
 
 

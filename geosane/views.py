@@ -28,7 +28,6 @@ __all__ = [
     "make_views",
     "model_windows",
     "permute_hidden_units",
-    "prefix_mask",
     "shifted_starts",
     "window_starts",
     "windows_per_pass",
@@ -37,6 +36,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class ViewConfig:
+    """Windows and views: their length, noise, erasing, windows per pass, permutation and shift."""
+
     window: int = 32
     noise: float = 0.1
     erase_probability: float = 0.0  # chance that a token of a view is zeroed
@@ -46,12 +47,29 @@ class ViewConfig:
 
 
 def windows_per_pass(num_tokens: int, config: ViewConfig) -> int:
-    """Random training windows drawn from a model of ``num_tokens`` tokens in one pass over the data."""
+    """Random training windows drawn from a model of ``num_tokens`` tokens in one pass over the data.
+
+    Args:
+        num_tokens: the model's length.
+        config: window settings.
+
+    Returns:
+        The number of windows.
+    """
     return max(1, int(round(config.windows_per_model * num_tokens / config.window)))
 
 
 def window_starts(num_tokens: int, config: ViewConfig, rng: np.random.Generator) -> np.ndarray:
-    """Random starts of one pass's training windows."""
+    """Random starts of one pass's training windows.
+
+    Args:
+        num_tokens: the model's length.
+        config: window settings.
+        rng: the random generator.
+
+    Returns:
+        The starts.
+    """
     span = max(0, num_tokens - config.window)
     return rng.integers(0, span + 1, size=windows_per_pass(num_tokens, config))
 
@@ -62,6 +80,14 @@ def halo_windows(num_tokens: int, core: int, halo: int) -> tuple[np.ndarray, np.
     Cores tile the sequence; each window adds ``halo`` tokens of context on each side of its core. At the ends a
     window is shifted inwards so that it stays inside the model (its context is then on one side), as training
     windows do; a model shorter than a window is one window, padded with empty tokens at the end.
+
+    Args:
+        num_tokens: the model's length.
+        core: tokens kept per window.
+        halo: context tokens on each side.
+
+    Returns:
+        Window starts and core starts.
     """
     cores = np.arange(0, num_tokens, core)
     starts = np.clip(cores - halo, 0, max(0, num_tokens - core - 2 * halo))
@@ -71,7 +97,18 @@ def halo_windows(num_tokens: int, core: int, halo: int) -> tuple[np.ndarray, np.
 def cut_windows(
     tokens: np.ndarray, positions: np.ndarray, valid: np.ndarray, starts: np.ndarray, window: int
 ) -> dict[str, np.ndarray]:
-    """``[K, W, T]`` tokens, ``[K, W, 3]`` positions and ``[K, W]`` real-value counts of windows at ``starts``."""
+    """``[K, W, T]`` tokens, ``[K, W, 3]`` positions and ``[K, W]`` real-value counts of windows at ``starts``.
+
+    Args:
+        tokens: a model's ``[N, T]`` tokens.
+        positions: their ``[N, 3]`` positions.
+        valid: real values per token.
+        starts: ``[K]`` window starts (windows past the end are padded).
+        window: tokens per window.
+
+    Returns:
+        ``tokens`` ``[K, W, T]``, ``positions`` ``[K, W, 3]``, ``valid`` ``[K, W]``.
+    """
     n, size = tokens.shape
     index = starts[:, None] + np.arange(window)[None, :]
     inside = index < n
@@ -83,10 +120,6 @@ def cut_windows(
     }
 
 
-def prefix_mask(valid: np.ndarray, token_size: int) -> np.ndarray:
-    return np.arange(token_size) < valid[..., None]
-
-
 def make_views(
     batch: dict[str, np.ndarray],
     config: ViewConfig,
@@ -96,7 +129,19 @@ def make_views(
     """Add two augmented views (``view1``, ``view2``) of each window in ``batch``. With ``shifted`` windows (the same
     model, starting elsewhere), ``view2`` is cut from those, and their clean tokens, positions and real-value counts
     come along as ``tokens2``, ``positions2``, ``valid2``: view 2's own target. Two overlapping windows that differ
-    by more than noise are what give the contrastive term something to learn."""
+    by more than noise are what give the contrastive term something to learn.
+
+    Args:
+        batch: windows (``tokens``, ``positions``, ``valid``).
+        config: noise and erasing.
+        rng: the random generator.
+        shifted: the second views' windows, when they are cut elsewhere.
+
+    Returns:
+        The batch with ``view1`` and ``view2`` (and view 2's own targets).
+    """
+    from geosane.tokenizer import prefix_mask  # here, not above: importing this module loads no torch
+
     out = dict(batch)
     for name, source in (("view1", batch), ("view2", shifted or batch)):
         tokens = source["tokens"]
@@ -112,7 +157,17 @@ def make_views(
 
 def shifted_starts(starts: np.ndarray, num_tokens: int, config: ViewConfig, rng: np.random.Generator) -> np.ndarray:
     """Starts of the second views' windows: each up to ``shift * window`` tokens from its first view's, inside the
-    model."""
+    model.
+
+    Args:
+        starts: the first views' starts.
+        num_tokens: the model's length.
+        config: ``shift`` and ``window``.
+        rng: the random generator.
+
+    Returns:
+        The starts.
+    """
     reach = int(config.shift * config.window)
     offsets = rng.integers(-reach, reach + 1, size=len(starts))
     return np.clip(starts + offsets, 0, max(0, num_tokens - config.window))
@@ -182,7 +237,17 @@ def layer_values(tokens: np.ndarray, span: Span, mode: str) -> np.ndarray:
 def permute_hidden_units(
     tokens: np.ndarray, groups: list[HiddenUnits], mode: str, rng: np.random.Generator
 ) -> np.ndarray:
-    """A copy of a model's ``[N, T]`` tokens with every group's hidden units in a random order."""
+    """A copy of a model's ``[N, T]`` tokens with every group's hidden units in a random order.
+
+    Args:
+        tokens: a model's tokens.
+        groups: the permutable groups (:func:`hidden_units`).
+        mode: the tokenizer mode.
+        rng: the random generator.
+
+    Returns:
+        The permuted copy.
+    """
     out = tokens.copy()
     for group in groups:
         order = rng.permutation(group.size)
@@ -224,6 +289,15 @@ def model_windows(
     seeded by the run's ``seed``, the model and how many blocks this worker process has cut before: the same
     schedule draws the same windows, another schedule (more workers, a restarted task worker) draws others. Lives
     here, beside numpy only, so that Ray Data's task workers never import torch.
+
+    Args:
+        block: collection rows (one whole model each).
+        views: window and augmentation settings.
+        seed: the run's seed.
+        models: per model id: its layout facts (:class:`WindowSource`).
+
+    Returns:
+        A batch of windows with views and scales.
     """
     from geosane.errors import GeoSANEError
     from geosane.storage import tokens_sha256

@@ -25,7 +25,7 @@ from geosane.config import load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.storage import absolute
 
-__all__ = ["ZooConfig", "ZooGroup", "run_zoo", "load_data", "fit_member", "training_ids"]
+__all__ = ["ZooConfig", "ZooGroup", "run_zoo", "load_data", "fit_member"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class ZooConfig:
 
     def trials(self, group: ZooGroup) -> list[dict[str, Any]]:
         """The explicit trials of one group, which Tune grids over."""
+        from geosane.tuning import slug
+
         checkpoints = group.checkpoint_epochs or list(range(1, group.epochs + 1))
         if max(checkpoints) > group.epochs:
             raise GeoSANEError(f"{group.dataset}: checkpoint epoch {max(checkpoints)} > epochs {group.epochs}")
@@ -84,6 +86,7 @@ class ZooConfig:
                 "arch": group.architectures[k % len(group.architectures)],
                 "seed": self.seed + k,
                 "checkpoint_epochs": checkpoints,
+                "stem": f"{slug(group.dataset)}-{group.architectures[k % len(group.architectures)]}-s{self.seed + k}",
             }
             for k in range(group.trials)
         ]
@@ -111,37 +114,19 @@ def data_key(spec: str, exclude: list[str] | None) -> str:
     return spec + "".join(f" -{e}" for e in sorted(exclude or []))
 
 
-def excluded_keys(specs: list[str], data_root: str | None) -> set[str]:
-    """The image keys of every sample of the datasets ``specs`` (all splits)."""
-    from geosane import datasets
-
-    keys: set[str] = set()
-    for spec in specs:
-        dataset = datasets.get(spec, data_root)
-        keys |= {
-            k
-            for split in ("train", "selection", "test")
-            for i in dataset.splits()[split]
-            for k in dataset.image_keys(i)
-        }
-    return keys
-
-
-def training_ids(spec: str, exclude: list[str], data_root: str | None, limit: int | None = None) -> list[str]:
-    """The train-split samples a zoo group of ``spec`` trains on: the (limited) train split, less every sample whose
-    image is one of the excluded datasets' (EuroSAT RGB patches whose multispectral versions a benchmark holds out)."""
-    from geosane import datasets
-
-    dataset = datasets.get(spec, data_root)
-    ids = dataset.load_ids("train", limit)
-    if not exclude:
-        return ids
-    keys = excluded_keys(exclude, data_root)
-    return [i for i in ids if not keys.intersection(dataset.image_keys(i))]
-
-
 def load_data(config: ZooConfig, data_root: str | None) -> dict[str, dict[str, Any]]:
-    """Every dataset the zoo needs, in memory: train and test tensors plus what the manifest records."""
+    """Every dataset the zoo needs, in memory: train and test tensors plus what the manifest records.
+
+    Args:
+        config: the zoo.
+        data_root: where the data lives.
+
+    Returns:
+        Per group data key: train and test tensors, task, modality, bands and classes.
+
+    Raises:
+        GeoSANEError: a dataset the zoo cannot train (detection).
+    """
     from geosane import datasets
 
     data: dict[str, dict[str, Any]] = {}
@@ -154,7 +139,7 @@ def load_data(config: ZooConfig, data_root: str | None) -> dict[str, dict[str, A
             raise GeoSANEError(f"zoo trains classification and segmentation; {group.dataset} is {dataset.task}")
         train = dataset.load("train", limit=group.train_limit)
         if group.exclude:
-            keep = set(training_ids(group.dataset, group.exclude, data_root, group.train_limit))
+            keep = set(datasets.training_ids(group.dataset, group.exclude, data_root, group.train_limit))
             mask = torch.tensor([i in keep for i in train.ids])
             log.info(
                 "%s: %d train samples share images with %s and are left out", key, int((~mask).sum()), group.exclude
@@ -202,70 +187,52 @@ def fit_member(
     report: Callable[[dict[str, Any], str | None], None],
     resume: dict[str, Any] | None = None,
 ) -> None:
-    """Train one zoo member; at each checkpoint epoch evaluate on test and ``report`` a checkpoint folder."""
+    """Train one zoo member with the one fine-tuning recipe; at each checkpoint epoch score it on test and
+    ``report`` a checkpoint folder.
+
+    Args:
+        config: the trial's config: the member (dataset, architecture, seed, epochs, ...) and the drawn ``lr`` and
+            ``weight_decay``.
+        data: every dataset of the zoo in memory (:func:`load_data`).
+        report: called after every epoch with the metrics and a checkpoint folder (None between checkpoints).
+        resume: a checkpoint to continue from (:func:`read_checkpoint`).
+    """
     from safetensors.torch import save_file
 
-    from geosane.tasks import create_model, evaluate, loss_fn
+    from geosane.tasks import FineTuning, Recipe, create_model, score_samples
 
     member = config["member"]
     info = data[data_key(member["dataset"], member.get("exclude"))]
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     torch.manual_seed(member["seed"])
-    x_train, y_train = info["train"]
     x_test, y_test = info["test"]
     model = create_model(
         member["arch"],
         info["task"],
         len(info["bands"]),
         len(info["classes"]),
-        x_train.shape[-1],
+        info["train"][0].shape[-1],
         **member["model_kwargs"],
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    steps_per_epoch = max(1, len(x_train) // member["batch_size"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, config["lr"], total_steps=member["epochs"] * steps_per_epoch
-    )
-    generator = torch.Generator().manual_seed(member["seed"])
+    recipe = Recipe(member["epochs"], config["lr"], member["batch_size"], config["weight_decay"])
+    tuning = FineTuning(model, info["train"], info["task"], recipe, member["seed"])
     start = 1
     if resume:
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["state"]["optimizer"])
-        schedule.load_state_dict(resume["state"]["schedule"])
-        generator.set_state(resume["state"]["generator"])
+        tuning.restore(resume["state"])
         start = int(resume["state"]["epoch"]) + 1
     metric = "test_accuracy" if info["task"] == "classification" else "test_miou"
     for epoch in range(start, member["epochs"] + 1):
         began = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(x_train), generator=generator)
-        for step in range(steps_per_epoch):
-            batch = order[step * member["batch_size"] : (step + 1) * member["batch_size"]]
-            x, y = x_train[batch], y_train[batch]
-            if torch.rand(1, generator=generator) < 0.5:  # horizontal flip, labels follow for segmentation
-                x = x.flip(-1)
-                y = y.flip(-1) if info["task"] == "segmentation" else y
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        metrics = {"epoch": epoch, "train_loss": loss.item(), "epoch_seconds": time.perf_counter() - began}
+        loss = tuning.epoch()
+        metrics = {"epoch": epoch, "train_loss": loss, "epoch_seconds": time.perf_counter() - began}
         if epoch not in member["checkpoint_epochs"]:
             report(metrics, None)
             continue
-        metrics[metric] = evaluate(model, info["task"], x_test, y_test, len(info["classes"]))
+        metrics[metric] = score_samples(model, info["task"], x_test, y_test, len(info["classes"]))
         with tempfile.TemporaryDirectory() as folder:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, Path(folder) / "model.safetensors")
-            torch.save(
-                {
-                    "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(),
-                    "generator": generator.get_state(),
-                    "epoch": epoch,
-                },
-                Path(folder) / "train_state.pt",
-            )
+            torch.save({**tuning.state(), "epoch": epoch}, Path(folder) / "train_state.pt")
             (Path(folder) / "member.json").write_text(
                 json.dumps(
                     {
@@ -283,16 +250,22 @@ def fit_member(
 # ------------------------------------------------------------------------------------------- driver
 
 
-def trial_name(trial) -> str:
-    from geosane.tuning import slug
-
-    """``eurosat_rgb-test_resnet-s3-00003``: what the trial trains, readable in Tune's tables and folders."""
-    member = trial.config["member"]
-    return f"{slug(member['dataset'])}-{member['arch']}-s{member['seed']}-{trial.trial_id.split('_')[-1]}"
-
-
 def run_zoo(config: ZooConfig, out: str, storage: str, data_root: str | None = None, progress: bool = True) -> list:
-    """Run (or resume) the zoo's Tune experiment, then add every checkpoint to the collection at ``out``."""
+    """Run (or resume) the zoo's Tune experiment, then add every checkpoint to the collection at ``out``.
+
+    Args:
+        config: the zoo.
+        out: the collection.
+        storage: Tune's experiment storage.
+        data_root: where the data lives.
+        progress: show progress bars.
+
+    Returns:
+        The records of the checkpoints added.
+
+    Raises:
+        GeoSANEError: trials failed (the first error named).
+    """
     import ray
     from ray import tune
 
@@ -324,7 +297,7 @@ def fit_group(config: ZooConfig, index: int, trainable, storage: str, progress: 
     """Run, or resume, the Tune experiment of group ``index`` and return its results."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    from geosane.tuning import run_experiment, slug
+    from geosane.tuning import run_experiment, slug, trial_name
 
     group = config.groups[index]
     return run_experiment(
@@ -344,7 +317,7 @@ def fit_group(config: ZooConfig, index: int, trainable, storage: str, progress: 
 
 def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooConfig):
     """A collection source from one zoo checkpoint, with everything the manifest should say about it."""
-    from geosane.sources import ModelSource, content_sha256, timm_family
+    from geosane.collection.sources import ModelSource, content_sha256, timm_family
 
     with checkpoint.as_directory() as folder:
         saved = read_checkpoint(folder)

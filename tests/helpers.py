@@ -46,49 +46,6 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_legacy_collection(root: str, state_dicts: dict[str, dict[str, torch.Tensor]], token_size: int = 230) -> list:
-    """A collection in the first layout (manifest.json, shards/, layouts/, kept/), as GeoSANE 0.1 wrote it, for
-    the tests that read and migrate one. Returns its records."""
-    import json
-    from dataclasses import asdict
-    from pathlib import Path
-
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from safetensors.torch import save_file
-
-    from geosane.collection import make_record
-    from geosane.sources import ModelSource, content_sha256
-    from geosane.tokenizer import TokenizerConfig, tokenize
-
-    config, folder, records = TokenizerConfig(token_size=token_size), Path(root), []
-    for sub in ("shards", "layouts", "kept"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for name, sd in state_dicts.items():
-        source = ModelSource(name=name, uri=f"memory:{name}", sha256=content_sha256(sd), state_dict=sd)
-        tokens = tokenize(sd, config)
-        record = make_record(source, tokens, config, {})
-        positions = tokens.positions.numpy().astype(np.int32)
-        table = pa.table(
-            {
-                "index": positions[:, 0],
-                "layer": positions[:, 1],
-                "within": positions[:, 2],
-                "valid": tokens.valid.numpy().astype(np.int32),
-                "tokens": pa.FixedSizeListArray.from_arrays(pa.array(tokens.tokens.numpy().reshape(-1)), token_size),
-            }
-        )
-        pq.write_table(table, folder / "shards" / f"{record.id}.parquet", compression="zstd")
-        (folder / "layouts" / f"{record.id}.json").write_text(json.dumps(tokens.layout.to_dict()))
-        save_file({k: v.contiguous() for k, v in tokens.kept.items()}, folder / "kept" / f"{record.id}.safetensors")
-        records.append(record)
-    manifest = {"format": "geosane.collection", "version": 1, "token_size": token_size, "mode": "dense"}
-    manifest["models"] = [asdict(r) for r in records]
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    return records
-
-
 def import_geosane(_: int) -> None:
     """Warms up a worker process of the concurrency tests: the imports take seconds, the collects should not."""
     import geosane.collection  # noqa: F401

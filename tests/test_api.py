@@ -59,7 +59,7 @@ def test_public_names_are_the_objects_not_modules_of_the_same_name() -> None:
         "print(geosane.tokenize is geosane.tokenizer.tokenize, geosane.collect.__module__)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["True", "geosane.collection"]
+    assert out == ["True", "geosane.collection.stage"]  # the collect stage function, not a module
 
 
 def test_importing_geosane_loads_nothing_heavy_until_it_is_used() -> None:
@@ -95,7 +95,84 @@ def test_the_import_graph_has_no_cycle() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
-    assert graph["geosane.sources"] >= {"geosane.pretrained"} and "geosane.sources" not in graph["geosane.pretrained"]
+    sources, pretrained = "geosane.collection.sources", "geosane.collection.pretrained"
+    assert graph[sources] >= {pretrained} and sources not in graph[pretrained]
+
+
+#: What each stage may not import: the packages read in the order data flows (collect -> collection ->
+#: autoencoder/train -> generation -> bench), datasets and tasks beneath them, and no stage reaches forward.
+FORBIDDEN = {
+    "datasets": {"tasks", "collection", "zoo", "autoencoder", "train", "generation", "embed", "bench", "cli"},
+    "tasks": {"collection", "zoo", "autoencoder", "train", "generation", "embed", "bench", "cli"},
+    "collection": {"tasks", "zoo", "autoencoder", "train", "generation", "embed", "bench", "cli"},
+    "zoo": {"autoencoder", "train", "generation", "embed", "bench", "cli"},
+    "autoencoder": {"collection", "zoo", "train", "generation", "embed", "bench", "cli"},
+    "train": {"tasks", "zoo", "generation", "embed", "bench", "cli"},
+    "generation": {"zoo", "train", "embed", "bench", "cli"},
+    "bench": {"zoo", "train", "embed", "cli"},
+}
+
+
+def test_no_stage_imports_a_later_one() -> None:
+    """Every import at any depth (functions and ``TYPE_CHECKING`` blocks too) points back along the pipeline."""
+    problems = []
+    for name, path in MODULES.items():
+        stage = name.split(".")[1] if "." in name else ""
+        for module, imported, line in geosane_imports(path):
+            target = f"{module}.{imported}" if module == "geosane" and imported else module
+            used = target.split(".")[1] if "." in target else ""
+            if used in FORBIDDEN.get(stage, set()):
+                problems.append(f"{path.relative_to(ROOT)}:{line}: {stage} imports {target}")
+    assert not problems, problems
+
+
+def test_no_module_or_function_is_too_long_to_read() -> None:
+    """At most 500 lines a module and 80 a function in ``geosane/`` (the split files of datasets excepted)."""
+    problems = []
+    for path in PACKAGE.rglob("*.py"):
+        text = path.read_text()
+        if text.count("\n") > 500:
+            problems.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 80:
+                problems.append(
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {node.name} is {node.end_lineno - node.lineno + 1} lines"
+                )
+    assert not problems, problems
+
+
+def test_public_functions_of_several_arguments_say_args_and_returns() -> None:
+    """torchgeo's readers rely on Google-style sections: every function and method a module lists in ``__all__``
+    (and the public methods of the classes it lists) that takes more than one argument has ``Args:``, and
+    ``Returns:`` when it returns something. ruff's pydocstyle rules check that those sections name every argument."""
+    problems = []
+    for name, path in MODULES.items():
+        if path.name == "__init__.py":
+            continue
+        tree = ast.parse(path.read_text())
+        public = set(public_names(name) or ())
+        functions = []
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name in public:
+                functions.append((node.name, node))
+            elif isinstance(node, ast.ClassDef) and node.name in public:
+                functions += [
+                    (f"{node.name}.{m.name}", m)
+                    for m in node.body
+                    if isinstance(m, ast.FunctionDef) and not m.name.startswith("_")
+                ]
+        for qualname, function in functions:
+            arguments = function.args.posonlyargs + function.args.args + function.args.kwonlyargs
+            count = len([a for a in arguments if a.arg not in ("self", "cls")])
+            count += bool(function.args.vararg) + bool(function.args.kwarg)
+            if count <= 1:
+                continue
+            doc = ast.get_docstring(function) or ""
+            returns = function.returns is not None and ast.unparse(function.returns) != "None"
+            missing = [s for s, needed in (("Args:", True), ("Returns:", returns)) if needed and s not in doc]
+            if missing:
+                problems.append(f"{path.relative_to(ROOT)}:{function.lineno}: {qualname} lacks {', '.join(missing)}")
+    assert not problems, problems
 
 
 def public_names(module: str) -> set[str] | None:

@@ -61,7 +61,7 @@ def test_collect_ls_show_export(tmp_path: Path, shared: Path) -> None:
     assert exported.returncode == 0, exported.stderr
     original = torch.load(presto, map_location="cpu", weights_only=True)
     # export keeps the original key order: reading it back as a source gives the same state dict
-    from geosane.sources import load
+    from geosane.collection.sources import load
 
     assert_bit_exact(original, load(str(target)).state_dict)
     assert set(load_file(target)) == set(original)
@@ -262,10 +262,10 @@ def test_versions_verify_and_safe_exports(tmp_path: Path) -> None:
 
 
 def test_migrate_converts_the_first_layout(tmp_path: Path) -> None:
-    from .helpers import write_legacy_collection
+    from geosane.collection.legacy import write_first_layout
 
     sd = __import__("timm").create_model("test_vit", num_classes=3).state_dict()
-    (record,) = write_legacy_collection(str(tmp_path / "old"), {"m": sd})
+    (record,) = write_first_layout(str(tmp_path / "old"), {"m": sd})
     listing = geosane("collection", "ls", str(tmp_path / "old"))
     assert listing.returncode == 0 and "(first layout, read only)" in listing.stdout
     refused = geosane("collect", "timm:test_resnet", "--out", str(tmp_path / "old"))
@@ -277,7 +277,7 @@ def test_migrate_converts_the_first_layout(tmp_path: Path) -> None:
         "collection", "export", str(tmp_path / "old"), record.id, "--out", str(tmp_path / "m.safetensors")
     )
     assert exported.returncode == 0
-    from geosane.sources import load
+    from geosane.collection.sources import load
 
     assert_bit_exact(sd, load(str(tmp_path / "m.safetensors")).state_dict)
 

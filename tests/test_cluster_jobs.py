@@ -20,8 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from geosane import sources
-from geosane.collection import Collection
+from geosane.collection import Collection, sources
 from geosane.tokenizer import TokenizerConfig
 from tests.helpers import free_port
 

@@ -9,7 +9,7 @@ import torch
 
 from geosane.errors import GeoSANEError
 from geosane.storage import tokens_sha256
-from geosane.tokenizer import TokenizerConfig, detokenize, tokenize
+from geosane.tokenizer import TokenizerConfig, detokenize, prefix_mask, tokenize
 from geosane.views import (
     ViewConfig,
     WindowSource,
@@ -19,7 +19,6 @@ from geosane.views import (
     make_views,
     model_windows,
     permute_hidden_units,
-    prefix_mask,
     shifted_starts,
     window_starts,
 )

@@ -9,7 +9,7 @@ import pytest
 from geosane import datasets
 from geosane.collection import Collection
 from geosane.errors import GeoSANEError
-from geosane.tasks import create_model, evaluate
+from geosane.tasks import create_model, score_samples
 from geosane.zoo import ZooConfig, run_zoo
 
 CONFIG = Path(__file__).parents[1] / "sweeps" / "zoo-tiny.yaml"
@@ -33,7 +33,7 @@ def test_tiny_zoo_fills_a_collection_whose_checkpoints_evaluate_to_their_metric(
         model = create_model(record.tags["arch"], record.task, record.in_chans, record.num_classes, test.x.shape[-1])
         model.load_state_dict(collection.export(record.id))
         metric = "test_accuracy" if record.task == "classification" else "test_miou"
-        assert evaluate(model, record.task, test.x, test.y, record.num_classes) == pytest.approx(
+        assert score_samples(model, record.task, test.x, test.y, record.num_classes) == pytest.approx(
             record.metrics[metric], abs=1e-6
         )
         assert record.metrics["test_samples"] == len(test) and record.bands == list(dataset.bands)
@@ -59,7 +59,7 @@ def test_zoo_configs_are_validated(tmp_path: Path) -> None:
 
 
 def test_a_group_never_trains_on_the_images_it_excludes(shared: Path) -> None:
-    from geosane.zoo import training_ids
+    from geosane.datasets import training_ids
 
     root = str(shared / "data")
     rgb_train = datasets.get("eurosat_rgb", root).splits()["train"]

@@ -3,62 +3,25 @@
 ``get("eurosat_rgb").load("train")`` returns images and labels as tensors in memory, which is what model-zoo
 training on a few CPU cores wants. Split files live in ``geosane/datasets/splits/`` and are part of the
 project, so every result names exactly which samples it saw.
+
+Owns the registry (``registry``), one module per dataset, the written-down splits and what a model trained on
+(``training``: the split helpers the zoo and the bench share). May import the shared pieces only.
 """
 
-from __future__ import annotations
-
-import inspect
-from pathlib import Path
-
 from geosane.datasets.base import SPLITS, Dataset, Samples, data_root
-from geosane.datasets.cloudmask import CloudMask
-from geosane.datasets.eurosat import EuroSATMS, EuroSATMSFull, EuroSATRGB
-from geosane.datasets.neon_trees import NeonTrees
-from geosane.datasets.sen1floods11 import Sen1Floods11
-from geosane.datasets.torchgeo_sets import DIOR, RESISC45, BigEarthNet
-from geosane.datasets.user import IMAGEFOLDER, NPZ, ImageFolderDataset, NpzDataset
-from geosane.errors import GeoSANEError
+from geosane.datasets.registry import REGISTRY, get, list_datasets, parse_spec
+from geosane.datasets.training import excluded_keys, training_ids, training_keys
 
-REGISTRY: dict[str, type[Dataset]] = {
-    cls.name: cls
-    for cls in (EuroSATRGB, EuroSATMS, EuroSATMSFull, CloudMask, Sen1Floods11, NeonTrees, RESISC45, BigEarthNet, DIOR)
-}
-
-
-def list_datasets() -> list[str]:
-    return sorted(REGISTRY)
-
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """``cloudmask?holdout=landsat5`` -> ``("cloudmask", {"holdout": "landsat5"})``: a dataset and its options, as
-    configs, the CLI and the collection's tags name them."""
-    name, _, query = spec.partition("?")
-    options = {}
-    for part in filter(None, query.split("&")):
-        key, sep, value = part.partition("=")
-        if not sep or not key or not value:
-            raise GeoSANEError(f"dataset {spec!r}: expected NAME[?option=value&...], got option {part!r}")
-        options[key] = value
-    return name, options
-
-
-def get(spec: str, root: str | None = None, **options) -> Dataset:
-    """A dataset by registry name with options (``cloudmask?holdout=landsat5``), or a user's ``npz:PATH`` or
-    ``imagefolder:DIR``; ``root`` defaults as ``data_root`` resolves it."""
-    if spec.startswith(NPZ):
-        return NpzDataset(Path("."), spec.removeprefix(NPZ))
-    if spec.startswith(IMAGEFOLDER):
-        return ImageFolderDataset(Path("."), spec.removeprefix(IMAGEFOLDER))
-    name, parsed = parse_spec(spec)
-    if name not in REGISTRY:
-        raise GeoSANEError(
-            f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or npz:PATH, imagefolder:DIR"
-        )
-    accepted = set(inspect.signature(REGISTRY[name].__init__).parameters) - {"self", "root"}
-    unknown = sorted(set(parsed) - accepted)
-    if unknown:  # checked here: a TypeError raised inside a constructor is not the user's option
-        raise GeoSANEError(f"dataset {spec!r}: {name} takes no option(s) {', '.join(unknown)}")
-    return REGISTRY[name](data_root(root), **parsed, **options)
-
-
-__all__ = ["SPLITS", "Dataset", "Samples", "data_root", "get", "parse_spec", "list_datasets", "REGISTRY"]
+__all__ = [
+    "REGISTRY",
+    "SPLITS",
+    "Dataset",
+    "Samples",
+    "data_root",
+    "excluded_keys",
+    "get",
+    "list_datasets",
+    "parse_spec",
+    "training_ids",
+    "training_keys",
+]

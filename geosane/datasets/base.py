@@ -6,12 +6,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from geosane.errors import GeoSANEError
+
+__all__ = ["BandsAndClasses", "Dataset", "SPLITS", "Samples", "data_root", "stratified_split"]
 
 SPLITS = ("train", "selection", "test")
 SPLIT_DIR = Path(__file__).parent / "splits"
@@ -33,7 +35,16 @@ def data_root(explicit: str | os.PathLike | None = None) -> Path:
 
 
 def stratified_split(ids: Sequence[str], strata: Sequence[int], seed: int) -> dict[str, list[str]]:
-    """Seeded split of ``ids`` into train/selection/test with the same fractions within every stratum."""
+    """Seeded split of ``ids`` into train/selection/test with the same fractions within every stratum.
+
+    Args:
+        ids: sample ids.
+        strata: a stratum per id (a class).
+        seed: seeds the shuffle.
+
+    Returns:
+        Sorted ids per split.
+    """
     rng = np.random.default_rng(seed)
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
     ids_array, strata_array = np.asarray(ids), np.asarray(strata)
@@ -60,7 +71,31 @@ class Samples:
         return len(self.ids)
 
 
-class Dataset:
+class Described(Protocol):
+    """Anything that names its input bands and its classes."""
+
+    @property
+    def bands(self) -> Sequence[str]: ...  # noqa: D102
+
+    @property
+    def classes(self) -> Sequence[str]: ...  # noqa: D102
+
+
+class BandsAndClasses:
+    """What a model needs to know of its data, counted from its bands and classes (a dataset, or a task's data)."""
+
+    @property
+    def in_chans(self: Described) -> int:
+        """Bands of an input."""
+        return len(self.bands)
+
+    @property
+    def num_classes(self: Described) -> int:
+        """Classes of the task."""
+        return len(self.classes)
+
+
+class Dataset(BandsAndClasses):
     """Base class: subclasses list their samples and read them; splits and statistics are shared."""
 
     name: ClassVar[str]
@@ -87,15 +122,8 @@ class Dataset:
         return (self.name,)
 
     @property
-    def in_chans(self) -> int:
-        return len(self.bands)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
     def split_file(self) -> Path:
+        """Where the written-down splits live."""
         return SPLIT_DIR / f"{self.name}.json"
 
     # subclasses implement these two
@@ -136,7 +164,18 @@ class Dataset:
         return json.loads(self.split_file.read_text())
 
     def load_ids(self, split: str, limit: int | None = None) -> list[str]:
-        """The sample ids :meth:`load` reads for ``split`` and ``limit``."""
+        """The sample ids :meth:`load` reads for ``split`` and ``limit``.
+
+        Args:
+            split: ``train``, ``selection`` or ``test``.
+            limit: at most this many (a seeded subset); None: all.
+
+        Returns:
+            The ids.
+
+        Raises:
+            GeoSANEError: an unknown split.
+        """
         if split not in SPLITS:
             raise GeoSANEError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
         ids = self.splits()[split]
@@ -147,15 +186,25 @@ class Dataset:
 
     def load(self, split: str, limit: int | None = None) -> Samples:
         """The samples of split ``split`` in memory, normalized with the train statistics; ``limit`` keeps a
-        stratified-ish prefix of a seeded shuffle (for tiny test configs)."""
+        stratified-ish prefix of a seeded shuffle (for tiny test configs).
+
+        Args:
+            split: ``train``, ``selection`` or ``test``.
+            limit: at most this many samples; None: all.
+
+        Returns:
+            Inputs, targets and ids.
+        """
         ids = self.load_ids(split, limit)
         info = self.splits()
         x, y = self.read(ids)
-        mean = torch.tensor(info["mean"]).view(1, -1, 1, 1)
-        std = torch.tensor(info["std"]).view(1, -1, 1, 1)
+        mean, std = torch.tensor(info["mean"]).view(-1, 1, 1), torch.tensor(info["std"]).view(-1, 1, 1)
+        if isinstance(x, list):  # images of different sizes (detection): a list of [C, H, W] tensors
+            return Samples([(image - mean) / std for image in x], y, ids)
         return Samples((x - mean) / std, y, ids)
 
     def describe(self) -> dict:
+        """What a collection records of a dataset a model trained on."""
         return {
             "name": self.name,
             "task": self.task,

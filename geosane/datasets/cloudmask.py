@@ -15,6 +15,8 @@ import torch
 from geosane.datasets.base import Dataset, stratified_split
 from geosane.errors import GeoSANEError
 
+__all__ = ["CloudMask"]
+
 SENSORS = ("sentinel2", "landsat7", "landsat5")
 #: Raw reference codes -> classes (upstream ukis-csmask mapping): 0 shadow, 1-3 clear, 4 cloud.
 CODE_TO_CLASS = np.array([2, 0, 0, 0, 1], dtype=np.int64)
@@ -22,6 +24,8 @@ CHIP = 64
 
 
 class CloudMask(Dataset):
+    """Cloud and shadow masks on chips of three sensors, optionally holding one sensor out (``holdout``)."""
+
     name = "cloudmask"
     task = "segmentation"
     modality = "multispectral"
@@ -41,6 +45,7 @@ class CloudMask(Dataset):
 
     @property
     def spec(self) -> str:
+        """The dataset with its options (``cloudmask?holdout=landsat5``)."""
         return f"{self.name}?holdout={self.holdout}" if self.holdout else self.name
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
@@ -49,6 +54,7 @@ class CloudMask(Dataset):
 
     @property
     def split_file(self) -> Path:
+        """Splits per holdout: each option has its own."""
         suffix = f"-holdout-{self.holdout}" if self.holdout else ""
         return super().split_file.with_name(f"{self.name}{suffix}.json")
 
@@ -64,12 +70,14 @@ class CloudMask(Dataset):
         return self._scenes[sensor]
 
     def chip(self, sample_id: str) -> tuple[np.ndarray, np.ndarray]:
+        """A chip's scene file and window."""
         sensor, row, col = sample_id.split("_")
         r, c = int(row[1:]) * CHIP, int(col[1:]) * CHIP
         image, labels = self.scene(sensor)
         return image[:, r : r + CHIP, c : c + CHIP], labels[r : r + CHIP, c : c + CHIP]
 
     def samples(self) -> tuple[list[str], list[int]]:
+        """Every chip, with its dominant class as stratum."""
         ids, strata = [], []
         for sensor in SENSORS:
             _, labels = self.scene(sensor)
@@ -81,6 +89,7 @@ class CloudMask(Dataset):
         return ids, strata
 
     def make_splits(self) -> dict:
+        """Splits by scene: a held-out sensor is the test split."""
         ids, strata = self.samples()
         if self.holdout is None:
             return self.with_statistics(stratified_split(ids, strata, self.seed))
@@ -95,6 +104,7 @@ class CloudMask(Dataset):
         )
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chips and their masks."""
         chips = [self.chip(i) for i in ids]
         x = torch.from_numpy(np.stack([c[0] for c in chips]))
         y = torch.from_numpy(np.stack([c[1] for c in chips]))

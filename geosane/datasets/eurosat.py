@@ -10,6 +10,8 @@ import torch
 from geosane.datasets.base import Dataset, stratified_split
 from geosane.errors import GeoSANEError
 
+__all__ = ["CLASSES", "EuroSATMS", "EuroSATMSFull", "EuroSATRGB", "class_of"]
+
 CLASSES = (
     "AnnualCrop",
     "Forest",
@@ -59,13 +61,16 @@ class EuroSATRGB(Dataset):
         self.paths = {Path(path).stem: path for path, _ in self.source.samples}
 
     def samples(self) -> tuple[list[str], list[int]]:
+        """Every patch and its class."""
         ids = sorted(self.paths)
         return ids, [class_of(i) for i in ids]
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        """The patch itself (the multispectral version of a patch has the same key)."""
         return patch_keys(self.name, sample_id)
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches and their classes."""
         from PIL import Image
 
         images = np.stack([np.asarray(Image.open(self.paths[i]).convert("RGB")) for i in ids])
@@ -95,10 +100,12 @@ class EuroSATMS(Dataset):
         self.official = {p.stem: p.parts[-3] for p in self.paths.values()}
 
     def samples(self) -> tuple[list[str], list[int]]:
+        """Every patch of the sample and its class."""
         ids = sorted(self.paths)
         return ids, [class_of(i) for i in ids]
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        """The patch itself (the RGB version of a patch has the same key)."""
         return patch_keys(self.name, sample_id)
 
     def make_splits(self) -> dict:
@@ -114,6 +121,7 @@ class EuroSATMS(Dataset):
         )
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches (13 bands) and their classes."""
         import rasterio
 
         arrays = []
@@ -155,9 +163,11 @@ class EuroSATMSFull(Dataset):
         self._splits: dict | None = None
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
+        """The patch itself."""
         return ("eurosat_ms", f"eurosat/{sample_id}")  # the sample is a part of the full set
 
     def splits(self) -> dict:
+        """torchgeo's own splits (the full dataset is not here to split)."""
         if self._splits is None:
             splits = {ours: sorted(Path(p).stem for p, _ in source.samples) for ours, source in self.sources.items()}
             rng = np.random.default_rng(self.seed)
@@ -173,6 +183,7 @@ class EuroSATMSFull(Dataset):
         return self._splits
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Patches (13 bands) and their classes, through torchgeo."""
         from torchgeo.datasets.utils import rasterio_loader
 
         images = np.stack([rasterio_loader(self.paths[i]) for i in ids]).astype(np.float32)  # [N, H, W, C]

@@ -14,8 +14,12 @@ import torch
 from geosane.datasets.base import Dataset
 from geosane.errors import GeoSANEError
 
+__all__ = ["NeonTrees"]
+
 
 class NeonTrees(Dataset):
+    """NEON tree crowns: RGB scenes with boxes (detection)."""
+
     name = "neon_trees"
     task = "detection"
     modality = "rgb"
@@ -23,6 +27,7 @@ class NeonTrees(Dataset):
     classes = ("Tree",)
 
     def samples(self) -> tuple[list[str], list[int]]:
+        """Every scene, one stratum."""
         folder = self.root / "neon_trees"
         ids = sorted(p.stem for p in folder.glob("*.xml") if (folder / f"{p.stem}.png").exists())
         if not ids:
@@ -30,6 +35,7 @@ class NeonTrees(Dataset):
         return ids, [0] * len(ids)
 
     def boxes(self, sample: str) -> torch.Tensor:
+        """A scene's boxes from its annotation file."""
         path = self.root / "neon_trees" / f"{sample}.xml"
         root = ET.parse(path).getroot()
         boxes = []
@@ -44,6 +50,7 @@ class NeonTrees(Dataset):
         return torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4)
 
     def read(self, ids: list[str]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:  # type: ignore[override]
+        """Scenes (of different sizes) and their boxes."""
         from PIL import Image
 
         images = [
@@ -56,6 +63,7 @@ class NeonTrees(Dataset):
         return images, [self.boxes(i) for i in ids]
 
     def with_statistics(self, splits: dict[str, list[str]]) -> dict:
+        """Splits with per-band statistics over the train scenes of different sizes."""
         images, _ = self.read(splits["train"])
         pixels = torch.cat([image.reshape(3, -1) for image in images], dim=1)
         return {
@@ -67,6 +75,7 @@ class NeonTrees(Dataset):
         }
 
     def make_splits(self) -> dict:
+        """Splits by scene."""
         ids, _ = self.samples()
         order = [ids[i] for i in np.random.default_rng(self.seed).permutation(len(ids))]
         n = len(order)
@@ -75,14 +84,14 @@ class NeonTrees(Dataset):
         )
 
     def load_ids(self, split: str, limit: int | None = None) -> list[str]:
+        """The image ids of a split (detection images are whole scenes).
+
+        Args:
+            split: ``train``, ``selection`` or ``test``.
+            limit: at most this many; None: all.
+
+        Returns:
+            The ids.
+        """
         ids = self.splits()[split]
         return ids[:limit] if limit else ids
-
-    def load(self, split: str, limit: int | None = None):
-        from geosane.datasets.base import Samples
-
-        info = self.splits()
-        ids = self.load_ids(split, limit)
-        images, boxes = self.read(ids)
-        mean, std = torch.tensor(info["mean"]).view(3, 1, 1), torch.tensor(info["std"]).view(3, 1, 1)
-        return Samples([(image - mean) / std for image in images], boxes, ids)  # type: ignore[arg-type]

@@ -13,11 +13,15 @@ import torch
 from geosane.datasets.base import Dataset
 from geosane.errors import GeoSANEError
 
+__all__ = ["Sen1Floods11"]
+
 TILE = 64
 IGNORE = 255
 
 
 class Sen1Floods11(Dataset):
+    """Sen1Floods11: Sentinel-1 SAR chips with water masks (segmentation)."""
+
     name = "sen1floods11"
     task = "segmentation"
     modality = "sar"
@@ -25,6 +29,7 @@ class Sen1Floods11(Dataset):
     classes = ("dry", "water")
 
     def chips(self) -> list[str]:
+        """The chips that have both image and mask."""
         folder = self.root / "sen1floods11" / "S1"
         chips = sorted(p.name.removesuffix("_S1Hand.tif") for p in folder.glob("*_S1Hand.tif"))
         if not chips:
@@ -32,6 +37,7 @@ class Sen1Floods11(Dataset):
         return chips
 
     def raster(self, chip: str) -> tuple[np.ndarray, np.ndarray]:
+        """A chip's raster as a float array."""
         import rasterio
 
         base = self.root / "sen1floods11"
@@ -45,6 +51,7 @@ class Sen1Floods11(Dataset):
         return sar, label
 
     def samples(self) -> tuple[list[str], list[int]]:
+        """Tiles of every chip, with their dominant class."""
         ids, strata = [], []
         for chip in self.chips():
             sar, label = self.raster(chip)
@@ -56,6 +63,7 @@ class Sen1Floods11(Dataset):
         return ids, strata
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tiles and their masks."""
         xs, ys, cache = [], [], {}
         for sample in ids:
             chip, tile = sample.split(":")

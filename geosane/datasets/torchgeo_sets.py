@@ -17,7 +17,15 @@ import torch
 from geosane.datasets.base import Dataset
 from geosane.errors import GeoSANEError
 
+__all__ = ["BigEarthNet", "DIOR", "RESISC45"]
+
 SPLIT_NAMES = {"train": "train", "selection": "val", "test": "test"}
+RGB = ("Red", "Green", "Blue")
+
+
+def numbered(count: int) -> tuple[str, ...]:
+    """Placeholder class names ``class0``, ``class1``...: torchgeo reads the real ones from the dataset's files."""
+    return tuple(f"class{i}" for i in range(count))
 
 
 class TorchgeoSet(Dataset):
@@ -68,45 +76,29 @@ class TorchgeoSet(Dataset):
 
 
 class RESISC45(TorchgeoSet):
-    name = "resisc45"
-    source = "RESISC45"
-    task = "classification"
-    modality = "rgb"
-    bands = ("Red", "Green", "Blue")
-    classes = tuple(f"class{i}" for i in range(45))  # torchgeo lists the names from the files
+    """NWPU-RESISC45 scene classification, read through torchgeo (class names come from its files)."""
+
+    name, source, task, modality, bands = "resisc45", "RESISC45", "classification", "rgb", RGB
+    classes = numbered(45)
 
 
 class BigEarthNet(TorchgeoSet):
     """Multi-label: 19 land-cover classes, Sentinel-2's 12 bands; scored by dataset-level mAP."""
 
-    name = "bigearthnet"
-    source = "BigEarthNet"
+    name, source, task, modality = "bigearthnet", "BigEarthNet", "multilabel", "multispectral"
     options: ClassVar[dict[str, Any]] = {"bands": "s2", "num_classes": 19}
-    task = "multilabel"
-    modality = "multispectral"
     bands = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
-    classes = tuple(f"class{i}" for i in range(19))
+    classes = numbered(19)
 
 
 class DIOR(TorchgeoSet):
     """Object detection, 20 classes, 800x800 optical images; targets are ``{"boxes", "labels"}`` per image."""
 
-    name = "dior"
-    source = "DIOR"
-    task = "detection"
-    modality = "rgb"
-    bands = ("Red", "Green", "Blue")
-    classes = tuple(f"class{i}" for i in range(20))
+    name, source, task, modality, bands = "dior", "DIOR", "detection", "rgb", RGB
+    classes = numbered(20)
 
     def read(self, ids: list[str]) -> tuple[Any, Any]:  # images of one size, boxes of many counts
+        """Images (of different sizes) and their boxes, through torchgeo."""
         samples = [self.sample(i) for i in ids]
         targets = [{"boxes": s["bbox_xyxy"].float(), "labels": s["label"].long() + 1} for s in samples]
         return [s["image"].float() for s in samples], targets
-
-    def load(self, split: str, limit: int | None = None):
-        from geosane.datasets.base import Samples
-
-        info = self.splits()
-        images, targets = self.read(self.load_ids(split, limit))
-        mean, std = torch.tensor(info["mean"]).view(-1, 1, 1), torch.tensor(info["std"]).view(-1, 1, 1)
-        return Samples([(image - mean) / std for image in images], targets, self.load_ids(split, limit))  # type: ignore[arg-type]

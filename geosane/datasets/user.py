@@ -17,6 +17,8 @@ import torch
 from geosane.datasets.base import SPLITS, Dataset, stratified_split
 from geosane.errors import GeoSANEError
 
+__all__ = ["IMAGEFOLDER", "NPZ", "ImageFolderDataset", "NpzDataset"]
+
 NPZ, IMAGEFOLDER = "npz:", "imagefolder:"
 
 
@@ -77,6 +79,7 @@ class NpzDataset(UserDataset):
         super().__init__(root, path)
 
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+        """The file's arrays, checked (named errors for every malformed case)."""
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files}
@@ -128,6 +131,7 @@ class ImageFolderDataset(UserDataset):
         super().__init__(root, folder)
 
     def arrays(self) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
+        """The folder's images and labels in torchvision's layout."""
         from torchvision.datasets import ImageFolder
 
         if not self.folder.is_dir():

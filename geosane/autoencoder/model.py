@@ -1,0 +1,448 @@
+"""The weight autoencoder network, and whole models in and out of its latent space.
+
+Tokens are standardized (:class:`Scale`), projected to ``d_model`` and summed with sinusoidal embeddings of their
+three position coordinates (global index, layer index, index within layer); a pre-LayerNorm transformer encoder
+maps them to one latent per token; the decoder mirrors it (latents in, positions added again) and projects back to
+``token_size``. A projection head over a window's flattened latents feeds the contrastive loss in training.
+
+The network sees windows of tokens. :meth:`Autoencoder.encode` and :meth:`Autoencoder.decode` take a whole
+model's sequence of any length: they cut it into *halo windows* (a core of ``core`` tokens with ``halo`` tokens
+of context on each side; only the core's outputs are kept) and stream them through the network
+``batch_tokens`` at a time, so memory stays bounded by the model's own size. This module needs torch only:
+training (Ray Train, DeepSpeed) lives in ``geosane.train`` and saves through :meth:`Autoencoder.save`.
+
+    autoencoder = Autoencoder.load("runs/demo")          # the run's final/ (or step=N for a checkpoint)
+    latents = autoencoder.encode(tokens)                 # tokens: geosane.tokenize(state_dict, autoencoder.tokenizer)
+    rebuilt = autoencoder.decode(latents)                # [N, token_size] in the model's own units
+    state_dict = geosane.detokenize(rebuilt, tokens.layout, tokens.kept)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from geosane import storage
+from geosane.autoencoder.config import AutoencoderConfig
+from geosane.errors import GeoSANEError
+from geosane.tokenizer import ROWS_PER_PASS, Layout, Scale, TokenizerConfig, Tokens, prefix_mask
+from geosane.version import software_versions
+from geosane.views import cut_windows, halo_windows
+
+__all__ = [
+    "Autoencoder",
+    "Latents",
+    "normalized_error",
+    "num_parameters",
+    "sinusoidal",
+]
+
+FORMAT = "geosane.autoencoder"
+FORMAT_VERSION = 1
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+# ------------------------------------------------------------------------------ errors
+
+
+def normalized_error(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> float:
+    """Mean squared error over the real values, in the target's standardized units (:class:`Scale`): how far a
+    reconstruction is from a model relative to the spread of the model's own weights.
+
+    Args:
+        prediction: ``[N, T]`` rebuilt token values.
+        target: ``[N, T]`` the original values.
+        valid: real values per token.
+
+    Returns:
+        The error (0: identical; about 2: unrelated weights of the same spread).
+    """
+    scale = Scale.of(target, valid)
+    size = target.shape[-1]
+    prediction, target, valid = prediction.reshape(-1, size), target.reshape(-1, size), valid.reshape(-1)
+    total = 0.0
+    for first in range(0, len(target), ROWS_PER_PASS):
+        rows = slice(first, first + ROWS_PER_PASS)
+        error = (prediction[rows].double() - target[rows].double()) / scale.std.double()
+        total += float(error.square()[prefix_mask(valid[rows], size)].sum())
+    return total / max(int(valid.sum()), 1)
+
+
+# ------------------------------------------------------------------------------ the network
+
+
+def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
+    """``[..., dim]`` sin/cos embedding of integer positions (any size: global indices reach millions).
+
+    Args:
+        positions: integer positions of any shape.
+        dim: embedding width.
+
+    Returns:
+        ``[..., dim]`` embeddings.
+    """
+    half = dim // 2
+    frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=positions.device) / half)
+    angles = positions.to(torch.float32).unsqueeze(-1) * frequencies
+    embedding = torch.cat([angles.sin(), angles.cos()], dim=-1)
+    return nn.functional.pad(embedding, (0, dim - 2 * half))
+
+
+class PositionEmbedding(nn.Module):
+    """Sum of the sinusoidal embeddings of the three position coordinates."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return sum(sinusoidal(positions[..., i], self.dim) for i in range(positions.shape[-1]))  # type: ignore[return-value]
+
+
+class Transformer(nn.Module):
+    """Pre-LayerNorm transformer blocks (non-causal attention, 4x GELU MLP) and a final LayerNorm.
+
+    Each block is built on its own, not deep-copied as ``nn.TransformerEncoder`` does: copies start from equal
+    weights, and under DeepSpeed's ``zero.Init`` a copy of a partitioned parameter is empty.
+    """
+
+    def __init__(self, config: AutoencoderConfig, blocks: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.TransformerEncoderLayer(
+                config.d_model,
+                config.heads,
+                dim_feedforward=4 * config.d_model,
+                dropout=config.dropout,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            for _ in range(blocks)
+        )
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            hidden = layer(hidden)
+        return self.norm(hidden)
+
+
+@dataclass
+class Latents:
+    """A model in the latent space: one vector per token, the tokens' positions, and the scale decoding restores.
+
+    Generation decodes other values at the same positions: ``dataclasses.replace(latents, values=sampled)``.
+    """
+
+    values: torch.Tensor  # [N, latent_dim] float32
+    positions: torch.Tensor  # [N, 3] int64
+    scale: Scale
+
+
+class Autoencoder(nn.Module):
+    """The weight autoencoder: windows in :meth:`forward` (training), whole models in :meth:`encode` and
+    :meth:`decode`, and :meth:`load` / :meth:`save` for a run's weights."""
+
+    def __init__(self, config: AutoencoderConfig, info: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.info = info or {}  # where the weights came from: training settings, step, metrics, collection
+        self.positions = PositionEmbedding(config.d_model)
+        self.token_in = nn.Linear(config.token_size, config.d_model)
+        self.encoder = Transformer(config, config.encoder_blocks)
+        self.to_latent = nn.Linear(config.d_model, config.latent_dim)
+        self.latent_in = nn.Linear(config.latent_dim, config.d_model)
+        self.decoder = Transformer(config, config.decoder_blocks)
+        self.token_out = nn.Linear(config.d_model, config.token_size)
+        self.projection = nn.Sequential(
+            nn.Linear(config.window * config.latent_dim, 4 * config.projection_dim),
+            nn.GELU(),
+            nn.Linear(4 * config.projection_dim, config.projection_dim),
+        )
+
+    @property
+    def tokenizer(self) -> TokenizerConfig:
+        """The token language this autoencoder reads: ``geosane.tokenize(state_dict, autoencoder.tokenizer)``."""
+        return self.config.tokenizer
+
+    # -------------------------------------------------------------------------- windows
+
+    def encode_windows(self, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Standardized ``[B, W, T]`` tokens and ``[B, W, 3]`` positions -> ``[B, W, latent_dim]``.
+
+        Args:
+            tokens: standardized ``[B, W, T]`` tokens.
+            positions: their ``[B, W, 3]`` positions.
+
+        Returns:
+            ``[B, W, latent_dim]`` latents.
+        """
+        hidden = self.token_in(tokens) + self.positions(positions).to(tokens.dtype)
+        return self.to_latent(self.encoder(hidden))
+
+    def decode_windows(self, latents: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """``[B, W, latent_dim]`` latents and their positions -> standardized ``[B, W, T]`` tokens.
+
+        Args:
+            latents: ``[B, W, latent_dim]`` latents.
+            positions: their ``[B, W, 3]`` positions.
+
+        Returns:
+            Standardized ``[B, W, T]`` tokens.
+        """
+        hidden = self.latent_in(latents) + self.positions(positions).to(latents.dtype)
+        return self.token_out(self.decoder(hidden))
+
+    def project(self, latents: torch.Tensor) -> torch.Tensor:
+        """One vector per window for the contrastive loss (windows must be ``config.window`` long)."""
+        return self.projection(latents.flatten(1))
+
+    def forward(self, values: torch.Tensor, positions: torch.Tensor, part: str = "both") -> Any:
+        """Windows through the network. ``part="both"`` (training): standardized tokens -> latents, reconstruction
+        and projection. ``part="encoder"`` / ``"decoder"``: one half, as :meth:`encode` and :meth:`decode` use it.
+
+        Whole-model passes go through ``forward`` so that a DeepSpeed engine around this module can run them: under
+        ZeRO-3 only the engine's forward gathers the partitioned parameters a module reads without calling the
+        module that owns them (attention reads its ``out_proj`` weights directly).
+
+        Args:
+            values: standardized tokens (or latents, for the decoder).
+            positions: their positions.
+            part: ``both``, ``encoder`` or ``decoder``.
+
+        Returns:
+            Latents, reconstruction and projection (``both``); latents or tokens otherwise.
+        """
+        if part == "encoder":
+            return self.encode_windows(values, positions)
+        if part == "decoder":
+            return self.decode_windows(values, positions)
+        latents = self.encode_windows(values, positions)
+        return latents, self.decode_windows(latents, positions), self.project(latents)
+
+    # -------------------------------------------------------------------------- whole models
+
+    @torch.no_grad()
+    def encode(self, tokens: Tokens, network: Callable[..., Any] | None = None) -> Latents:
+        """A whole model's tokens (any length) -> one latent per token, in halo windows.
+
+        ``network`` runs the window passes: this module (the default) or the DeepSpeed engine around it in training.
+
+        Args:
+            tokens: a whole model, tokenized with :attr:`tokenizer`.
+            network: what runs the window passes: this module (default) or the DeepSpeed engine around it.
+
+        Returns:
+            One latent per token, with the positions and the scale that decoding restores.
+
+        Raises:
+            GeoSANEError: tokens of another size or mode than this autoencoder's.
+        """
+        self.check_layout(tokens.layout)
+        scale = Scale.of(tokens.tokens, tokens.valid)
+        run = network or self
+
+        def step(windows: dict[str, torch.Tensor]) -> torch.Tensor:
+            values = scale.apply(windows["tokens"]) * prefix_mask(windows["valid"], self.config.token_size)
+            return run(*self.on_device(values, windows["positions"]), part="encoder")
+
+        values = self.in_halo_windows(tokens.tokens, tokens.positions, tokens.valid, step, self.config.latent_dim)
+        return Latents(values, tokens.positions, scale)
+
+    @torch.no_grad()
+    def decode(self, latents: Latents, network: Callable[..., Any] | None = None) -> torch.Tensor:
+        """Latents -> ``[N, token_size]`` token values at the scale of the encoded model, in halo windows.
+
+        ``geosane.detokenize(decoded, layout, kept)`` turns them into a state dict (padding values are ignored).
+
+        Args:
+            latents: a whole model in the latent space (from :meth:`encode`, or sampled around it).
+            network: what runs the window passes (default: this module).
+
+        Returns:
+            ``[N, token_size]`` token values.
+        """
+        run = network or self
+
+        def step(windows: dict[str, torch.Tensor]) -> torch.Tensor:
+            return run(*self.on_device(windows["tokens"], windows["positions"]), part="decoder")
+
+        unused = torch.zeros(1, dtype=torch.int64).expand(len(latents.values))  # latents have no padding to mask
+        decoded = self.in_halo_windows(latents.values, latents.positions, unused, step, self.config.token_size)
+        return decoded.mul_(latents.scale.std.cpu()).add_(latents.scale.mean.cpu())
+
+    def reconstruction_error(self, tokens: Tokens, network: Callable[..., Any] | None = None) -> float:
+        """:func:`normalized_error` of ``decode(encode(tokens))``: the held-out metric training reports.
+
+        Args:
+            tokens: a whole model.
+            network: what runs the window passes (default: this module).
+
+        Returns:
+            The normalized error.
+        """
+        rebuilt = self.decode(self.encode(tokens, network), network)
+        return normalized_error(rebuilt, tokens.tokens, tokens.valid)
+
+    def check_collection(self, collection: Any) -> None:
+        """Refuse a collection whose tokens this autoencoder does not read (another token size or mode)."""
+        stored = collection.config()
+        if stored and (stored.token_size, stored.mode) != (self.config.token_size, self.config.mode):
+            raise GeoSANEError(
+                f"the autoencoder reads tokens of size {self.config.token_size} ({self.config.mode}), the collection "
+                f"{collection.url} holds tokens of size {stored.token_size} ({stored.mode}): use an autoencoder "
+                "trained on this collection"
+            )
+
+    def check_layout(self, layout: Layout) -> None:
+        """Refuse tokens of another size or mode than this autoencoder reads, naming both."""
+        if (layout.token_size, layout.mode) != (self.config.token_size, self.config.mode):
+            raise GeoSANEError(
+                f"tokens of size {layout.token_size} in {layout.mode} mode, but this autoencoder reads tokens of size "
+                f"{self.config.token_size} in {self.config.mode} mode: tokenize with autoencoder.tokenizer"
+            )
+
+    def on_device(self, values: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Window inputs where the network's parameters are, in their dtype (bf16 inside a bf16 engine).
+
+        Args:
+            values: window values.
+            positions: window positions.
+
+        Returns:
+            Both, moved.
+        """
+        parameter = next(self.parameters())
+        return values.to(parameter.device, parameter.dtype), positions.to(parameter.device)
+
+    def in_halo_windows(
+        self,
+        values: torch.Tensor,
+        positions: torch.Tensor,
+        valid: torch.Tensor,
+        step: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        width: int,
+    ) -> torch.Tensor:
+        """Run ``step`` over the halo windows of a ``[N, D]`` sequence, ``batch_tokens`` at a time, and keep each
+        window's core outputs: ``[N, width]`` float32 on the CPU, written in place (no list of chunks to join).
+
+        Args:
+            values: ``[N, D]`` tokens or latents.
+            positions: their ``[N, 3]`` positions.
+            valid: real values per token (zeros for latents).
+            step: one pass of windows ``{"tokens", "positions", "valid"}`` to outputs ``[B, W, width]``.
+            width: values per output row.
+
+        Returns:
+            ``[N, width]`` float32 on the CPU.
+        """
+        config = self.config
+        core, halo = config.core_tokens, config.halo_tokens
+        length = core + 2 * halo
+        n = len(values)
+        out = torch.empty(n, width)
+        starts, cores = halo_windows(n, core, halo)
+        arrays = values.detach().cpu().numpy(), positions.cpu().numpy(), valid.cpu().numpy()
+        per_pass = max(1, config.batch_tokens // length)
+        offsets = torch.arange(core)
+        for first in range(0, len(starts), per_pass):
+            start, kept = starts[first : first + per_pass], cores[first : first + per_pass]
+            windows = {k: torch.from_numpy(v) for k, v in cut_windows(*arrays, start, length).items()}
+            outputs = step(windows).float().cpu()
+            rows = torch.from_numpy(kept)[:, None] + offsets  # the cores' token indices ...
+            columns = torch.from_numpy(kept - start)[:, None] + offsets  # ... and where they sit in their windows
+            inside = rows < n
+            window = torch.arange(len(start))[:, None].expand_as(rows)
+            out[rows[inside]] = outputs[window[inside], columns[inside]]
+        return out
+
+    # -------------------------------------------------------------------------- storage
+
+    def save(self, url: str) -> None:
+        """``url/model.safetensors`` (fp32) and ``url/config.json`` (settings, ``info``, versions), the config last:
+        a folder with a config holds a complete autoencoder."""
+        from safetensors.torch import save
+
+        state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
+        storage.write_bytes(storage.join(url, WEIGHTS), save(state))
+        record = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "autoencoder": asdict(self.config),
+            "info": self.info,
+            "software": software_versions(),
+        }
+        storage.write_bytes(storage.join(url, CONFIG), json.dumps(record, indent=1).encode())
+
+    @classmethod
+    def load(cls, url: str, step: int | None = None) -> Autoencoder:
+        """A saved autoencoder: ``url`` is a folder written by :meth:`save` or a training run (its ``final/``);
+        with ``step``, the run's checkpoint of that step, its ZeRO shards gathered into full fp32 weights.
+
+        Args:
+            url: a folder written by :meth:`save`, or a training run.
+            step: a kept checkpoint's step instead of ``final/``.
+
+        Returns:
+            The autoencoder in eval mode, with ``info`` (training settings, step, metrics, collection).
+
+        Raises:
+            GeoSANEError: nothing there, not an autoencoder, a newer format, or weights that do not fit the settings.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load as load_safetensors
+
+        url = url.rstrip("/")
+        if step is not None:
+            from geosane.autoencoder import checkpoints
+
+            state, record = checkpoints.gather_weights(url, step)
+            if "autoencoder" not in record:
+                raise GeoSANEError(
+                    f"{url}: the checkpoint of step {step} was saved by an older GeoSANE, without its "
+                    "autoencoder settings; load the run's final/ instead"
+                )
+            config = AutoencoderConfig.from_dict(record["autoencoder"], f"{url} checkpoint of step {step}")
+            info = {"run": url, "step": step, "checkpoint": record}
+        else:
+            folder = url if storage.exists(storage.join(url, CONFIG)) else storage.join(url, "final")
+            source = storage.join(folder, CONFIG)
+            if not storage.exists(source):
+                raise GeoSANEError(
+                    f"no autoencoder at {url}: neither {CONFIG} nor final/{CONFIG} (an unfinished run "
+                    "has none yet; load a checkpoint with step=N)"
+                )
+            try:
+                record = json.loads(storage.read_bytes(source))
+            except json.JSONDecodeError as exc:
+                raise GeoSANEError(f"{source}: not valid JSON ({exc})") from exc
+            if not isinstance(record, dict) or record.get("format") != FORMAT:
+                raise GeoSANEError(f"{source}: not a GeoSANE autoencoder (format {FORMAT!r} expected)")
+            if record.get("version", 0) > FORMAT_VERSION:
+                raise GeoSANEError(f"{source}: autoencoder format {record['version']} is newer than this GeoSANE reads")
+            config = AutoencoderConfig.from_dict(record["autoencoder"], source)
+            info = record.get("info", {})
+            try:
+                state = load_safetensors(storage.read_bytes(storage.join(folder, WEIGHTS)))
+            except SafetensorError as exc:
+                raise GeoSANEError(f"{storage.join(folder, WEIGHTS)}: corrupt weights ({exc})") from exc
+        with torch.device("meta"):  # no random initialization to throw away: the weights are assigned as read
+            model = cls(config, info)
+        try:
+            model.load_state_dict(state, strict=True, assign=True)
+        except RuntimeError as exc:
+            detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
+            raise GeoSANEError(f"{url}: weights do not fit the autoencoder settings ({detail})") from exc
+        return model.eval()
+
+
+def num_parameters(model: nn.Module) -> int:
+    """Parameters of a module, all of them."""
+    return sum(p.numel() for p in model.parameters())

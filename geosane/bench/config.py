@@ -1,0 +1,175 @@
+"""A benchmark sweep's settings (``sweeps/bench-*.yaml``): its tasks, their budgets and initializations, and the
+resources of each trial. Every name in a sweep is checked before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from geosane.config import load_config, settings
+from geosane.errors import GeoSANEError
+from geosane.generation import GenerateConfig
+from geosane.tasks import Distillation
+
+__all__ = ["INITIALIZATIONS", "SPECIALISTS", "Asha", "BenchConfig", "BenchTask", "Initialization"]
+
+#: An initialization builds a trial's model from its :class:`~geosane.bench.context.TrialContext` and says where the
+#: model came from (recorded with the results).
+Initialization = Callable[[Any], tuple[nn.Module, dict[str, Any]]]
+#: The initializations by name. ``geosane.bench.initializations`` registers them and ``geosane.bench.specialists``
+#: the specialists (real pretrained models for one dataset each); the package imports both, so a config is validated
+#: against full registries (importing ``geosane.bench.config`` runs ``geosane.bench`` first).
+INITIALIZATIONS: dict[str, Initialization] = {}
+SPECIALISTS: dict[str, Initialization] = {}
+
+
+@settings
+class BenchTask:
+    """One downstream task: a dataset, the target architecture, its fine-tuning budget and what it is compared with."""
+
+    data: str  # a registered dataset (with options: cloudmask?holdout=landsat5), npz:PATH or imagefolder:DIR
+    arch: str  # the target (prompt) architecture, a timm name
+    initializations: list[str]
+    epochs: int
+    lr: float
+    batch_size: int = 32
+    label: str | None = None  # its name in tables and plots (default: data)
+    held_out: bool = False  # checked: no collection model may have trained on the task's test images
+    model_kwargs: dict[str, Any] = field(default_factory=dict)  # timm arguments, e.g. narrower channels
+    image_size: int | None = None  # detection: images are resized to this square (default: the architecture's)
+    anchors: str | None = None  # generation's anchor query (default: every collection model of the architecture)
+    prompt_weights: str | None = None  # local weights for `prompt` (default: the best collection model elsewhere)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    selection_limit: int | None = 500
+
+    @property
+    def name(self) -> str:
+        """The task's name in tables and plots: its label, or its dataset."""
+        return self.label or self.data
+
+
+@settings
+class Asha:
+    """Tune's ASHA scheduler on the selection-split metric: weak trials stop after ``grace_period`` epochs."""
+
+    grace_period: int = 1
+    reduction_factor: float = 3.0
+
+
+@settings
+class BenchConfig:
+    """A benchmark sweep (``sweeps/bench-*.yaml``)."""
+
+    name: str
+    autoencoder: str  # a trained autoencoder (run folder or final/), for `generated`
+    tasks: list[BenchTask]
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    collection: str | None = None  # default: the autoencoder's training collection
+    weight_decay: float = 0.01
+    flips: bool = True  # the augmentation every initialization gets
+    candidates: int = GenerateConfig.candidates  # generated candidates ranked on the selection split per trial
+    bandwidth: float = GenerateConfig.bandwidth
+    distillation: Distillation = field(default_factory=Distillation)
+    scheduler: Asha | None = None  # none: every curve runs to the end
+    cpus_per_trial: float = 1
+    gpus_per_trial: float = 0
+    max_concurrent: int = 0  # 0: as many as resources allow
+    data_root: str | None = None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, check_data: bool = True) -> BenchConfig:
+        """A sweep from YAML; every name in it is checked before anything runs (see :meth:`validate`).
+
+        Args:
+            path: a sweep, e.g. ``sweeps/bench-small.yaml``.
+            check_data: also open every dataset (its files must be there).
+
+        Returns:
+            The sweep.
+
+        Raises:
+            GeoSANEError: a malformed file or any name that does not resolve.
+        """
+        config = load_config(path, cls)
+        config.validate(str(path), check_data)
+        return config
+
+    def validate(self, where: str = "bench config", check_data: bool = True) -> None:
+        """Unknown initializations, architectures, datasets and impossible pairings are errors naming the key.
+
+        Args:
+            where: what to call the config in messages.
+            check_data: open every registered dataset with its options.
+
+        Raises:
+            GeoSANEError: the first problem, naming the key.
+        """
+        import timm
+
+        from geosane import datasets
+
+        if not self.seeds:
+            raise GeoSANEError(f"{where}: seeds is empty")
+        for index, task in enumerate(self.tasks):
+            key = f"{where}: tasks[{index}]"
+            unknown = [i for i in task.initializations if i not in INITIALIZATIONS]
+            if unknown:
+                raise GeoSANEError(f"{key}.initializations: unknown {unknown}; known: {', '.join(INITIALIZATIONS)}")
+            if not timm.is_model(task.arch):
+                raise GeoSANEError(f"{key}.arch: unknown timm architecture {task.arch!r}")
+            if task.epochs < 1 or task.lr <= 0 or task.batch_size < 1:
+                raise GeoSANEError(f"{key}: epochs, lr and batch_size must be positive")
+            name, _ = datasets.parse_spec(task.data)
+            if task.data.startswith(("npz:", "imagefolder:")):
+                kind = datasets.get(task.data, self.data_root).task  # the user's files say what the task is
+            elif name in datasets.REGISTRY:
+                kind = datasets.REGISTRY[name].task
+                if check_data:  # the data is there and the options are right
+                    datasets.get(task.data, self.data_root)
+            else:
+                raise GeoSANEError(
+                    f"{key}.data: unknown dataset {name!r}; known: {', '.join(datasets.list_datasets())}, "
+                    "npz:PATH, imagefolder:DIR"
+                )
+            if "specialist" in task.initializations and name not in SPECIALISTS:
+                raise GeoSANEError(
+                    f"{key}.initializations: no specialist for {task.data}; there is one for {', '.join(SPECIALISTS)}"
+                )
+            for init in ("pruned", "distilled"):
+                if init in task.initializations and kind != "classification":
+                    raise GeoSANEError(f"{key}.initializations: {init} is for classification, {task.data} is {kind}")
+
+    def resolved(self) -> BenchConfig:
+        """This sweep with every local path absolute: Tune runs each trial in its own folder."""
+        from geosane.storage import absolute
+
+        def data(spec: str) -> str:
+            kind, sep, path = spec.partition(":")
+            return f"{kind}:{absolute(path)}" if sep and kind in ("npz", "imagefolder") else spec
+
+        tasks = [
+            replace(t, data=data(t.data), prompt_weights=t.prompt_weights and absolute(t.prompt_weights))
+            for t in self.tasks
+        ]
+        return replace(
+            self,
+            autoencoder=absolute(self.autoencoder),
+            collection=self.collection and absolute(self.collection),
+            data_root=self.data_root and absolute(self.data_root),
+            tasks=tasks,
+        )
+
+    def trials(self) -> list[dict[str, Any]]:
+        """The grid: task x initialization x seed, each a plain dict (what Tune records per trial)."""
+        from geosane.tuning import slug
+
+        return [
+            {"task": index, "label": task.name, "init": init, "seed": seed, "stem": f"{slug(task.name)}-{init}-s{seed}"}
+            for index, task in enumerate(self.tasks)
+            for init in task.initializations
+            for seed in self.seeds
+        ]

@@ -1,0 +1,206 @@
+"""Initializations: each builds a trial's model and says where it came from. A new one is one registered function.
+
+| name | the model |
+|---|---|
+| ``scratch`` | the architecture's default timm initialization |
+| ``generated`` | the generation API's top candidate for the trial's prompt and seed, ranked on the selection split |
+| ``prompt`` | the prompt's own weights, or the best-recorded collection model of the architecture elsewhere |
+| ``pruned`` | the best larger collection model of the task, structurally pruned to the target's size |
+| ``distilled`` | the target from scratch, trained with a larger collection model's soft targets |
+| ``specialist`` | a real pretrained remote-sensing model for the task (``geosane.bench.specialists``) |
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, Initialization
+from geosane.bench.context import TrialContext
+from geosane.bench.pruning import prune_to
+from geosane.errors import GeoSANEError
+from geosane.tasks import load_backbone, parameters, score
+
+__all__ = ["build_initial_model", "initialization", "load_into"]
+
+
+def initialization(name: str) -> Callable[[Initialization], Initialization]:
+    """Register the decorated function as the initialization ``name``."""
+
+    def register(build: Initialization) -> Initialization:
+        INITIALIZATIONS[name] = build
+        return build
+
+    return register
+
+
+def build_initial_model(name: str, context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The model initialization ``name`` builds for a trial, with its notes (source, parameters).
+
+    Args:
+        name: a registered initialization.
+        context: the trial's task, data, seed and collection.
+
+    Returns:
+        The model, and notes (``source``, ``parameters``).
+    """
+    model, notes = INITIALIZATIONS[name](context)
+    return model, {**notes, "parameters": parameters(model)}
+
+
+def load_into(model: nn.Module, task: str, state_dict: dict[str, torch.Tensor]) -> None:
+    """A classifier's weights into a task model: all of it for classification, the backbone under a new head else.
+
+    Args:
+        model: a task model.
+        task: its task.
+        state_dict: a timm classifier's weights.
+    """
+    if task == "classification":
+        model.load_state_dict(state_dict, strict=True)
+    else:
+        backbone: Any = model.backbone  # every task model names its timm feature extractor so
+        load_backbone(backbone, state_dict)
+
+
+@initialization("scratch")
+def scratch(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The architecture's default timm initialization (seeded)."""
+    return context.target_model(), {"source": "timm default initialization"}
+
+
+@initialization("generated")
+def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The generation API's top candidate for the trial's prompt and seed, ranked on the selection split only."""
+    from geosane.generation import generate
+
+    anchors = context.task.anchors or f"arch={context.task.arch}"
+    (best,) = generate(
+        context.config.autoencoder,
+        context.prompt_uri(),
+        task=context.data.task,
+        anchors=anchors,
+        collection=context.collection,
+        candidates=context.config.candidates,
+        bandwidth=context.config.bandwidth,
+        data=context.data.spec,
+        data_root=context.config.data_root,
+        seed=context.seed,
+        use_ray=False,  # the trial is the unit of parallelism; its candidates run in it
+    )
+    model = best.model
+    if context.data.task == "detection" and context.task.image_size:  # the generated backbone in the bench's detector
+        model = context.target_model()
+        load_into(
+            model, "detection", {k.removeprefix("detector.backbone.body."): v for k, v in best.state_dict.items()}
+        )
+    selection = best.card["selection"]
+    return model, {
+        "source": f"generated from {len(best.card['anchors'])} anchor(s) ({anchors}), candidate "
+        f"{best.card['candidate']} of {context.config.candidates}",
+        "selection": selection["score"] if isinstance(selection, dict) else None,
+    }
+
+
+def best_record(context: TrialContext, records: list[Any], what: str) -> Any:
+    """The record whose model scores best on the task's *selection* split (never test)."""
+    if not records:
+        raise GeoSANEError(f"no collection model for {what} in {context.collection}")
+    scored = []
+    for record in records:
+        model = collection_model(context, record)
+        scored.append((score(model, context.data, "selection"), record.name, record))
+    scored.sort(key=lambda s: (-s[0], s[1]))
+    return scored[0][2]
+
+
+def collection_model(context: TrialContext, record: Any) -> nn.Module:
+    """A collection model of the task's dataset, rebuilt as the task model it was trained as."""
+    from geosane.tasks import create_model
+
+    arch = record.tags["arch"]
+    model = create_model(arch, record.task, record.in_chans, record.num_classes, context.data.train[0].shape[-1])
+    model.load_state_dict(context.export(record), strict=True)
+    return model.eval()
+
+
+def trained_on_task(context: TrialContext) -> list[Any]:
+    """Collection models trained on the task's dataset, for its classes (teachers and models to prune)."""
+    return [
+        r
+        for r in context.records()
+        if r.tags.get("dataset") == context.data.spec
+        and r.num_classes == context.data.num_classes
+        and r.task == context.data.task
+        and "arch" in r.tags
+    ]
+
+
+@initialization("prompt")
+def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The prompt's own weights: local pretrained weights when given; otherwise the collection model of the
+    architecture trained on another dataset with the best recorded metric (on that dataset), fitted to the task's
+    bands (by band name where the bands are known) with a new head."""
+    from geosane.generation import GenerateConfig, build_prompt, fit_to_prompt
+
+    built = build_prompt(
+        GenerateConfig(prompt=context.prompt_uri(), prompt_weights=context.task.prompt_weights, seed=context.seed)
+    )
+    model = context.target_model()
+    if context.task.prompt_weights:
+        load_into(model, context.data.task, built.state_dict)
+        return model, {"source": f"local weights {context.task.prompt_weights}"}
+    dataset_name = context.data.spec.split("?")[0]
+    candidates = [
+        r
+        for r in context.records()
+        if r.tags.get("arch") == context.task.arch
+        and r.tags.get("dataset", "").split("?")[0] != dataset_name
+        and r.task == "classification"
+        and r.metrics
+    ]
+    if not candidates:
+        raise GeoSANEError(
+            f"prompt: no {context.task.arch} classifier trained on another dataset in {context.collection}; "
+            "give prompt_weights"
+        )
+    record = max(candidates, key=lambda r: (max(r.metrics.values()), r.name))
+    fitted, how = fit_to_prompt(context.export(record), built, record.in_chans, (record.bands, context.data.bands))
+    load_into(model, context.data.task, fitted)
+    metric = ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items() if k != "test_samples")
+    return model, {"source": f"collection model {record.name} ({metric} on {record.tags.get('dataset')}; {how})"}
+
+
+@initialization("pruned")
+def pruned(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The best larger collection model of the task (selection split), structurally pruned to the target's size."""
+    target = parameters(context.target_model())
+    larger = [r for r in trained_on_task(context) if r.num_params > target]
+    record = best_record(context, larger, f"{context.data.spec} larger than {target:,} parameters")
+    model: Any = collection_model(context, record)  # a timm classifier
+    example = context.data.train[0][:2]
+    small, ratio = prune_to(model, target, example, [model.get_classifier()])
+    return small, {"source": f"{record.name} ({record.num_params:,} parameters) pruned by {ratio:.2f} (DepGraph, L2)"}
+
+
+@initialization("distilled")
+def distilled(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The target from scratch; fine-tuning adds the soft targets of the best larger collection model (selection
+    split) to the labels. The teacher rides along as ``model.teacher`` (not a parameter of the student)."""
+    model = context.target_model()
+    target = parameters(model)
+    larger = [r for r in trained_on_task(context) if r.num_params > target]
+    record = best_record(context, larger, f"{context.data.spec} larger than {target:,} parameters")
+    teacher = collection_model(context, record)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    object.__setattr__(model, "teacher", teacher)  # not registered: the student's state dict stays its own
+    return model, {"source": f"timm default initialization, distilled from {record.name} ({record.num_params:,})"}
+
+
+@initialization("specialist")
+def specialist(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """A real pretrained remote-sensing model for the task (:data:`SPECIALISTS`)."""
+    return SPECIALISTS[context.data.spec.split("?")[0]](context)

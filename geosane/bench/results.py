@@ -1,0 +1,245 @@
+"""A finished sweep's results: every trial and epoch as one table, a summary over seeds, Markdown for people,
+convergence curves, TensorBoard logs, the config and the software versions."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from geosane.bench.config import BenchConfig
+from geosane.bench.runner import BenchRun
+from geosane.errors import GeoSANEError
+
+__all__ = ["TABLE_EPOCHS", "markdown", "plot_curves", "results_frame", "summary_table", "write_results"]
+
+#: The epochs the summary table shows besides the last one.
+TABLE_EPOCHS = (0, 1, 5)
+
+
+def results_frame(results: Any, config: BenchConfig) -> Any:
+    """Every trial and epoch as one table (pandas): task, initialization, seed, epoch, scores, parameters, source.
+
+    Args:
+        results: Tune's ResultGrid.
+        config: the sweep.
+
+    Returns:
+        A pandas DataFrame; ``attrs["failed"]`` lists the trials that failed.
+
+    Raises:
+        GeoSANEError: no trial reported anything.
+    """
+    import pandas as pd
+
+    frames, failed = [], []
+    for result in results:
+        trial = result.config["trial"]
+        task = config.tasks[trial["task"]]
+        frame = result.metrics_dataframe
+        if result.error or frame is None or frame.empty:
+            reason = str(result.error).strip().splitlines()[-1] if result.error else "reported nothing"
+            failed.append(f"{trial['label']}/{trial['init']}/s{trial['seed']}: {reason}")
+            if frame is None or frame.empty:
+                continue
+        columns = ["epoch", "metric", "test_score", "selection_score", "train_loss", "epoch_seconds", "parameters"]
+        frame = frame[[*columns, "source"]].copy()
+        frame.insert(0, "seed", trial["seed"])
+        frame.insert(0, "initialization", trial["init"])
+        frame.insert(0, "arch", task.arch)
+        frame.insert(0, "data", task.data)
+        frame.insert(0, "task", task.name)
+        frames.append(frame)
+    if not frames:
+        raise GeoSANEError("no trial reported anything; first error: " + (failed[0] if failed else "none"))
+    table = pd.concat(frames, ignore_index=True)
+    table = table.sort_values(["task", "initialization", "seed", "epoch"]).reset_index(drop=True)
+    table.attrs["failed"] = failed
+    return table
+
+
+def summary_table(table: Any) -> Any:
+    """Mean and std over seeds per task and initialization at epochs 0, 1, 5 and the last, with parameter counts."""
+    import pandas as pd
+
+    rows = []
+    for (task, init), group in table.groupby(["task", "initialization"], sort=False):
+        last = int(group["epoch"].max())
+        row: dict[str, Any] = {
+            "task": task,
+            "initialization": init,
+            "metric": group["metric"].iloc[0],
+            "parameters": int(group["parameters"].iloc[0]),
+            "seeds": group["seed"].nunique(),
+            "last_epoch": last,
+        }
+        for key, epoch in [*((f"epoch_{e}", e) for e in TABLE_EPOCHS), ("final", last)]:
+            at = group[group["epoch"] == epoch]["test_score"]
+            row[f"{key}_mean"] = float(at.mean()) if len(at) else float("nan")
+            row[f"{key}_std"] = float(at.std(ddof=0)) if len(at) else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
+    """The summary for people: one table per task, with where the numbers come from.
+
+    Args:
+        summary: :func:`summary_table`.
+        config: the sweep.
+        info: collection, held-out checks, software, sources and failures (:func:`write_results`).
+
+    Returns:
+        ``results.md``.
+    """
+
+    def cell(row: Any, key: str) -> str:
+        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+        return "-" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+
+    lines = [
+        f"# Benchmark {info['name']}",
+        "",
+        f"Test-split scores, mean ± std over seeds {config.seeds}; epoch 0 is before any fine-tuning. Every "
+        "initialization of a task gets the same budget (epochs, AdamW, one-cycle schedule, batch size, flips); "
+        "anything chosen (generated candidates, the model to prune, the teacher) is chosen on the selection split.",
+        "",
+        f"- autoencoder: {config.autoencoder}",
+        f"- collection: {info['collection']['collection']} at version {info['collection']['version']}",
+        f"- software: {', '.join(f'{k} {v}' for k, v in info['software'].items())}",
+    ]
+    for task in config.tasks:
+        rows = summary[summary["task"] == task.name]
+        if rows.empty:
+            continue
+        held = info["held_out"].get(task.name)
+        status = (
+            f"held out (checked against {held['checked_models']} collection models; "
+            f"{len(held['training_data_unrecorded'])} do not record their training data)"
+            if held
+            else "not held out"
+        )
+        lines += [
+            "",
+            f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {task.epochs} epochs, {status}",
+            "",
+            "| initialization | parameters | epoch 0 | epoch 1 | epoch 5 | final |",
+            "|---|---|---|---|---|---|",
+        ]
+        for _, row in rows.iterrows():
+            lines.append(
+                f"| {row['initialization']} | {row['parameters']:,} | {cell(row, 'epoch_0')} | {cell(row, 'epoch_1')} "
+                f"| {cell(row, 'epoch_5')} | {cell(row, 'final')} |"
+            )
+        sources = info["sources"].get(task.name, {})
+        lines += ["", *(f"- {init}: {source}" for init, source in sources.items())]
+    if info.get("failed"):
+        lines += ["", "## Failed trials", "", *(f"- {f}" for f in info["failed"])]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(table: Any, task: str, path: str) -> None:
+    """Test score per epoch, mean over seeds with a band of one std, one line per initialization.
+
+    Args:
+        table: :func:`results_frame`.
+        task: the task to draw.
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = table[table["task"] == task]
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for init, group in rows.groupby("initialization"):
+        stats = group.groupby("epoch")["test_score"].agg(["mean", "std"]).fillna(0)
+        axis.plot(stats.index, stats["mean"], marker="o", markersize=3, label=init)
+        axis.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
+    axis.set_xlabel("fine-tuning epoch")
+    axis.set_ylabel(f"test {rows['metric'].iloc[0]}")
+    axis.set_title(task)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> dict[str, Any]:
+    """Parquet, Markdown, JSON, PNG curves and TensorBoard logs of a finished sweep into the folder ``out`` (a local
+    path, or any fsspec URL: they are written locally first, then uploaded).
+
+    Args:
+        run: the finished sweep.
+        config: the sweep.
+        out: the results folder.
+        name: the experiment name.
+
+    Returns:
+        What was written where (``written``), the summary and the run's information.
+    """
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from geosane import storage
+    from geosane.tuning import slug
+    from geosane.version import software_versions
+
+    remote = "://" in out and not out.startswith("file://")
+    folder = Path(tempfile.mkdtemp(prefix="geosane-bench-")) if remote else Path(out.removeprefix("file://"))
+    folder.mkdir(parents=True, exist_ok=True)
+    table = results_frame(run.results, config)
+    summary = summary_table(table)
+    sources = {
+        task: {init: group["source"].iloc[0] for init, group in rows.groupby("initialization")}
+        for task, rows in table.groupby("task")
+    }
+    info = {
+        "name": name,
+        "collection": run.collection,
+        "held_out": run.held_out,
+        "experiment": run.experiment,
+        "software": software_versions(
+            "ray", "timm", "torchvision", "torchmetrics", "torch-pruning", "segmentation-models-pytorch", "numpy"
+        ),
+        "sources": sources,
+        "failed": table.attrs.get("failed", []),
+    }
+    written = {}
+    for filename, write in (
+        ("results.parquet", lambda path: table.to_parquet(path, index=False)),
+        ("summary.parquet", lambda path: summary.to_parquet(path, index=False)),
+        ("results.md", lambda path: Path(path).write_text(markdown(summary, config, info))),
+        ("config.json", lambda path: Path(path).write_text(json.dumps(asdict(config), indent=1))),
+        ("run.json", lambda path: Path(path).write_text(json.dumps(info, indent=1, default=str))),
+    ):
+        temporary = folder / f".{filename}.tmp"
+        write(str(temporary))
+        os.replace(temporary, folder / filename)
+        written[filename] = str(folder / filename)
+    for task in summary["task"].unique():
+        path = folder / f"curves-{slug(task)}.png"
+        plot_curves(table, task, str(path))
+        written[path.name] = str(path)
+    for (task, init, seed), group in table.groupby(["task", "initialization", "seed"]):
+        with SummaryWriter(str(folder / "tensorboard" / slug(task) / f"{init}-s{seed}")) as writer:
+            for _, row in group.iterrows():
+                writer.add_scalar(f"test/{row['metric']}", row["test_score"], int(row["epoch"]))
+                writer.add_scalar(f"selection/{row['metric']}", row["selection_score"], int(row["epoch"]))
+                if not math.isnan(row["train_loss"]):
+                    writer.add_scalar("train/loss", row["train_loss"], int(row["epoch"]))
+    written["tensorboard"] = str(folder / "tensorboard")
+    if remote:
+        storage.upload(folder, out)
+        shutil.rmtree(folder, ignore_errors=True)
+        written = {k: storage.join(out, Path(v).relative_to(folder).as_posix()) for k, v in written.items()}
+    info["summary"] = summary
+    info["written"] = written
+    return info

@@ -1,0 +1,199 @@
+"""Running a sweep: one Ray Tune experiment whose trials build their model, score it before any fine-tuning (epoch
+0), fine-tune it with the task's budget and report after every epoch; resumable from Tune's checkpoints."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from geosane.bench.config import BenchConfig
+from geosane.bench.context import TrialContext
+from geosane.bench.held_out import check_held_out
+from geosane.bench.initializations import build_initial_model
+from geosane.errors import GeoSANEError
+from geosane.tasks import FineTuning, Recipe, TaskData, load_task, metric_name, score
+
+__all__ = ["BenchRun", "collection_of", "fine_tune", "run_bench", "run_trial"]
+
+
+def fine_tune(
+    model: nn.Module,
+    context: TrialContext,
+    report: Callable[[dict[str, Any], dict[str, Any] | None], None],
+    resume: dict[str, Any] | None = None,
+) -> None:
+    """Score at epoch 0, then fine-tune with the task's budget (the one recipe, :class:`geosane.tasks.FineTuning`),
+    scoring on test and selection and reporting after every epoch.
+
+    Args:
+        model: the trial's model, as its initialization built it.
+        context: the trial's task, data, seed and the sweep's settings.
+        report: called after every epoch with the metrics and the state a restart needs.
+        resume: that state, from the trial's last checkpoint.
+    """
+    task, data = context.task, context.data
+    metric = metric_name(data.task)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU where the trial was given one
+    model.to(device)
+    if getattr(model, "teacher", None) is not None:
+        model.teacher.to(device)
+    recipe = Recipe(
+        task.epochs,
+        task.lr,
+        task.batch_size,
+        context.config.weight_decay,
+        context.config.flips,
+        context.config.distillation,
+    )
+    tuning = FineTuning(model, data.train, data.task, recipe, context.seed)
+    start = 0
+    if resume:
+        model.load_state_dict(resume["model"])
+        tuning.restore(resume)
+        start = resume["epoch"] + 1
+    for epoch in range(start, task.epochs + 1):
+        began = time.perf_counter()
+        loss = tuning.epoch() if epoch > 0 else float("nan")
+        metrics = {
+            "epoch": epoch,
+            "metric": metric,
+            "test_score": score(model, data, "test"),
+            "selection_score": score(model, data, "selection"),
+            "train_loss": loss,
+            "epoch_seconds": time.perf_counter() - began,
+        }
+        report(metrics, {"model": model.state_dict(), **tuning.state(), "epoch": epoch})
+
+
+def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskData], collection: dict) -> None:
+    """One Tune trial: build the initialization's model, then fine-tune it; resumes from Tune's last checkpoint.
+
+    Args:
+        config: Tune's trial config (``{"trial": {task, init, seed, ...}}``).
+        bench: the sweep.
+        data: every task's data by index.
+        collection: the collection URL and version.
+    """
+    from ray import tune
+
+    trial = config["trial"]
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    context = TrialContext(bench, bench.tasks[trial["task"]], data[trial["task"]], trial["seed"], **collection)
+    model, notes = build_initial_model(trial["init"], context)
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            resume = torch.load(Path(folder) / "state.pt", weights_only=True)
+
+    def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+        extra = {"source": notes["source"], "parameters": notes["parameters"]}
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save(state, Path(folder) / "state.pt")
+            tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
+
+    fine_tune(model, context, report, resume)
+
+
+def collection_of(config: BenchConfig) -> dict[str, Any]:
+    """The collection the sweep reads, pinned at its current version (every trial sees the same models)."""
+    from geosane.autoencoder import Autoencoder
+    from geosane.collection import Collection
+
+    url = config.collection
+    if not url:
+        info = Autoencoder.load(config.autoencoder).info
+        url = info.get("collection") or info.get("train", {}).get("collection")
+    if not url:
+        return {"collection": None, "version": None}
+    if not Collection(url).exists():
+        raise GeoSANEError(f"no collection at {url}")
+    return {"collection": url, "version": Collection(url).version}
+
+
+@dataclass
+class BenchRun:
+    """A finished sweep: Tune's results, the collection (URL, version) it read and the held-out checks' findings."""
+
+    results: Any  # ray.tune.ResultGrid
+    collection: dict[str, Any]
+    held_out: dict[str, Any]
+    experiment: str
+
+
+def run_bench(
+    config: BenchConfig, storage: str, name: str | None = None, resume: bool = False, progress: bool = True
+) -> BenchRun:
+    """Run (or, with ``resume``, continue) the sweep's Tune experiment.
+
+    Args:
+        config: the sweep.
+        storage: Tune's experiment storage.
+        name: the experiment (default: the sweep's name).
+        resume: continue an existing experiment.
+        progress: show a progress bar over the trials.
+
+    Returns:
+        Tune's results with the collection and held-out checks.
+
+    Raises:
+        GeoSANEError: an existing experiment without ``resume``, or a task that is not held out.
+    """
+    import ray
+    from ray import tune
+
+    from geosane.storage import absolute
+    from geosane.tuning import run_experiment, trial_name
+
+    storage = absolute(storage)
+    config = config.resolved()
+    name = name or config.name
+    experiment = f"{storage.rstrip('/')}/{name}"
+    exists = tune.Tuner.can_restore(experiment)
+    if exists and not resume:
+        raise GeoSANEError(f"a sweep named {name} exists in {storage}: pass --resume to continue it, or another --name")
+    collection = collection_of(config)
+    held_out = check_held_out(config, collection)
+    data = {
+        index: load_task(task.data, config.data_root, task.train_limit, task.selection_limit, task.test_limit)
+        for index, task in enumerate(config.tasks)
+    }
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, bench=config, data=data, collection=collection),
+        {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
+    )
+    scheduler = None
+    if config.scheduler:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(
+            time_attr="epoch",
+            max_t=max(t.epochs for t in config.tasks),
+            grace_period=config.scheduler.grace_period,
+            reduction_factor=config.scheduler.reduction_factor,
+        )
+    results = run_experiment(
+        trainable,
+        storage,
+        name,
+        {"trial": tune.grid_search(config.trials())},
+        f"bench {name}",
+        progress,
+        keep_checkpoints=1,
+        scheduler=scheduler,
+        metric="selection_score" if scheduler else None,
+        mode="max" if scheduler else None,
+        max_concurrent_trials=config.max_concurrent or None,
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    return BenchRun(results, collection, held_out, experiment)

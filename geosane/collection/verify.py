@@ -1,0 +1,176 @@
+"""Checking what a collection holds: every data file and model read back against its hashes, and damage named.
+
+A damaged data file is traced to the models it holds (through their ids, or, where the ids are damaged too, through
+the commit message of the commit that wrote the file), so every message names the file and the models. Each
+function takes the :class:`~geosane.collection.Collection` it checks (which calls them: they do not import it).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from tqdm.auto import tqdm
+
+from geosane import storage
+from geosane.collection.rows import COMMIT_MESSAGE, IDS_FOLLOW
+from geosane.errors import GeoSANEError
+
+__all__ = ["bad_fragment", "data_files", "mismatch", "named", "unreadable", "verify"]
+
+
+@contextmanager
+def named(collection: Any, action: str, model: str = "", files: list[str] | None = None) -> Iterator[None]:
+    """Any failure inside becomes a GeoSANEError naming the collection, the model and its data files.
+
+    Args:
+        collection: the collection being read or written.
+        action: what is being done (``open``, ``read``, ``commit``...).
+        model: the model concerned, if one.
+        files: its data files, if known.
+
+    Returns:
+        A context manager.
+    """
+    try:
+        with storage.errors_named(collection.table_url, action):
+            yield
+    except GeoSANEError:
+        raise
+    except Exception as exc:  # Lance raises OSError/ValueError/RuntimeError with Rust detail
+        where = f" model {model}" if model else ""
+        in_files = f" (data file {', '.join(files)})" if files else ""
+        detail = storage.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise GeoSANEError(f"cannot {action} {collection.url}:{where}{in_files}: {detail}") from exc
+
+
+def data_files(collection: Any, dataset: Any, address: int) -> list[str]:
+    """The files that hold the row at ``address`` (the fragment is the address's upper 32 bits).
+
+    Args:
+        collection: the collection.
+        dataset: its Lance dataset.
+        address: the row's address.
+
+    Returns:
+        The data files, as URLs.
+    """
+    fragment = dataset.get_fragment(address >> 32)
+    return [storage.join(collection.table_url, "data", f.path) for f in fragment.data_files()] if fragment else []
+
+
+def unreadable(collection: Any, dataset: Any, error: Exception) -> str:
+    """Which data file cannot be read, and whose models it holds.
+
+    Args:
+        collection: the collection.
+        dataset: its Lance dataset.
+        error: what reading raised.
+
+    Returns:
+        The message.
+    """
+    detail = storage.redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    for fragment in dataset.get_fragments():
+        try:
+            fragment.to_table()
+        except Exception:
+            return bad_fragment(collection, fragment, detail)
+    return f"cannot read {collection.url}: {detail}"
+
+
+def bad_fragment(collection: Any, fragment: Any, detail: str) -> str:
+    """A message naming a damaged data file and the models it holds.
+
+    Args:
+        collection: the collection.
+        fragment: the Lance fragment that cannot be read.
+        detail: what reading it said.
+
+    Returns:
+        The message.
+    """
+    files = ", ".join(storage.join(collection.table_url, "data", f.path) for f in fragment.data_files())
+    try:
+        ids = sorted(set(fragment.to_table(columns=["id"]).column("id").to_pylist()))
+    except Exception:  # the ids are damaged too: the commit that wrote the file lists them
+        ids = committed_ids(collection, fragment)
+    held = "model(s) " + ", ".join(ids) if ids else "models whose ids cannot be read either"
+    return (
+        f"{collection.url}: data file {files} cannot be read ({detail}); it holds {held}; "
+        f"`geosane collection verify {collection.url}` lists every bad model"
+    )
+
+
+def committed_ids(collection: Any, fragment: Any) -> list[str]:
+    """The ids of the models the commit that wrote ``fragment``'s files added, from its commit message.
+
+    Args:
+        collection: the collection.
+        fragment: a fragment whose ids cannot be read.
+
+    Returns:
+        The ids its commit message lists.
+    """
+    paths = {f.path for f in fragment.data_files()}
+    dataset = collection.dataset()
+    for transaction in dataset.get_transactions(dataset.version) if dataset else []:
+        operation = getattr(transaction, "operation", None)
+        written = {f.path for added in getattr(operation, "fragments", []) for f in added.files}
+        if paths & written:
+            message = transaction.transaction_properties.get(COMMIT_MESSAGE, "")
+            return message.partition(IDS_FOLLOW)[2].split()
+    return []
+
+
+def mismatch(collection: Any, dataset: Any, model: str, part: str, address: int) -> str:
+    """A message for a model part whose hash differs from what was written, naming the data file.
+
+    Args:
+        collection: the collection.
+        dataset: its Lance dataset.
+        model: the model id.
+        part: ``record``, ``layout``, ``kept``, ``tokens`` or ``id``.
+        address: the row's address.
+
+    Returns:
+        The message.
+    """
+    files = ", ".join(data_files(collection, dataset, address))
+    return (
+        f"{collection.url}: model {model}: its {part} does not match what was written (data file {files}); "
+        f"the collection is damaged: `geosane collection verify {collection.url}` lists every bad model"
+    )
+
+
+def verify(collection: Any, progress: bool = True) -> list[str]:
+    """Read and check every data file and every model (hashes, then the rebuilt weights against the id).
+
+    Args:
+        collection: the :class:`~geosane.collection.Collection` to check.
+        progress: show a progress bar.
+
+    Returns:
+        One line per bad data file or model, naming the models and the files.
+    """
+    dataset = collection._required()
+    problems = []
+    checker = type(collection)(collection.url, None if dataset is None else dataset.version)
+    if dataset is not None:  # a damaged file cannot hide the models of the others
+        checker.readable = []
+        for fragment in dataset.get_fragments():
+            try:
+                fragment.to_table()
+                checker.readable.append(fragment.fragment_id)
+            except Exception as exc:
+                problems.append(bad_fragment(collection, fragment, storage.redact(str(exc).splitlines()[0])))
+    try:
+        records = checker.records()
+    except GeoSANEError as exc:
+        return [*problems, str(exc)]
+    for record in tqdm(records, desc="verify", unit="model", disable=not progress):
+        try:
+            checker.export(record)
+        except GeoSANEError as exc:
+            problems.append(str(exc))
+    return problems

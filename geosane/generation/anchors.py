@@ -1,0 +1,267 @@
+"""Anchors: the models generation samples around (the prompt itself, or collection models a query selects), fitted
+to the prompt's shapes: cropped for lighter prompts, their input convolution mapped by band name or adapted for
+another band count, the classifier kept only where every anchor learned the target's classes."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from geosane.autoencoder import Autoencoder
+from geosane.errors import GeoSANEError
+from geosane.generation.config import GenerateConfig
+from geosane.generation.prompt import Prompt
+
+__all__ = [
+    "Anchor",
+    "adapt_input",
+    "backbone_weights",
+    "band_mapped_input",
+    "find_anchors",
+    "fit_to_prompt",
+    "keeps_head",
+    "parse_query",
+]
+
+log = logging.getLogger(__name__)
+
+#: Record fields an anchor query may name beside free-form tags (``family=resnet,task=classification,dataset=...``).
+QUERY_FIELDS = ("id", "name", "family", "task", "modality", "in_chans", "num_classes", "licence")
+
+
+@dataclass
+class Anchor:
+    """A model in the prompt's shapes, and how it got there."""
+
+    name: str
+    state_dict: dict[str, torch.Tensor]
+    fitted: str  # "as is", "cropped", "stem adapted", ...
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_query(text: str) -> dict[str, str]:
+    """``family=resnet,task=classification`` -> a dict; anything else is an error that shows the form."""
+    query = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise GeoSANEError(f"anchor query {text!r}: expected key=value[,key=value...], got {part!r}")
+        query[key.strip()] = value.strip()
+    if not query:
+        raise GeoSANEError(f"anchor query {text!r} is empty; use 'prompt' or key=value[,key=value...]")
+    return query
+
+
+def record_value(record: Any, key: str) -> str | None:
+    value = getattr(record, key, None) if key in QUERY_FIELDS else record.tags.get(key)
+    return None if value is None else str(value)
+
+
+def select_records(collection: Any, query: dict[str, str]) -> list[Any]:
+    """The collection's records that match every key of ``query``; none is an error that says what exists."""
+    records = collection.records()
+    chosen = [r for r in records if all(record_value(r, k) == v for k, v in query.items())]
+    if not chosen:
+        existing = {k: sorted({v for r in records if (v := record_value(r, k)) is not None}) for k in query}
+        listing = "; ".join(f"{k}: {', '.join(v[:12]) or 'none'}" for k, v in existing.items())
+        raise GeoSANEError(f"no model in {collection.url} matches {query} (values there: {listing})")
+    return chosen
+
+
+def fit_to_prompt(
+    state_dict: dict[str, torch.Tensor],
+    prompt: Prompt,
+    in_chans: int | None,
+    bands: tuple[list[str] | None, list[str] | None] = (None, None),
+) -> tuple[dict[str, torch.Tensor], str]:
+    """An anchor's weights in the prompt's shapes (see the module's docstring), or an error naming the first tensor
+    that does not fit (key, prompt shape, anchor shape). The classifier is the anchor's where it has the prompt's
+    shape, the prompt's otherwise (whether a decoded classifier is kept is decided later, :func:`keeps_head`).
+
+    Args:
+        state_dict: the anchor's weights.
+        prompt: the built prompt.
+        in_chans: the bands the anchor takes.
+        bands: the anchor's and the target's band names.
+
+    Returns:
+        The fitted weights and how they were fitted (``as is``, ``cropped``, ...).
+
+    Raises:
+        GeoSANEError: a tensor that fits in no way (key, prompt shape, anchor shape).
+    """
+    fitted, how = {}, set()
+    for key, target in prompt.state_dict.items():
+        if key in prompt.head:
+            same = key in state_dict and state_dict[key].shape == target.shape
+            fitted[key] = state_dict[key].to(target.dtype) if same else target
+            continue
+        if key not in state_dict:
+            raise GeoSANEError(f"{key!r} of the prompt is not in the anchor")
+        source = state_dict[key].to(target.dtype)
+        if source.shape == target.shape:
+            fitted[key] = source
+            continue
+        if source.dim() != target.dim():
+            raise GeoSANEError(f"{key!r}: prompt shape {tuple(target.shape)}, anchor {tuple(source.shape)}")
+        if (
+            source.dim() == 4
+            and in_chans is not None
+            and source.shape[1] == in_chans
+            and target.shape[1] == prompt.in_chans
+            and source.shape[0] >= target.shape[0]
+        ):  # the input convolution of another band count
+            source = source[: target.shape[0]]
+            mapped = band_mapped_input(source, bands[0], bands[1])
+            if mapped is not None:
+                source = mapped.to(target.dtype)
+                how.add(f"input convolution mapped by band ({', '.join(bands[0] or [])})")
+            else:
+                source = adapt_input(source.float(), prompt.in_chans).to(target.dtype)
+                how.add("input convolution adapted")
+        elif all(s >= t for s, t in zip(source.shape, target.shape, strict=True)):
+            source = source[tuple(slice(0, t) for t in target.shape)]
+            how.add("cropped")
+        else:
+            raise GeoSANEError(f"{key!r}: prompt shape {tuple(target.shape)}, anchor {tuple(source.shape)}")
+        fitted[key] = source.contiguous()
+    if set(state_dict) - set(prompt.state_dict) - {k for k in state_dict if k.startswith(prompt.head)}:
+        how.add("layers the prompt lacks dropped")
+    return fitted, ", ".join(sorted(how)) or "as is"
+
+
+def adapt_input(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """An input convolution for ``in_chans`` bands from one trained on others, as timm adapts RGB stems: the filters
+    repeated over the new bands in order and rescaled, or, for fewer bands, summed onto them, so that a constant
+    image gives the same response. timm's ``adapt_input_conv`` assumes a 3-band source (it returns a 6-band stem
+    unchanged for a 3-band target).
+
+    Args:
+        weight: ``[out, bands, k, k]`` filters.
+        in_chans: the bands the prompt takes.
+
+    Returns:
+        ``[out, in_chans, k, k]`` filters.
+    """
+    from timm.models import adapt_input_conv
+
+    bands = weight.shape[1]
+    if bands == 3:
+        return adapt_input_conv(in_chans, weight)
+    if bands >= in_chans:  # fewer bands: source band s adds onto band s mod in_chans
+        folded = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])
+        for band in range(bands):
+            folded[:, band % in_chans] += weight[:, band]
+        return folded
+    return weight.repeat(1, -(-in_chans // bands), 1, 1)[:, :in_chans] * (bands / in_chans)
+
+
+def band_mapped_input(
+    weight: torch.Tensor, anchor_bands: list[str] | None, target_bands: list[str] | None
+) -> torch.Tensor | None:
+    """An input convolution for the target's bands from one trained on the anchor's, by band name: each of the anchor's
+    filters goes to its band's channel, other bands start at zero, so the generated model first sees exactly what
+    the anchor saw (EuroSAT RGB's B04, B03, B02 inside the 13 multispectral bands). None when a band is missing.
+
+    Args:
+        weight: the anchor's input filters.
+        anchor_bands: the bands the anchor was trained on.
+        target_bands: the target data's bands.
+
+    Returns:
+        The mapped filters, or None.
+    """
+    if not anchor_bands or not target_bands or not set(anchor_bands) <= set(target_bands):
+        return None
+    mapped = weight.new_zeros(weight.shape[0], len(target_bands), *weight.shape[2:])
+    for channel, band in enumerate(anchor_bands):
+        mapped[:, target_bands.index(band)] = weight[:, channel]
+    return mapped
+
+
+def backbone_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A task model's backbone under the names of the timm classifier (a segmentation or detection model of the zoo
+    keeps its timm ``features_only`` backbone as ``backbone.``; the inverse of :func:`load_backbone`'s renaming);
+    a classifier's weights as they are. Its head is left behind: a prompt gets its own."""
+    prefix = "backbone."
+    if not any(k.startswith(prefix) for k in state_dict):
+        return state_dict
+    return {
+        re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k[len(prefix) :].removeprefix("model.")): v
+        for k, v in state_dict.items()
+        if k.startswith(prefix)
+    }
+
+
+def find_anchors(
+    config: GenerateConfig, prompt: Prompt, autoencoder: Autoencoder, target_bands: list[str] | None = None
+) -> tuple[list[Anchor], dict[str, Any] | None]:
+    """The anchors (the prompt, or the query's collection models fitted to the prompt) and where they came from: the
+    collection's URL and the version they were read at (later commits cannot change what that names).
+
+    Args:
+        config: the generation's settings (``anchors`` query, ``collection``).
+        prompt: the built prompt.
+        autoencoder: the autoencoder (whose token language the collection must speak).
+        target_bands: the target data's bands, for band mapping.
+
+    Returns:
+        The anchors, and the collection URL and version (None for ``prompt``).
+
+    Raises:
+        GeoSANEError: no collection, no match, or no match that fits the prompt (with the first misfit named).
+    """
+    from geosane.collection import Collection
+
+    if config.anchors == "prompt":
+        return [Anchor(prompt.arch, prompt.state_dict, "the prompt itself")], None
+    query = parse_query(config.anchors)
+    url = config.collection or autoencoder.info.get("collection") or autoencoder.info.get("train", {}).get("collection")
+    if not url:
+        raise GeoSANEError("anchors from a query need a collection (--collection URL); the autoencoder names none")
+    if not Collection(url).exists():
+        raise GeoSANEError(f"no collection at {url}")
+    collection = Collection(url, Collection(url).version)  # every read below sees one version
+    autoencoder.check_collection(collection)
+    anchors, misfits = [], []
+    for record in select_records(collection, query):
+        try:
+            state_dict, how = fit_to_prompt(
+                backbone_weights(collection.export(record)), prompt, record.in_chans, (record.bands, target_bands)
+            )
+        except GeoSANEError as exc:
+            misfits.append(f"{record.name} ({record.id[:8]}): {exc}")
+            continue
+        summary = {k: getattr(record, k) for k in ("id", "name", "family", "task", "in_chans", "num_classes")}
+        anchors.append(Anchor(record.name, state_dict, how, {**summary, "tags": record.tags}))
+    if not anchors:
+        raise GeoSANEError(
+            f"none of the {len(misfits)} model(s) matching {query} fits the prompt {prompt.arch} "
+            f"(in_chans={prompt.in_chans}): " + "; ".join(misfits[:3])
+        )
+    if misfits:
+        log.warning("%d model(s) matching %s do not fit the prompt and are skipped", len(misfits), query)
+    return anchors, {"url": url, "version": collection.pinned}
+
+
+def keeps_head(anchors: list[Anchor], prompt: Prompt, data: str | None) -> bool:
+    """Decode the classifier only when every anchor learned exactly the target's classes on the target dataset.
+
+    Args:
+        anchors: the anchors.
+        prompt: the built prompt.
+        data: the target dataset.
+
+    Returns:
+        Whether the decoded classifier is kept.
+    """
+    return bool(
+        data
+        and anchors[0].record
+        and all(a.record.get("tags", {}).get("dataset") == data for a in anchors)
+        and all(a.record.get("num_classes") == prompt.num_classes for a in anchors)
+    )

@@ -1,0 +1,138 @@
+"""Candidates: what every candidate of one generation shares (:class:`Plan`, the encoded anchors), making one
+(sample, decode, detokenize, task model, BatchNorm, score), and running them all, as Ray tasks where a cluster is
+there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from geosane.autoencoder import Autoencoder, Latents
+from geosane.generation.anchors import Anchor
+from geosane.generation.config import GenerateConfig
+from geosane.generation.prompt import Prompt, task_model
+from geosane.generation.ranking import TargetData, reestimate_batchnorm, selection_score
+from geosane.generation.sampling import sample_latents
+from geosane.tasks import load_backbone
+from geosane.tokenizer import detokenize, tokenize
+
+__all__ = ["Plan", "make_candidate", "run_candidates"]
+
+
+@dataclass
+class Plan:
+    """What every candidate shares: the encoded anchors and the settings; shipped once to Ray tasks."""
+
+    config: GenerateConfig
+    autoencoder: Autoencoder
+    prompt: Prompt
+    anchors: list[Anchor]
+    target: TargetData | None
+    head_kept: bool
+    encoded: dict[int, Latents] = field(default_factory=dict)
+
+    def latents(self, index: int) -> Latents:
+        """Anchor ``index`` in the latent space, encoded on first use: ``joint`` sampling encodes only the anchors
+        its candidates are drawn around."""
+        if index not in self.encoded:
+            tokens = tokenize(self.anchors[index].state_dict, self.autoencoder.tokenizer)
+            self.encoded[index] = self.autoencoder.encode(tokens)
+        return self.encoded[index]
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the task head: the target data's, else the prompt's."""
+        return self.target.num_classes if self.target else self.prompt.num_classes
+
+
+def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Candidate ``index``: sample, decode, detokenize, build the task model, re-estimate BatchNorm and score.
+    Seeded by the generation's seed and ``index`` alone, so a candidate is the same wherever it runs.
+
+    Args:
+        plan: what every candidate shares.
+        index: which candidate.
+
+    Returns:
+        The task model's weights and what the card says of it (anchor, BatchNorm layers, selection score).
+    """
+    import timm
+
+    config, prompt = plan.config, plan.prompt
+    generator = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
+    if config.sampling == "joint":  # one anchor per candidate
+        chosen = int(torch.randint(len(plan.anchors), (1,), generator=generator))
+        latents, _ = sample_latents([plan.latents(chosen)], "joint", config.bandwidth, generator)
+    else:
+        everyone = [plan.latents(i) for i in range(len(plan.anchors))]
+        latents, chosen = sample_latents(everyone, config.sampling, config.bandwidth, generator)
+    tokens = tokenize(plan.anchors[chosen].state_dict, plan.autoencoder.tokenizer)  # its layout and kept tensors
+    state_dict = detokenize(plan.autoencoder.decode(latents), tokens.layout, tokens.kept)
+    if not plan.head_kept and prompt.head:
+        torch.manual_seed(config.seed * 1_000_003 + index)
+        fresh = timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes, **prompt.sizes)
+        state_dict.update({k: v for k, v in fresh.state_dict().items() if k in prompt.head})
+    model = task_model(prompt, config.task, plan.num_classes)
+    if config.task == "classification":
+        model.load_state_dict(state_dict, strict=True)
+    else:
+        load_backbone(model.backbone, state_dict)  # type: ignore[arg-type]
+    info: dict[str, Any] = {
+        "candidate": index,
+        "anchor": plan.anchors[chosen].name if config.sampling == "joint" else None,
+    }
+    if plan.target is not None:
+        # a new task head learns its own statistics in fine-tuning; the backbone's must fit the target's images now
+        network = model if config.task == "classification" else model.backbone
+        info["batchnorm_layers"] = reestimate_batchnorm(network, plan.target.unlabeled)  # type: ignore[arg-type]
+        if config.task == "classification":
+            info["selection_score"] = selection_score(model, plan.target, plan.head_kept)
+    model.eval()
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, info
+
+
+def run_candidates(
+    plan: Plan, progress: bool, use_ray: bool | None = None
+) -> tuple[list[tuple[dict[str, torch.Tensor], dict[str, Any]]], str]:
+    """All candidates: as Ray tasks when a Ray cluster is there (``ray.init`` done, or ``RAY_ADDRESS`` set) unless
+    ``use_ray`` is False (inside a Tune trial, whose resources are the trial's), in this process otherwise; with a
+    progress bar either way.
+
+    Args:
+        plan: what every candidate shares.
+        progress: show a progress bar.
+        use_ray: False: never as Ray tasks.
+
+    Returns:
+        Every candidate in index order, and where they ran.
+    """
+    import os
+    import sys
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=plan.config.candidates, desc="candidates", unit="model", disable=not progress)
+    results: dict[int, Any] = {}
+    ray_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()  # never import Ray just to ask
+    executor = "this process"
+    if use_ray is not False and (ray_running or os.environ.get("RAY_ADDRESS")):
+        import ray
+
+        executor = "Ray tasks"
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)
+        shared = ray.put(plan)
+        task = ray.remote(num_cpus=1)(make_candidate)
+        pending = {task.remote(shared, i): i for i in range(plan.config.candidates)}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            results[pending.pop(done[0])] = ray.get(done[0])
+            bar.update()
+    else:
+        for i in range(plan.config.candidates):
+            results[i] = make_candidate(plan, i)
+            bar.update()
+    bar.close()
+    return [results[i] for i in range(plan.config.candidates)], executor

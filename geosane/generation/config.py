@@ -1,0 +1,66 @@
+"""What a generation depends on (:class:`GenerateConfig`, the one home of its defaults, which the CLI, the Python
+API and the bench all read) and what it returns (:class:`Generated`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from geosane.config import option
+from geosane.errors import GeoSANEError
+
+__all__ = ["SAMPLINGS", "GenerateConfig", "Generated"]
+
+SAMPLINGS = ("joint", "token", "individual")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Everything a generation depends on; recorded in every model card."""
+
+    prompt: str = option(help="the architecture to generate", metavar="timm:NAME[?in_chans=C&num_classes=K]")
+    task: str = option("classification", "the task head", ("classification", "segmentation", "detection"))
+    prompt_weights: str | None = option(
+        None, "local weights for the prompt (a file GeoSANE reads safely)", metavar="FILE"
+    )
+    anchors: str = option(
+        "prompt",
+        "sample around the prompt itself, or collection models matching KEY=VALUE[,KEY=VALUE] (family, task, "
+        "modality, name, in_chans, num_classes or a tag such as dataset or arch)",
+        metavar="prompt|QUERY",
+    )
+    collection: str | None = option(
+        None, "where query anchors come from (default: the autoencoder's collection)", metavar="URL"
+    )
+    sampling: str = option("joint", "one anchor per candidate, or anchors mixed per token or per value", SAMPLINGS)
+    bandwidth: float = option(0.05, "kernel width, in units of each latent dimension's spread over the anchor")
+    candidates: int = option(4, "candidates generated and ranked")
+    top_k: int = option(1, "candidates kept, best first")
+    data: str | None = option(
+        None, "target dataset: BatchNorm re-estimation and ranking (never its test split)", metavar="DATASET"
+    )
+    data_root: str | None = option(None, "data root (default: $GEOSANE_DATA, then ../shared/data)", metavar="DIR")
+    seed: int = option(0, "seeds the prompt, the sampling and the new heads")
+
+    def validate(self) -> None:
+        """Refuse a sampling, candidate count or bandwidth that cannot work, naming it."""
+        if self.sampling not in SAMPLINGS:
+            raise GeoSANEError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
+        if self.candidates < 1 or not 1 <= self.top_k <= self.candidates:
+            raise GeoSANEError(
+                f"need candidates >= 1 and 1 <= top_k <= candidates, got {self.candidates}, {self.top_k}"
+            )
+        if self.bandwidth < 0:
+            raise GeoSANEError(f"bandwidth must be >= 0, got {self.bandwidth}")
+
+
+@dataclass
+class Generated:
+    """One generated model: the task-ready module, its weights (the prompt architecture's state dict) and its card."""
+
+    model: nn.Module
+    state_dict: dict[str, torch.Tensor]
+    card: dict[str, Any]

@@ -1,0 +1,30 @@
+"""Downstream tasks: the models (a timm backbone under a classification, segmentation or detection head), a task's
+data in memory, how models are scored (torchmetrics), and the one fine-tuning recipe.
+
+The zoo, generation, the bench and the benchmarks all build, score and fine-tune task models through this package.
+May import: ``geosane.datasets`` and the shared pieces. Never a stage (collection, autoencoder, training,
+generation, zoo or bench).
+"""
+
+from geosane.tasks.data import TaskData, load_task
+from geosane.tasks.fine_tune import Distillation, FineTuning, Recipe, batch_loss
+from geosane.tasks.metrics import metric_name, parameters, score, score_samples
+from geosane.tasks.models import TASKS, DetectionModel, SegmentationModel, create_model, load_backbone
+
+__all__ = [
+    "TASKS",
+    "DetectionModel",
+    "Distillation",
+    "FineTuning",
+    "Recipe",
+    "SegmentationModel",
+    "TaskData",
+    "batch_loss",
+    "create_model",
+    "load_backbone",
+    "load_task",
+    "metric_name",
+    "parameters",
+    "score",
+    "score_samples",
+]

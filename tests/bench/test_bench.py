@@ -1,0 +1,373 @@
+"""The benchmark sweep: initializations, metrics, held-out checks, validation, and a real two-trial Tune sweep."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from geosane.autoencoder import Autoencoder, AutoencoderConfig
+from geosane.bench import (
+    INITIALIZATIONS,
+    BenchConfig,
+    BenchTask,
+    TaskData,
+    TrialContext,
+    build_initial_model,
+    held_out_problems,
+    prune_to,
+    run_bench,
+    score,
+    write_results,
+)
+from geosane.collection import Collection, sources
+from geosane.errors import GeoSANEError
+from geosane.tokenizer import TokenizerConfig
+
+SWEEPS = Path(__file__).parents[2] / "sweeps"
+LIGHT = {"channels": [32, 32, 32, 48]}  # test_resnet at 40% of its parameters
+
+
+@pytest.fixture(scope="module")
+def data_root(shared: Path) -> str:
+    return str(shared / "data")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """An untrained autoencoder and a collection shaped like the bench's zoo: EuroSAT RGB classifiers (tagged as the
+    zoo tags them, multispectral patches excluded) and a cloud-mask segmentation model with Landsat 5 held out."""
+    from geosane.tasks import create_model
+
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    Autoencoder(AutoencoderConfig(token_size=32, window=32), {"step": 0}).save(str(root / "autoencoder"))
+    found = []
+    for seed in (0, 1):
+        source = sources.load(f"timm:test_resnet?num_classes=10&seed={seed}")
+        source.tags = {"dataset": "eurosat_rgb", "arch": "test_resnet", "exclude": "eurosat_ms", "train_limit": "64"}
+        source.metrics = {"test_accuracy": 0.5 + seed / 10}
+        found.append(source)
+    torch.manual_seed(2)
+    segmenter = create_model("test_resnet", "segmentation", 6, 3).state_dict()
+    found.append(
+        sources.ModelSource(
+            name="test_resnet-cloudmask",
+            uri="zoo:test/cloudmask",
+            sha256=sources.content_sha256(segmenter),
+            state_dict=segmenter,
+            family="resnet",
+            task="segmentation",
+            in_chans=6,
+            num_classes=3,
+            tags={"dataset": "cloudmask?holdout=landsat5", "arch": "test_resnet"},
+        )
+    )
+    Collection(str(root / "collection")).add(found, TokenizerConfig(token_size=32), progress=False)
+    return {"autoencoder": str(root / "autoencoder"), "collection": str(root / "collection"), "root": str(root)}
+
+
+def config_for(workspace: dict[str, str], data_root: str, tasks: list[BenchTask], **settings) -> BenchConfig:
+    return BenchConfig(
+        name="test",
+        autoencoder=workspace["autoencoder"],
+        collection=workspace["collection"],
+        tasks=tasks,
+        seeds=[0],
+        candidates=2,
+        data_root=data_root,
+        **settings,
+    )
+
+
+# ------------------------------------------------------------------------------------------- initializations
+
+TASKS = {
+    "eurosat_ms": BenchTask(
+        data="eurosat_ms", arch="test_resnet", initializations=[], epochs=1, lr=0.003, anchors="dataset=eurosat_rgb"
+    ),
+    "cloudmask": BenchTask(
+        data="cloudmask?holdout=landsat5",
+        arch="test_resnet",
+        initializations=[],
+        epochs=1,
+        lr=0.003,
+        train_limit=16,
+        test_limit=4,
+        selection_limit=4,
+        anchors="dataset=cloudmask?holdout=landsat5",
+    ),
+    "neon_trees": BenchTask(
+        data="neon_trees", arch="test_resnet", initializations=[], epochs=1, lr=0.003, image_size=160, train_limit=1
+    ),
+    "eurosat_rgb-light": BenchTask(
+        data="eurosat_rgb",
+        arch="test_resnet",
+        model_kwargs=LIGHT,
+        initializations=[],
+        epochs=1,
+        lr=0.003,
+        train_limit=64,
+        test_limit=32,
+        selection_limit=32,
+        anchors="dataset=eurosat_rgb",
+    ),
+}
+#: Which initialization runs on which task (pruning and distillation are for classification, the specialist exists
+#: for cloud masks).
+PAIRS = [
+    *(
+        (init, task)
+        for init in ("generated", "scratch", "prompt")
+        for task in ("eurosat_ms", "cloudmask", "neon_trees")
+    ),
+    ("specialist", "cloudmask"),
+    *((init, "eurosat_rgb-light") for init in ("generated", "scratch", "pruned", "distilled")),
+]
+
+
+def test_every_initialization_is_covered() -> None:
+    assert {init for init, _ in PAIRS} == set(INITIALIZATIONS)
+
+
+@pytest.mark.parametrize(("init", "task"), PAIRS, ids=[f"{i}-{t}" for i, t in PAIRS])
+def test_every_initialization_builds_a_model_that_runs_on_its_task(
+    workspace: dict[str, str], data_root: str, init: str, task: str
+) -> None:
+    from geosane.bench import load_task
+
+    spec = TASKS[task]
+    config = config_for(workspace, data_root, [spec])
+    data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
+    context = TrialContext(config, spec, data, seed=0, collection=workspace["collection"])
+    model, notes = build_initial_model(init, context)
+    assert notes["source"] and notes["parameters"] == sum(p.numel() for p in model.parameters())
+    value = score(model, data, "selection")
+    assert 0.0 <= value <= 1.0
+    model.eval()
+    with torch.no_grad():
+        if data.task == "detection":
+            (found,) = model([data.test[0][0]])
+            assert set(found) == {"boxes", "labels", "scores"}
+        else:
+            out = model(data.test[0][:2])
+            assert out.shape[:2] == (2, data.num_classes)
+            if data.task == "segmentation":
+                assert out.shape[-2:] == data.test[0].shape[-2:]
+    if task == "eurosat_rgb-light":  # the lightweight target really is small, whatever built it
+        assert notes["parameters"] <= 0.5 * 373_658 * 1.1
+
+
+@pytest.mark.parametrize("channels", [[32, 32, 32, 48], [32, 24, 24, 48]])
+def test_pruned_models_have_the_target_parameter_count(channels: list[int]) -> None:
+    import timm
+
+    torch.manual_seed(0)
+    large = timm.create_model("test_resnet", num_classes=10)
+    target = sum(p.numel() for p in timm.create_model("test_resnet", num_classes=10, channels=channels).parameters())
+    small, ratio = prune_to(large, target, torch.randn(2, 3, 64, 64), [large.get_classifier()])
+    count = sum(p.numel() for p in small.parameters())
+    assert abs(count - target) <= 0.1 * target and 0 < ratio < 1
+    assert small(torch.randn(2, 3, 64, 64)).shape == (2, 10)  # the classifier keeps its classes
+    assert sum(p.numel() for p in large.parameters()) == 373_658  # the collection model itself is untouched
+
+
+# ------------------------------------------------------------------------------------------- metrics
+
+
+class Fixed(nn.Module):
+    """A 'model' whose outputs are given: the inputs are its outputs (logits), or detections by image index."""
+
+    def __init__(self, detections: list[dict[str, torch.Tensor]] | None = None) -> None:
+        super().__init__()
+        self.detections = detections
+
+    def forward(self, x):
+        if self.detections is not None:
+            return [self.detections[int(image.flatten()[0])] for image in x]
+        return x
+
+
+def task_data(task: str, x, y, classes: int) -> TaskData:
+    return TaskData("hand", task, ["b"], [str(c) for c in range(classes)], (x, y), (x, y), (x, y))
+
+
+def test_metrics_match_hand_computed_values() -> None:
+    # top-1: argmax of [[2,1,0],[0,3,1],[1,0,4],[5,0,0]] is [0,1,2,0]; labels [0,2,2,1] -> 2 of 4
+    logits = torch.tensor([[2.0, 1, 0], [0, 3, 1], [1, 0, 4], [5, 0, 0]])
+    assert score(Fixed(), task_data("classification", logits, torch.tensor([0, 2, 2, 1]), 3), "test") == 0.5
+    # mIoU over classes in prediction or target, 255 ignored: prediction [0,0,1,1], target [0,1,1,255]
+    # class 0: 1/2, class 1: 1/2 (pixel 4 ignored), class 2: absent from both -> left out: mIoU 0.5
+    prediction = torch.tensor([0, 0, 1, 1]).view(1, 1, 2, 2)
+    maps = torch.nn.functional.one_hot(prediction, 3).permute(0, 4, 2, 3, 1).squeeze(-1).float()
+    target = torch.tensor([0, 1, 1, 255]).view(1, 2, 2)
+    assert score(Fixed(), task_data("segmentation", maps, target, 3), "test") == pytest.approx(0.5)
+    # mAP@0.5: two trees; one found (score 0.9), one false box (0.8): precision 1 up to recall 0.5, so COCO's
+    # 101-point interpolation gives 51/101
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    found = {
+        "boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]),
+        "scores": torch.tensor([0.9, 0.8]),
+        "labels": torch.tensor([1, 1]),
+    }
+    image = [torch.zeros(3, 8, 8)]
+    value = score(Fixed([found]), task_data("detection", image, [boxes], 1), "test")
+    assert value == pytest.approx(51 / 101, abs=1e-4)
+    # a perfect detector scores 1
+    perfect = {"boxes": boxes, "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([1, 1])}
+    assert score(Fixed([perfect]), task_data("detection", image, [boxes], 1), "test") == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------- held out
+
+
+def record(name: str, **tags: str):
+    from geosane.collection import ModelRecord
+
+    return ModelRecord(
+        id=name, name=name, source="s", source_sha256="", family="resnet", task="classification",
+        modality="rgb", bands=None, in_chans=3, num_classes=10, num_params=1, num_tokens=1, token_size=32,
+        mode="dense", licence="MIT", tags=tags,
+    )  # fmt: skip
+
+
+def test_a_collection_that_saw_a_tasks_test_images_is_not_held_out(data_root: str) -> None:
+    ms = BenchTask(data="eurosat_ms", arch="test_resnet", initializations=["scratch"], epochs=1, lr=0.01)
+    # EuroSAT RGB and multispectral files are the same patches: an RGB zoo that trained on the multispectral test
+    # patches' RGB versions saw them
+    problems, unknown = held_out_problems([record("rgb", dataset="eurosat_rgb")], ms, data_root)
+    assert len(problems) == 1 and "rgb trained on eurosat_rgb" in problems[0] and "eurosat/" in problems[0]
+    assert unknown == []
+    kept_apart = record("rgb-excluded", dataset="eurosat_rgb", exclude="eurosat_ms", train_limit="2000")
+    assert held_out_problems([kept_apart, record("pretrained")], ms, data_root) == ([], ["pretrained"])
+    # the same dataset is never held out
+    rgb = BenchTask(data="eurosat_rgb", arch="test_resnet", initializations=["scratch"], epochs=1, lr=0.01)
+    assert held_out_problems([kept_apart], rgb, data_root)[0]
+    # cloud masks: a model that trained on every sensor saw Landsat 5; one that held Landsat 5 out did not, and
+    # a model that held out another sensor saw it
+    clouds = BenchTask(
+        data="cloudmask?holdout=landsat5", arch="test_resnet", initializations=["scratch"], epochs=1, lr=1
+    )
+    assert held_out_problems([record("all", dataset="cloudmask")], clouds, data_root)[0]
+    assert held_out_problems([record("l5", dataset="cloudmask?holdout=landsat5")], clouds, data_root)[0] == []
+    assert held_out_problems([record("s2", dataset="cloudmask?holdout=sentinel2")], clouds, data_root)[0]
+
+
+def test_the_bench_refuses_to_call_a_seen_task_held_out(workspace: dict[str, str], tmp_path: Path) -> None:
+    from geosane.bench import check_held_out, collection_of
+
+    leaky = str(tmp_path / "leaky")
+    source = sources.load("timm:test_resnet?num_classes=10&seed=5")
+    source.tags = {"dataset": "eurosat_rgb", "arch": "test_resnet"}  # all of the RGB train split
+    Collection(leaky).add([source], TokenizerConfig(token_size=32), progress=False)
+    task = BenchTask(
+        data="eurosat_ms", arch="test_resnet", initializations=["scratch"], epochs=1, lr=0.01, held_out=True
+    )
+    config = BenchConfig(name="x", autoencoder=workspace["autoencoder"], collection=leaky, tasks=[task])
+    with pytest.raises(GeoSANEError, match="eurosat_ms is marked held_out, but 1 collection model"):
+        check_held_out(config, collection_of(config))
+    config.collection = workspace["collection"]  # the zoo-like collection excluded those patches
+    checked = check_held_out(config, collection_of(config))
+    assert checked["eurosat_ms"]["checked_models"] == 3
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("name", ["bench-small.yaml", "bench-demo.yaml", "bench-geosane.yaml"])
+def test_committed_sweeps_validate(name: str, shared: Path) -> None:
+    # the paper-scale sweep names datasets that are not on this machine: its names are checked, not its data
+    config = BenchConfig.from_yaml(SWEEPS / name, check_data=name != "bench-geosane.yaml")
+    assert len(config.trials()) == sum(len(t.initializations) for t in config.tasks) * len(config.seeds)
+
+
+BAD = {
+    "unknown key": ("  colour: red\n", "tasks[0].colour: unknown setting"),
+    "wrong type": ("  epochs: many\n", "tasks[0].epochs: expected an integer"),
+    "unknown dataset": ("  data: eurosat_hd\n", "tasks[0].data: unknown dataset 'eurosat_hd'"),
+    "unknown initialization": ("  initializations: [scratch, magic]\n", "tasks[0].initializations: unknown ['magic']"),
+    "unknown architecture": ("  arch: resnet9000\n", "tasks[0].arch: unknown timm architecture 'resnet9000'"),
+    "no specialist": ("  initializations: [specialist]\n", "no specialist for eurosat_ms"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_sweeps_are_rejected_naming_the_key(case: str, tmp_path: Path, data_root: str) -> None:
+    line, message = BAD[case]
+    task = {"data": "eurosat_ms", "arch": "test_resnet", "initializations": "[scratch]", "epochs": "1", "lr": "0.01"}
+    key = line.strip().split(":")[0]
+    body = "".join(f"  {k}: {v}\n" for k, v in task.items() if k != key) + line
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\nautoencoder: x\ndata_root: {data_root}\ntasks:\n-\n" + body)
+    with pytest.raises(GeoSANEError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        BenchConfig.from_yaml(path)
+
+
+def test_pruning_and_distillation_are_for_classification(tmp_path: Path, data_root: str) -> None:
+    task = BenchTask(data="cloudmask", arch="test_resnet", initializations=["pruned"], epochs=1, lr=0.01)
+    with pytest.raises(GeoSANEError, match="pruned is for classification, cloudmask is segmentation"):
+        BenchConfig(name="x", autoencoder="x", tasks=[task], data_root=data_root).validate()
+
+
+# ------------------------------------------------------------------------------------------- the sweep
+
+
+def test_a_two_trial_sweep_writes_its_tables_and_resumes_without_rerunning(
+    ray_session, workspace: dict[str, str], data_root: str, tmp_path: Path, bucket: str
+) -> None:
+    import timm
+
+    # `prompt` with local weights that are not there yet: that trial fails, the scratch trial finishes
+    weights = tmp_path / "prompt.safetensors"
+    task = BenchTask(
+        data="eurosat_ms",
+        arch="test_resnet",
+        initializations=["scratch", "prompt"],
+        epochs=1,
+        lr=0.003,
+        batch_size=32,
+        prompt_weights=str(weights),
+    )
+    config = config_for(workspace, data_root, [task])
+    storage, out = str(tmp_path / "runs"), str(tmp_path / "results")
+    first = run_bench(config, storage, progress=False)
+    errors = {r.config["trial"]["init"]: r.error for r in first.results}
+    assert errors["scratch"] is None and errors["prompt"] is not None
+    scratch_rows = next(r for r in first.results if r.config["trial"]["init"] == "scratch").metrics_dataframe
+    with pytest.raises(GeoSANEError, match="pass --resume"):
+        run_bench(config, storage, progress=False)
+
+    torch.manual_seed(3)
+    save_file(timm.create_model("test_resnet", in_chans=13, num_classes=10).state_dict(), str(weights))
+    second = run_bench(config, storage, resume=True, progress=False)
+    by_init = {r.config["trial"]["init"]: r for r in second.results}
+    assert by_init["prompt"].error is None
+    # the finished trial was not run again: its reports are the first run's, to the timestamp
+    pd.testing.assert_frame_equal(
+        by_init["scratch"].metrics_dataframe[["timestamp", "test_score"]].reset_index(drop=True),
+        scratch_rows[["timestamp", "test_score"]].reset_index(drop=True),
+    )
+    info = write_results(second, config, out, "test")
+    table = pd.read_parquet(Path(out) / "results.parquet")
+    assert sorted(set(table["initialization"])) == ["prompt", "scratch"]
+    assert sorted(table["epoch"]) == [0, 0, 1, 1] and table["metric"].eq("accuracy").all()
+    assert table["test_score"].between(0, 1).all() and table["parameters"].eq(375_098).all()
+    assert "local weights" in table[table["initialization"] == "prompt"]["source"].iloc[0]
+    summary = info["summary"].set_index("initialization")
+    epoch_1 = table[(table["epoch"] == 1) & (table["initialization"] == "scratch")]["test_score"].iloc[0]
+    assert summary.loc["scratch", "final_mean"] == pytest.approx(epoch_1)
+    markdown = (Path(out) / "results.md").read_text()
+    assert "| scratch | 375,098 |" in markdown and "| prompt |" in markdown
+    assert (Path(out) / "curves-eurosat_ms.png").stat().st_size > 0
+    assert list((Path(out) / "tensorboard").rglob("events.out.tfevents.*"))
+    assert (Path(out) / "run.json").exists() and (Path(out) / "config.json").exists()
+    # results go to object storage as well (written locally, then uploaded)
+    import fsspec
+
+    remote = write_results(second, config, f"{bucket}/bench-results", "test")["written"]
+    fs = fsspec.filesystem("s3")
+    assert fs.exists(remote["results.parquet"]) and fs.glob(f"{bucket}/bench-results/tensorboard/*/*/events.*")
