@@ -170,7 +170,7 @@ def test_gpu_workers_request_the_gpus_training_assumes(path: Path) -> None:
     if manifest["kind"] == "RayJob" and entrypoint(manifest)[0] == "train":
         args = build_parser().parse_args(entrypoint(manifest))
         # Ray Train's ScalingConfig(num_workers=--workers, use_gpu=--gpu): one GPU per worker, all of the group
-        assert args.gpu and args.workers == gpu["maxReplicas"] * gpus_of(gpu) == gpu["replicas"] * gpus_of(gpu)
+        assert args.use_gpu and args.workers == gpu["maxReplicas"] * gpus_of(gpu) == gpu["replicas"] * gpus_of(gpu)
 
 
 CREDENTIAL = re.compile(r"AKIA[0-9A-Z]{16}|aws_secret_access_key\s*[:=]|secret(access)?key\s*[:=]\s*\S", re.IGNORECASE)
