@@ -32,9 +32,9 @@ the rest. Every YAML config loads through :func:`load_config`; bad input raises 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from geosane.lazy import exports
 from geosane.version import __version__, software_versions
 
 if TYPE_CHECKING:
@@ -78,14 +78,4 @@ EXPORTS = {
 __all__ = [*EXPORTS, "__version__", "software_versions"]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in EXPORTS:
-        raise AttributeError(f"module 'geosane' has no attribute {name!r}")
-    module = importlib.import_module(EXPORTS[name])
-    value = getattr(module, name, module)  # a function or class of the module, or the module (``datasets``)
-    globals()[name] = value  # resolved once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = exports(__name__, EXPORTS)

@@ -288,9 +288,10 @@ def test_no_message_holds_a_credential(tmp_path: Path, s3_server: str) -> None:
     result = geosane("collect", "timm:test_vit", "--out", "s3://some-bucket/c", env=env)
     assert result.returncode == 2 and "endpoint http://***@127.0.0.1" in result.stderr, result.stderr
     assert "SECRET" not in result.stderr + result.stdout
-    typo = geosane("collect", "timm:test_vit", "--out", "s3://typo-bucket/c")
+    typo = geosane("collect", "timm:test_vit", "--out", "s3://no-such-bucket-cli/c")
     assert (
-        typo.returncode == 2 and "bucket typo-bucket does not exist; create it, or pass --create-bucket" in typo.stderr
+        typo.returncode == 2
+        and "bucket no-such-bucket-cli does not exist; create it, or pass --create-bucket" in typo.stderr
     )
 
 

@@ -9,28 +9,37 @@ May import: the collection (read only, for query anchors), the autoencoder, ``ge
 and the shared pieces. Never training, the zoo or the bench.
 """
 
-from geosane.generation.anchors import adapt_input, backbone_weights, band_mapped_input, fit_to_prompt, parse_query
-from geosane.generation.cards import write_generated
-from geosane.generation.config import SAMPLINGS, GenerateConfig, Generated
-from geosane.generation.prompt import Prompt, build_prompt, head_keys
-from geosane.generation.ranking import reestimate_batchnorm
-from geosane.generation.sampling import sample_latents
-from geosane.generation.stage import generate
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "SAMPLINGS",
-    "GenerateConfig",
-    "Generated",
-    "Prompt",
-    "adapt_input",
-    "backbone_weights",
-    "band_mapped_input",
-    "build_prompt",
-    "fit_to_prompt",
-    "generate",
-    "head_keys",
-    "parse_query",
-    "reestimate_batchnorm",
-    "sample_latents",
-    "write_generated",
-]
+from geosane.lazy import exports
+
+if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one module loads no other
+    from geosane.generation.anchors import adapt_input, backbone_weights, band_mapped_input, fit_to_prompt, parse_query
+    from geosane.generation.cards import write_generated
+    from geosane.generation.config import SAMPLINGS, GenerateConfig, Generated
+    from geosane.generation.prompt import Prompt, build_prompt, head_keys
+    from geosane.generation.ranking import reestimate_batchnorm
+    from geosane.generation.sampling import sample_latents
+    from geosane.generation.stage import generate
+
+#: Public name -> the module that defines it.
+EXPORTS = {
+    "SAMPLINGS": "geosane.generation.config",
+    "GenerateConfig": "geosane.generation.config",
+    "Generated": "geosane.generation.config",
+    "Prompt": "geosane.generation.prompt",
+    "adapt_input": "geosane.generation.anchors",
+    "backbone_weights": "geosane.generation.anchors",
+    "band_mapped_input": "geosane.generation.anchors",
+    "build_prompt": "geosane.generation.prompt",
+    "fit_to_prompt": "geosane.generation.anchors",
+    "generate": "geosane.generation.stage",
+    "head_keys": "geosane.generation.prompt",
+    "parse_query": "geosane.generation.anchors",
+    "reestimate_batchnorm": "geosane.generation.ranking",
+    "sample_latents": "geosane.generation.sampling",
+    "write_generated": "geosane.generation.cards",
+}
+
+__all__ = list(EXPORTS)
+__getattr__, __dir__ = exports(__name__, EXPORTS)

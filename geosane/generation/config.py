@@ -4,13 +4,14 @@ API and the bench all read) and what it returns (:class:`Generated`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from geosane.config import option
 from geosane.errors import GeoSANEError
+
+if TYPE_CHECKING:  # the command line reads these settings without loading torch
+    import torch
+    from torch import nn
 
 __all__ = ["SAMPLINGS", "GenerateConfig", "Generated"]
 

@@ -7,32 +7,41 @@ every worker runs (``loop``) and the driver that plans, starts and resumes a run
 May import: the collection (read only), the autoencoder and the shared pieces. Never generation or the bench.
 """
 
-from geosane.train.config import TrainConfig, deepspeed_config, nvme_folder
-from geosane.train.engine import Horizon, build_engine, fit_horizon, parameter_groups, return_large_blocks_to_the_os
-from geosane.train.loop import StepMeter, progress_line, remove_offload_files
-from geosane.train.run import SPLIT, STEPS_PER_PASS, run_training, training_plan, training_views
-from geosane.train.token_stream import ModelSplit, lineage, split_models, window_dataset, windows_per_model_for
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "SPLIT",
-    "STEPS_PER_PASS",
-    "Horizon",
-    "ModelSplit",
-    "StepMeter",
-    "TrainConfig",
-    "build_engine",
-    "deepspeed_config",
-    "fit_horizon",
-    "lineage",
-    "nvme_folder",
-    "parameter_groups",
-    "progress_line",
-    "remove_offload_files",
-    "return_large_blocks_to_the_os",
-    "run_training",
-    "split_models",
-    "training_plan",
-    "training_views",
-    "window_dataset",
-    "windows_per_model_for",
-]
+from geosane.lazy import exports
+
+if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one module loads no other
+    from geosane.train.config import TrainConfig, deepspeed_config, nvme_folder
+    from geosane.train.engine import Horizon, build_engine, fit_horizon, parameter_groups, return_large_blocks_to_the_os
+    from geosane.train.loop import StepMeter, progress_line, remove_offload_files
+    from geosane.train.run import SPLIT, STEPS_PER_PASS, run_training, training_plan, training_views
+    from geosane.train.token_stream import ModelSplit, lineage, split_models, window_dataset, windows_per_model_for
+
+#: Public name -> the module that defines it.
+EXPORTS = {
+    "SPLIT": "geosane.train.run",
+    "STEPS_PER_PASS": "geosane.train.run",
+    "Horizon": "geosane.train.engine",
+    "ModelSplit": "geosane.train.token_stream",
+    "StepMeter": "geosane.train.loop",
+    "TrainConfig": "geosane.train.config",
+    "build_engine": "geosane.train.engine",
+    "deepspeed_config": "geosane.train.config",
+    "fit_horizon": "geosane.train.engine",
+    "lineage": "geosane.train.token_stream",
+    "nvme_folder": "geosane.train.config",
+    "parameter_groups": "geosane.train.engine",
+    "progress_line": "geosane.train.loop",
+    "remove_offload_files": "geosane.train.loop",
+    "return_large_blocks_to_the_os": "geosane.train.engine",
+    "run_training": "geosane.train.run",
+    "split_models": "geosane.train.token_stream",
+    "training_plan": "geosane.train.run",
+    "training_views": "geosane.train.run",
+    "window_dataset": "geosane.train.token_stream",
+    "windows_per_model_for": "geosane.train.token_stream",
+}
+
+__all__ = list(EXPORTS)
+__getattr__, __dir__ = exports(__name__, EXPORTS)

@@ -119,7 +119,8 @@ def async_io() -> None:
     builder.load()
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+# ZeRO-2 also trains in the two-node CI step (tests/test_cluster_jobs.py) and in `make demo`: slow here
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_trains_from_s3_under_zero(stage: int, s3_collection: str, tmp_path: Path, bucket: str) -> None:
     settings = config(s3_collection, tmp_path, f"zero{stage}", zero_stage=stage, steps=60, checkpoint_every=20)
     result = run_training(settings, progress=False)
