@@ -24,21 +24,16 @@ if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one mo
 
 #: Public name -> the module that defines it.
 EXPORTS = {
-    "SAMPLINGS": "geosane.generation.config",
-    "GenerateConfig": "geosane.generation.config",
-    "Generated": "geosane.generation.config",
-    "Prompt": "geosane.generation.prompt",
-    "adapt_input": "geosane.generation.anchors",
-    "backbone_weights": "geosane.generation.anchors",
-    "band_mapped_input": "geosane.generation.anchors",
-    "build_prompt": "geosane.generation.prompt",
-    "fit_to_prompt": "geosane.generation.anchors",
-    "generate": "geosane.generation.stage",
-    "head_keys": "geosane.generation.prompt",
-    "parse_query": "geosane.generation.anchors",
-    "reestimate_batchnorm": "geosane.generation.ranking",
-    "sample_latents": "geosane.generation.sampling",
-    "write_generated": "geosane.generation.cards",
+    **dict.fromkeys(("SAMPLINGS", "GenerateConfig", "Generated"), "geosane.generation.config"),
+    **dict.fromkeys(("Prompt", "build_prompt", "head_keys"), "geosane.generation.prompt"),
+    **dict.fromkeys(
+        ("adapt_input", "backbone_weights", "band_mapped_input", "fit_to_prompt", "parse_query"),
+        "geosane.generation.anchors",
+    ),
+    **dict.fromkeys(("generate",), "geosane.generation.stage"),
+    **dict.fromkeys(("reestimate_batchnorm",), "geosane.generation.ranking"),
+    **dict.fromkeys(("sample_latents",), "geosane.generation.sampling"),
+    **dict.fromkeys(("write_generated",), "geosane.generation.cards"),
 }
 
 __all__ = list(EXPORTS)

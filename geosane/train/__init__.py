@@ -20,27 +20,19 @@ if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one mo
 
 #: Public name -> the module that defines it.
 EXPORTS = {
-    "SPLIT": "geosane.train.run",
-    "STEPS_PER_PASS": "geosane.train.run",
-    "Horizon": "geosane.train.engine",
-    "ModelSplit": "geosane.train.token_stream",
-    "StepMeter": "geosane.train.loop",
-    "TrainConfig": "geosane.train.config",
-    "build_engine": "geosane.train.engine",
-    "deepspeed_config": "geosane.train.config",
-    "fit_horizon": "geosane.train.engine",
-    "lineage": "geosane.train.token_stream",
-    "nvme_folder": "geosane.train.config",
-    "parameter_groups": "geosane.train.engine",
-    "progress_line": "geosane.train.loop",
-    "remove_offload_files": "geosane.train.loop",
-    "return_large_blocks_to_the_os": "geosane.train.engine",
-    "run_training": "geosane.train.run",
-    "split_models": "geosane.train.token_stream",
-    "training_plan": "geosane.train.run",
-    "training_views": "geosane.train.run",
-    "window_dataset": "geosane.train.token_stream",
-    "windows_per_model_for": "geosane.train.token_stream",
+    **dict.fromkeys(
+        ("SPLIT", "STEPS_PER_PASS", "run_training", "training_plan", "training_views"), "geosane.train.run"
+    ),
+    **dict.fromkeys(
+        ("Horizon", "build_engine", "fit_horizon", "parameter_groups", "return_large_blocks_to_the_os"),
+        "geosane.train.engine",
+    ),
+    **dict.fromkeys(
+        ("ModelSplit", "lineage", "split_models", "window_dataset", "windows_per_model_for"),
+        "geosane.train.token_stream",
+    ),
+    **dict.fromkeys(("StepMeter", "progress_line", "remove_offload_files"), "geosane.train.loop"),
+    **dict.fromkeys(("TrainConfig", "deepspeed_config", "nvme_folder"), "geosane.train.config"),
 }
 
 __all__ = list(EXPORTS)
