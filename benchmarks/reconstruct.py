@@ -135,6 +135,8 @@ def main() -> None:
         if geosane.datasets.parse_spec(r.tags.get("dataset", ""))[0] in registered and "arch" in r.tags
     ]
     print(f"{len(held_out)} held-out models ({len(split['val_lineages'])} lineages), {len(measurable)} with a dataset")
+    if not measurable:  # e.g. a run that held out only real pretrained models: nothing to score on a dataset
+        raise SystemExit(f"{args.run}: none of its held-out models records a registered dataset; nothing to measure")
 
     began, cache, rows = time.perf_counter(), {}, []
     for record in measurable:

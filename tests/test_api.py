@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import json
 import subprocess
 import sys
@@ -50,6 +51,21 @@ def test_every_public_name_resolves_and_says_what_it_is() -> None:
     assert set(dir(geosane)) >= set(geosane.__all__), "tab completion lists the public names"
     with pytest.raises(AttributeError, match="has no attribute 'Tokenizer'"):
         geosane.Tokenizer  # noqa: B018
+
+
+@pytest.mark.parametrize("package", sorted(n for n, p in MODULES.items() if p.name == "__init__.py"))
+def test_every_package_name_resolves_to_what_its_module_defines(package: str) -> None:
+    """Every public name of a package resolves; where the package resolves them on first use (``EXPORTS``,
+    ``geosane.lazy``), each is the object of the module its table names: a wrong entry fails here, not in a
+    user's import."""
+    module = importlib.import_module(package)
+    table = getattr(module, "EXPORTS", {})
+    for name in module.__all__:
+        value = getattr(module, name)
+        assert not inspect.ismodule(value) or value.__name__.endswith(f".{name}"), f"{package}.{name} is a module"
+        if name in table:
+            source = importlib.import_module(table[name])
+            assert value is getattr(source, name, source), f"{package}.{name} is not {table[name]}.{name}"
 
 
 def test_public_names_are_the_objects_not_modules_of_the_same_name() -> None:

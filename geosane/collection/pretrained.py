@@ -65,7 +65,7 @@ def nasaharvest(family: str, bands: list[str], files: dict[str, str]) -> Pretrai
     return Pretrained(family, "self-supervised", "multimodal", bands, "MIT", files, tags=upstream)
 
 
-def ukis_csmask(version: str, family: str, models: tuple[str, ...]) -> Pretrained:
+def ukis_release(version: str, family: str, models: tuple[str, ...]) -> Pretrained:
     """The ukis-csmask cloud/shadow U-Nets (Apache-2.0) of one release, read from its registry wheel."""
     return Pretrained(
         family,
@@ -86,10 +86,10 @@ CATALOGUE: dict[str, Pretrained] = {
     "galileo_nano": nasaharvest(
         "galileo", GALILEO_BANDS, {f"galileo_nano/{part}": f"galileo_nano/{part}.pt" for part in GALILEO_PARTS}
     ),
-    "ukis-csmask-1.0.0": ukis_csmask(
+    "ukis-csmask-1.0.0": ukis_release(
         "1.0.0", "unet-efficientnet-b4", ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")
     ),
-    "ukis-csmask-0.2.1": ukis_csmask("0.2.1", "unet", ("model_4b", "model_6b")),
+    "ukis-csmask-0.2.1": ukis_release("0.2.1", "unet", ("model_4b", "model_6b")),
 }
 
 

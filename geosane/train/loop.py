@@ -179,8 +179,7 @@ class WorkerLoop:
         if metrics.keys() == {"step", "val_reconstruction_start"}:  # resumed a finished run: report where it stands
             import ray.train
 
-            metrics = {**metrics, "val_reconstruction": self.validate()}
-            ray.train.report(metrics)
+            ray.train.report({**metrics, "val_reconstruction": self.validate()})
         return metrics
 
     def after_step(self, losses: dict[str, Any]) -> dict[str, Any]:
