@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geosane.datasets.base import Dataset, stratified_split
+from geosane.datasets.base import SPLITS, Dataset, stratified_split
 from geosane.errors import GeoSANEError
 
 __all__ = ["CLASSES", "EuroSATMS", "EuroSATMSFull", "EuroSATRGB", "class_of"]
@@ -39,8 +39,28 @@ def class_of(sample_id: str) -> int:
     return CLASSES.index(sample_id.rsplit("_", 1)[0])
 
 
+def parse_classes(text: str) -> tuple[int, ...]:
+    """``0-4`` or ``5,7,9`` -> class indices into :data:`CLASSES` (sorted, distinct), or an error showing the form."""
+    try:
+        if "-" in text:
+            first, last = (int(part) for part in text.split("-"))
+            indices = tuple(range(first, last + 1))
+        else:
+            indices = tuple(sorted({int(part) for part in text.split(",")}))
+    except ValueError:
+        indices = ()
+    if not indices or min(indices) < 0 or max(indices) >= len(CLASSES):
+        raise GeoSANEError(f"eurosat_rgb classes={text!r}: expected FIRST-LAST or I,J,... within 0-{len(CLASSES) - 1}")
+    return indices
+
+
 class EuroSATRGB(Dataset):
-    """All of EuroSAT RGB through ``torchvision.datasets.EuroSAT`` (which downloads for users who lack it)."""
+    """All of EuroSAT RGB through ``torchvision.datasets.EuroSAT`` (which downloads for users who lack it).
+
+    ``classes=5-9`` keeps five of the ten classes (renumbered from 0) for class-transfer tasks: a zoo trains on
+    ``classes=0-4`` and a task asks for the other five. A subset keeps the full set's splits and statistics, so its
+    images are provably disjoint from the other subset's, and it is its own dataset in held-out checks.
+    """
 
     name = "eurosat_rgb"
     task = "classification"
@@ -48,7 +68,7 @@ class EuroSATRGB(Dataset):
     bands = ("B04", "B03", "B02")
     classes = CLASSES
 
-    def __init__(self, root: Path, download: bool = False) -> None:
+    def __init__(self, root: Path, download: bool = False, classes: str | None = None) -> None:
         super().__init__(root)
         import torchvision
 
@@ -58,16 +78,36 @@ class EuroSATRGB(Dataset):
             raise GeoSANEError(f"EuroSAT RGB not found under {self.root}/eurosat/2750 ({exc})") from exc
         if tuple(self.source.classes) != CLASSES:
             raise GeoSANEError(f"EuroSAT classes under {self.root} are {self.source.classes}, expected {CLASSES}")
-        self.paths = {Path(path).stem: path for path, _ in self.source.samples}
+        self.subset = parse_classes(classes) if classes else tuple(range(len(CLASSES)))
+        self.option = classes
+        self.classes = tuple(CLASSES[i] for i in self.subset)  # type: ignore[misc]
+        self.paths = {Path(p).stem: p for p, _ in self.source.samples if class_of(Path(p).stem) in self.subset}
+
+    @property
+    def spec(self) -> str:
+        """The dataset with its class subset (``eurosat_rgb?classes=5-9``)."""
+        return f"{self.name}?classes={self.option}" if self.option else self.name
+
+    def label(self, sample_id: str) -> int:
+        """A patch's class within the subset."""
+        return self.subset.index(class_of(sample_id))
 
     def samples(self) -> tuple[list[str], list[int]]:
         """Every patch and its class."""
         ids = sorted(self.paths)
-        return ids, [class_of(i) for i in ids]
+        return ids, [self.label(i) for i in ids]
+
+    def splits(self) -> dict:
+        """The full set's written-down splits and statistics, less the patches of other classes."""
+        full = super().splits()
+        if not self.option:
+            return full
+        return {**full, "dataset": self.spec, **{s: [i for i in full[s] if i in self.paths] for s in SPLITS}}
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
-        """The patch itself (the multispectral version of a patch has the same key)."""
-        return patch_keys(self.name, sample_id)
+        """The patch itself (the multispectral version of a patch has the same key), and the dataset: a subset's
+        train and test patches come from the same scenes."""
+        return patch_keys(self.spec, sample_id)
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches and their classes."""
@@ -75,7 +115,7 @@ class EuroSATRGB(Dataset):
 
         images = np.stack([np.asarray(Image.open(self.paths[i]).convert("RGB")) for i in ids])
         x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255)
-        return x.contiguous(), torch.tensor([class_of(i) for i in ids])
+        return x.contiguous(), torch.tensor([self.label(i) for i in ids])
 
 
 class EuroSATMS(Dataset):

@@ -15,12 +15,13 @@ from geosane.lazy import exports
 
 if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one module loads no other
     from geosane.generation.anchors import adapt_input, backbone_weights, band_mapped_input, fit_to_prompt, parse_query
+    from geosane.generation.candidates import Plan, make_ready, weight_distance
     from geosane.generation.cards import write_generated
     from geosane.generation.config import SAMPLINGS, GenerateConfig, Generated
     from geosane.generation.prompt import Prompt, build_prompt, head_keys
-    from geosane.generation.ranking import reestimate_batchnorm
+    from geosane.generation.ranking import RANKINGS, reestimate_batchnorm
     from geosane.generation.sampling import sample_latents
-    from geosane.generation.stage import generate
+    from geosane.generation.stage import generate, prepare
 
 #: Public name -> the module that defines it.
 EXPORTS = {
@@ -30,8 +31,9 @@ EXPORTS = {
         ("adapt_input", "backbone_weights", "band_mapped_input", "fit_to_prompt", "parse_query"),
         "geosane.generation.anchors",
     ),
-    **dict.fromkeys(("generate",), "geosane.generation.stage"),
-    **dict.fromkeys(("reestimate_batchnorm",), "geosane.generation.ranking"),
+    **dict.fromkeys(("generate", "prepare"), "geosane.generation.stage"),
+    **dict.fromkeys(("Plan", "make_ready", "weight_distance"), "geosane.generation.candidates"),
+    **dict.fromkeys(("RANKINGS", "reestimate_batchnorm"), "geosane.generation.ranking"),
     **dict.fromkeys(("sample_latents",), "geosane.generation.sampling"),
     **dict.fromkeys(("write_generated",), "geosane.generation.cards"),
 }

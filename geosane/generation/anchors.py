@@ -15,6 +15,7 @@ from geosane.autoencoder import Autoencoder
 from geosane.errors import GeoSANEError
 from geosane.generation.config import GenerateConfig
 from geosane.generation.prompt import Prompt
+from geosane.generation.ranking import TargetData
 
 __all__ = [
     "Anchor",
@@ -248,20 +249,32 @@ def find_anchors(
     return anchors, {"url": url, "version": collection.pinned}
 
 
-def keeps_head(anchors: list[Anchor], prompt: Prompt, data: str | None) -> bool:
-    """Decode the classifier only when every anchor learned exactly the target's classes on the target dataset.
+def keeps_head(anchors: list[Anchor], prompt: Prompt, target: TargetData | None) -> bool:
+    """Keep the anchors' classifier only when every anchor learned exactly the target's classes (by name, in order):
+    the one head rule of every initialization from existing weights (a model of the same classes on another sensor
+    keeps its head; a model of other classes gets a new one).
 
     Args:
         anchors: the anchors.
         prompt: the built prompt.
-        data: the target dataset.
+        target: the target data (its class names); without it no head is kept.
 
     Returns:
-        Whether the decoded classifier is kept.
+        Whether the anchors' classifier is kept.
     """
-    return bool(
-        data
-        and anchors[0].record
-        and all(a.record.get("tags", {}).get("dataset") == data for a in anchors)
-        and all(a.record.get("num_classes") == prompt.num_classes for a in anchors)
-    )
+    if target is None or not anchors[0].record or prompt.num_classes != target.num_classes:
+        return False
+    return all(anchor_classes(a, target.root) == target.classes for a in anchors)
+
+
+def anchor_classes(anchor: Anchor, data_root: str | None) -> list[str] | None:
+    """The class names an anchor learned: its dataset's, where its record names a dataset GeoSANE knows."""
+    from geosane import datasets
+
+    spec = anchor.record.get("tags", {}).get("dataset")
+    if not spec:
+        return None
+    try:
+        return list(datasets.get(spec, data_root).classes)
+    except GeoSANEError:
+        return None

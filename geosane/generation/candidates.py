@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from geosane.autoencoder import Autoencoder, Latents
-from geosane.generation.anchors import Anchor
+from geosane.generation.anchors import Anchor, backbone_weights
 from geosane.generation.config import GenerateConfig
 from geosane.generation.prompt import Prompt, task_model
 from geosane.generation.ranking import TargetData, reestimate_batchnorm, selection_score
@@ -18,7 +18,7 @@ from geosane.generation.sampling import sample_latents
 from geosane.tasks import load_backbone
 from geosane.tokenizer import detokenize, tokenize
 
-__all__ = ["Plan", "make_candidate", "run_candidates"]
+__all__ = ["Plan", "make_candidate", "make_ready", "run_candidates", "weight_distance"]
 
 
 @dataclass
@@ -31,6 +31,7 @@ class Plan:
     anchors: list[Anchor]
     target: TargetData | None
     head_kept: bool
+    source: dict[str, Any] | None = None  # the anchors' collection URL and version
     encoded: dict[int, Latents] = field(default_factory=dict)
 
     def latents(self, index: int) -> Latents:
@@ -48,8 +49,8 @@ class Plan:
 
 
 def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Candidate ``index``: sample, decode, detokenize, build the task model, re-estimate BatchNorm and score.
-    Seeded by the generation's seed and ``index`` alone, so a candidate is the same wherever it runs.
+    """Candidate ``index``: sample, decode, detokenize, then :func:`make_ready`. Seeded by the generation's seed and
+    ``index`` alone, so a candidate is the same wherever it runs.
 
     Args:
         plan: what every candidate shares.
@@ -58,9 +59,7 @@ def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dic
     Returns:
         The task model's weights and what the card says of it (anchor, BatchNorm layers, selection score).
     """
-    import timm
-
-    config, prompt = plan.config, plan.prompt
+    config = plan.config
     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + index)
     if config.sampling == "joint":  # one anchor per candidate
         chosen = int(torch.randint(len(plan.anchors), (1,), generator=generator))
@@ -70,6 +69,34 @@ def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dic
         latents, chosen = sample_latents(everyone, config.sampling, config.bandwidth, generator)
     tokens = tokenize(plan.anchors[chosen].state_dict, plan.autoencoder.tokenizer)  # its layout and kept tensors
     state_dict = detokenize(plan.autoencoder.decode(latents), tokens.layout, tokens.kept)
+    anchor = plan.anchors[chosen]
+    weights, info = make_ready(plan, state_dict, index)
+    return weights, {
+        **info,
+        "anchor": anchor.name if config.sampling == "joint" else None,
+        "distance": weight_distance(
+            backbone_weights(weights), anchor.state_dict, plan.prompt.head if not plan.head_kept else ()
+        ),
+    }
+
+
+def make_ready(plan: Plan, state_dict: dict[str, torch.Tensor], index: int) -> tuple[dict[str, torch.Tensor], dict]:
+    """Weights in the prompt's shapes made task-ready, as every initialization from existing weights is: a seeded
+    new head unless the head is kept (:func:`~geosane.generation.anchors.keeps_head`), the task model,
+    BatchNorm statistics re-estimated on unlabeled target images, and the selection-split score that ranks it.
+
+    Args:
+        plan: the generation's shared plan (prompt, target data, head rule, seed).
+        state_dict: weights in the prompt's shapes (decoded, an anchor's, a soup...).
+        index: which candidate (seeds the new head).
+
+    Returns:
+        The task model's weights, and what its card says (candidate, BatchNorm layers, selection score).
+    """
+    import timm
+
+    config, prompt = plan.config, plan.prompt
+    state_dict = dict(state_dict)
     if not plan.head_kept and prompt.head:
         torch.manual_seed(config.seed * 1_000_003 + index)
         fresh = timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes, **prompt.sizes)
@@ -79,18 +106,47 @@ def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dic
         model.load_state_dict(state_dict, strict=True)
     else:
         load_backbone(model.backbone, state_dict)  # type: ignore[arg-type]
-    info: dict[str, Any] = {
-        "candidate": index,
-        "anchor": plan.anchors[chosen].name if config.sampling == "joint" else None,
-    }
+    info: dict[str, Any] = {"candidate": index}
     if plan.target is not None:
         # a new task head learns its own statistics in fine-tuning; the backbone's must fit the target's images now
         network = model if config.task == "classification" else model.backbone
         info["batchnorm_layers"] = reestimate_batchnorm(network, plan.target.unlabeled)  # type: ignore[arg-type]
-        if config.task == "classification":
-            info["selection_score"] = selection_score(model, plan.target, plan.head_kept)
+        if config.task in ("classification", "segmentation"):
+            info["selection_score"], info["predictions"] = selection_score(
+                model, plan.target, plan.head_kept, config.task
+            )
     model.eval()
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, info
+
+
+def weight_distance(
+    weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], skip: tuple[str, ...] = ()
+) -> float:
+    """Normalized distance in weight space, ``||w - r|| / ||r||`` over the floating-point tensors both hold (not
+    BatchNorm statistics, nor the ``skip`` prefixes: a new head): how far a model moved from where it started.
+
+    Args:
+        weights: a model's weights.
+        reference: the weights it is compared with.
+        skip: key prefixes left out.
+
+    Returns:
+        The distance (0 for identical weights).
+    """
+    difference = norm = 0.0
+    for key, value in weights.items():
+        other = reference.get(key)
+        if (
+            other is None
+            or other.shape != value.shape
+            or not value.is_floating_point()
+            or key.endswith(("running_mean", "running_var"))
+            or (skip and key.startswith(skip))
+        ):
+            continue
+        difference += float((value.double() - other.double()).pow(2).sum())
+        norm += float(other.double().pow(2).sum())
+    return (difference / norm) ** 0.5 if norm else float("nan")
 
 
 def run_candidates(

@@ -15,7 +15,7 @@ from geosane.version import software_versions
 if TYPE_CHECKING:  # the candidates' module writes the cards
     from geosane.generation.candidates import Plan
 
-__all__ = ["base_card", "candidate_card", "card_markdown", "write_generated"]
+__all__ = ["base_card", "candidate_card", "card_markdown", "diversity", "write_generated"]
 
 
 def base_card(
@@ -73,7 +73,11 @@ def candidate_card(info: dict[str, Any], plan: Plan) -> dict[str, Any]:
         The candidate's part of the card.
     """
     target = plan.target
-    card: dict[str, Any] = {"candidate": info["candidate"], "anchor": info["anchor"]}
+    card: dict[str, Any] = {
+        "candidate": info["candidate"],
+        "anchor": info["anchor"],
+        "distance_to_anchor": info.get("distance"),  # normalized, in weight space (new heads left out)
+    }
     if target is None:
         card["batchnorm"] = "not re-estimated: no target data (statistics are the anchor's)"
         card["selection"] = "not ranked: no target data"
@@ -85,12 +89,49 @@ def candidate_card(info: dict[str, Any], plan: Plan) -> dict[str, Any]:
     if "selection_score" in info:
         card["selection"] = {
             "score": info["selection_score"],
-            "ranked_by": RANKINGS[plan.head_kept],
+            "ranked_by": RANKINGS["segmentation" if plan.config.task == "segmentation" else plan.head_kept],
             "split": f"{target.name} selection ({len(target.selection_x)} samples)",
         }
     else:
-        card["selection"] = f"not ranked: {plan.config.task} heads are new"
+        card["selection"] = f"not ranked: no selection score for {plan.config.task} heads"
     return card
+
+
+def diversity(results: list[tuple[dict[str, Any], dict[str, Any]]], head: tuple[str, ...]) -> dict[str, Any]:
+    """How different a generation's candidates are: each one's normalized distance to its anchor, the pairwise
+    normalized distances between candidates, and how often two candidates' selection-split predictions disagree.
+
+    Args:
+        results: every candidate's weights and notes (``distance``, ``predictions``).
+        head: key prefixes left out of distances (a new head).
+
+    Returns:
+        Means and ranges of the three, with how many candidates and pairs they come from.
+    """
+    from itertools import combinations
+
+    from geosane.generation.anchors import backbone_weights
+    from geosane.generation.candidates import weight_distance
+
+    def summary(values: list[float]) -> dict[str, float] | None:
+        values = [v for v in values if v == v]  # not NaN
+        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)} if values else None
+
+    pairs = list(combinations(range(len(results)), 2))
+    weights = [backbone_weights(w) for w, _ in results]
+    predictions = [info.get("predictions") for _, info in results]
+    return {
+        "candidates": len(results),
+        "distance_to_anchor": summary([info.get("distance", float("nan")) for _, info in results]),
+        "pairwise_distance": summary([weight_distance(weights[i], weights[j], head) for i, j in pairs]),
+        "prediction_disagreement": summary(
+            [
+                float((predictions[i] != predictions[j]).float().mean())
+                for i, j in pairs
+                if predictions[i] is not None and predictions[j] is not None
+            ]
+        ),
+    }
 
 
 def card_markdown(card: dict[str, Any]) -> str:
@@ -114,6 +155,8 @@ def card_markdown(card: dict[str, Any]) -> str:
             f"candidate {card['candidate']} of {card['sampling']['candidates']}, seed {card['seed']}",
             f"- BatchNorm: {card['batchnorm']}",
             f"- selection: {score}",
+            f"- distance to its anchor (normalized, weight space): {card.get('distance_to_anchor')}",
+            f"- across candidates: {card.get('diversity')}",
             f"- GeoSANE {card['software'].get('geosane')}, created {card['created']}",
             "",
             "## Anchors",

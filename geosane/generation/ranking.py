@@ -72,6 +72,8 @@ class TargetData:
     selection_y: Any
     num_classes: int
     bands: list[str]
+    classes: list[str]
+    root: str | None = None  # the data root, where anchors' datasets are looked up (their class names)
 
 
 def load_target(config: GenerateConfig, prompt: Prompt) -> TargetData | None:
@@ -106,38 +108,84 @@ def load_target(config: GenerateConfig, prompt: Prompt) -> TargetData | None:
         )
     unlabeled = dataset.load("train", limit=BATCHNORM_IMAGES)
     selection = dataset.load("selection", limit=SELECTION_IMAGES)
-    return TargetData(config.data, unlabeled.x, selection.x, selection.y, dataset.num_classes, list(dataset.bands))
+    return TargetData(
+        config.data,
+        unlabeled.x,
+        selection.x,
+        selection.y,
+        dataset.num_classes,
+        list(dataset.bands),
+        list(dataset.classes),
+        config.data_root,
+    )
 
 
 RANKINGS = {
     True: "selection-split accuracy of the decoded classifier",
     False: "selection-split accuracy of a nearest-class-mean classifier on the features (new head)",
+    "segmentation": "selection-split mIoU of a per-pixel nearest-class-mean classifier on the backbone's features",
 }
 
 
+def nearest_class_mean(features: torch.Tensor, y: torch.Tensor, fit: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Predictions for the samples outside ``fit`` by the nearest class mean of the samples in ``fit``: how well
+    features separate the classes without training a head (a class absent from ``fit`` is never predicted)."""
+    means = torch.stack([features[fit & (y == c)].mean(0) for c in range(num_classes)])
+    distances = torch.cdist(features[~fit], means.nan_to_num())
+    distances[:, torch.isnan(means).any(1)] = torch.inf
+    return distances.argmin(1)
+
+
 @torch.no_grad()
-def selection_score(model: nn.Module, target: TargetData, head_kept: bool) -> float:
-    """How a classification candidate ranks (``RANKINGS``): its accuracy on the selection split when its classifier
-    was decoded; with a new head, a nearest-class-mean classifier on its features (half the split fits, half scores).
+def selection_score(
+    model: nn.Module, target: TargetData, head_kept: bool, task: str = "classification"
+) -> tuple[float, torch.Tensor]:
+    """How a candidate ranks (``RANKINGS``): a classifier's accuracy on the selection split when its classifier was
+    decoded; with a new head, a nearest-class-mean classifier on its features (half the split fits, half scores);
+    segmentation, whose heads are always new: the same per pixel on the backbone's levels, scored as mIoU.
 
     Args:
-        model: a classification candidate.
+        model: a candidate task model.
         target: the target data.
         head_kept: whether its classifier was decoded.
+        task: ``classification`` or ``segmentation``.
 
     Returns:
-        The score.
+        The score, and the predictions it scored (to compare candidates' predictions with each other).
     """
-    from geosane.tasks import score_samples
-
     y = target.selection_y
-    if head_kept:
-        return score_samples(model, "classification", target.selection_x, y, target.num_classes)
     model.eval()
+    if task == "segmentation":
+        return segmentation_score(model, target)
     forward: Any = model  # a timm classifier
     batches = target.selection_x.split(128)
+    if head_kept:
+        predicted = torch.cat([forward(x).argmax(1) for x in batches])
+        return float((predicted == y).float().mean()), predicted
     features = torch.cat([forward.forward_head(forward.forward_features(x), pre_logits=True) for x in batches])
     fit = torch.arange(len(y)) % 2 == 0
-    means = torch.stack([features[fit & (y == c)].mean(0) for c in range(target.num_classes)])
-    predicted = torch.cdist(features[~fit], means.nan_to_num()).argmin(1)
-    return float((predicted == y[~fit]).float().mean())
+    predicted = nearest_class_mean(features, y, fit, target.num_classes)
+    return float((predicted == y[~fit]).float().mean()), predicted
+
+
+def segmentation_score(model: nn.Module, target: TargetData) -> tuple[float, torch.Tensor]:
+    """Per-pixel nearest class mean on every backbone level upsampled to the finest: even chips fit, odd chips
+    score (mIoU over the classes present)."""
+    import torch.nn.functional as F
+    from torchmetrics.functional.classification import multiclass_jaccard_index
+
+    from geosane.tasks.models import backbone_features
+
+    backbone: Any = model.backbone  # every segmentation model names its timm feature extractor so
+    levels = backbone_features(backbone, target.selection_x)
+    size = levels[0].shape[-2:]
+    features = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in levels], 1)
+    labels = F.interpolate(target.selection_y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    chips = torch.arange(len(labels)) % 2 == 0
+    fit = chips[:, None, None].expand_as(labels).reshape(-1)
+    pixels, y = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), labels.reshape(-1)
+    predicted = nearest_class_mean(pixels, y, fit, target.num_classes)
+    value = multiclass_jaccard_index(
+        predicted, y[~fit], target.num_classes, average="none", ignore_index=255, zero_division=float("nan")
+    )
+    return float(value.nanmean()), predicted

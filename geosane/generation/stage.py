@@ -30,14 +30,41 @@ from typing import Any
 from geosane.autoencoder import Autoencoder
 from geosane.generation.anchors import find_anchors, keeps_head
 from geosane.generation.candidates import Plan, run_candidates
-from geosane.generation.cards import base_card, candidate_card
+from geosane.generation.cards import base_card, candidate_card, diversity
 from geosane.generation.config import GenerateConfig, Generated
 from geosane.generation.prompt import build_prompt, task_model
 from geosane.generation.ranking import load_target
 
-__all__ = ["generate"]
+__all__ = ["generate", "prepare"]
 
 log = logging.getLogger(__name__)
+
+
+def prepare(autoencoder: Autoencoder | str, prompt: str, **settings: Any) -> tuple[Plan, str]:
+    """Everything a generation's candidates share, checked before anything is generated: the prompt, the target
+    data, the anchors fitted to the prompt, and the head rule (the bench's anchor-based baselines start here too).
+
+    Args:
+        autoencoder: a trained autoencoder, or where to load one.
+        prompt: ``timm:NAME[?in_chans=C&num_classes=K]``.
+        **settings: :class:`GenerateConfig` fields.
+
+    Returns:
+        The plan, and where the autoencoder came from.
+
+    Raises:
+        GeoSANEError: a bad setting, prompt, anchor query or target data.
+    """
+    config = GenerateConfig(prompt=prompt, **settings)
+    config.validate()
+    autoencoder_url = autoencoder if isinstance(autoencoder, str) else autoencoder.info.get("url", "(in memory)")
+    if isinstance(autoencoder, str):
+        autoencoder = Autoencoder.load(autoencoder)
+    built = build_prompt(config)
+    target = load_target(config, built)
+    anchors, source = find_anchors(config, built, autoencoder, target.bands if target else None)
+    plan = Plan(config, autoencoder, built, anchors, target, keeps_head(anchors, built, target), source=source)
+    return plan, str(autoencoder_url)
 
 
 def generate(
@@ -61,25 +88,25 @@ def generate(
     Raises:
         GeoSANEError: a bad setting, prompt, anchor query or target data.
     """
-    config = GenerateConfig(prompt=prompt, **settings)
-    config.validate()
-    autoencoder_url = autoencoder if isinstance(autoencoder, str) else autoencoder.info.get("url", "(in memory)")
-    if isinstance(autoencoder, str):
-        autoencoder = Autoencoder.load(autoencoder)
-    built = build_prompt(config)
-    target = load_target(config, built)
-    anchors, source = find_anchors(config, built, autoencoder, target.bands if target else None)
-    head_kept = keeps_head(anchors, built, config.data)
-    plan = Plan(config, autoencoder, built, anchors, target, head_kept)
-    if config.sampling != "joint" or len(anchors) == 1:  # every candidate needs every anchor: encode them once
-        for index in range(len(anchors)):
+    plan, autoencoder_url = prepare(autoencoder, prompt, **settings)
+    config, built = plan.config, plan.prompt
+    if config.sampling != "joint" or len(plan.anchors) == 1:  # every candidate needs every anchor: encode them once
+        for index in range(len(plan.anchors)):
             plan.latents(index)
     log.info(
-        "%s: %d anchor(s), %d candidate(s), sampling %s", built.arch, len(anchors), config.candidates, config.sampling
+        "%s: %d anchor(s), %d candidate(s), sampling %s",
+        built.arch,
+        len(plan.anchors),
+        config.candidates,
+        config.sampling,
     )
     results, executor = run_candidates(plan, progress, use_ray)
-    ranked = sorted(results, key=lambda r: -r[1].get("selection_score", 0.0)) if target else results
-    card = {**base_card(config, plan, str(autoencoder_url), source), "generated_by": executor}
+    ranked = sorted(results, key=lambda r: -r[1].get("selection_score", 0.0)) if plan.target else results
+    card = {
+        **base_card(config, plan, autoencoder_url, plan.source),
+        "generated_by": executor,
+        "diversity": diversity(results, built.head if not plan.head_kept else ()),
+    }
     out = []
     for rank, (state_dict, info) in enumerate(ranked[: config.top_k], start=1):
         model = task_model(built, config.task, plan.num_classes)
