@@ -34,7 +34,7 @@ class BenchTask:
     arch: str  # the target (prompt) architecture, a timm name
     initializations: list[str]
     epochs: int
-    lr: float
+    lr: float | list[float]  # a list is a grid: each initialization gets the best on the selection split
     batch_size: int = 32
     label: str | None = None  # its name in tables and plots (default: data)
     held_out: bool = False  # checked: no collection model may have trained on the task's test images
@@ -50,6 +50,11 @@ class BenchTask:
     def name(self) -> str:
         """The task's name in tables and plots: its label, or its dataset."""
         return self.label or self.data
+
+    @property
+    def lrs(self) -> list[float]:
+        """The learning rates tried (one, or the grid)."""
+        return list(self.lr) if isinstance(self.lr, list) else [self.lr]
 
 
 @settings
@@ -121,8 +126,8 @@ class BenchConfig:
                 raise GeoSANEError(f"{key}.initializations: unknown {unknown}; known: {', '.join(INITIALIZATIONS)}")
             if not timm.is_model(task.arch):
                 raise GeoSANEError(f"{key}.arch: unknown timm architecture {task.arch!r}")
-            if task.epochs < 1 or task.lr <= 0 or task.batch_size < 1:
-                raise GeoSANEError(f"{key}: epochs, lr and batch_size must be positive")
+            if task.epochs < 1 or not task.lrs or min(task.lrs) <= 0 or task.batch_size < 1:
+                raise GeoSANEError(f"{key}: epochs, lr (every one of a grid) and batch_size must be positive")
             name, _ = datasets.parse_spec(task.data)
             if task.data.startswith(("npz:", "imagefolder:")):
                 kind = datasets.get(task.data, self.data_root).task  # the user's files say what the task is
@@ -139,7 +144,7 @@ class BenchConfig:
                 raise GeoSANEError(
                     f"{key}.initializations: no specialist for {task.data}; there is one for {', '.join(SPECIALISTS)}"
                 )
-            for init in ("pruned", "distilled"):
+            for init in ("pruned", "distilled", "foundation"):
                 if init in task.initializations and kind != "classification":
                     raise GeoSANEError(f"{key}.initializations: {init} is for classification, {task.data} is {kind}")
 
@@ -164,12 +169,24 @@ class BenchConfig:
         )
 
     def trials(self) -> list[dict[str, Any]]:
-        """The grid: task x initialization x seed, each a plain dict (what Tune records per trial)."""
+        """The grid: task x initialization x learning rate x seed, each a plain dict (what Tune records per trial)."""
         from geosane.tuning import slug
 
+        def stem(task: BenchTask, init: str, lr: float, seed: int) -> str:
+            grid = f"-lr{lr:g}" if len(task.lrs) > 1 else ""
+            return f"{slug(task.name)}-{init}{grid}-s{seed}"
+
         return [
-            {"task": index, "label": task.name, "init": init, "seed": seed, "stem": f"{slug(task.name)}-{init}-s{seed}"}
+            {
+                "task": index,
+                "label": task.name,
+                "init": init,
+                "lr": lr,
+                "seed": seed,
+                "stem": stem(task, init, lr, seed),
+            }
             for index, task in enumerate(self.tasks)
             for init in task.initializations
+            for lr in task.lrs
             for seed in self.seeds
         ]

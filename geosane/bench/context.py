@@ -23,6 +23,7 @@ class TrialContext:
     task: BenchTask
     data: TaskData
     seed: int
+    lr: float  # the trial's learning rate (one of the task's grid)
     collection: str | None = None  # URL of the collection, read at ``version``
     version: int | None = None
 
@@ -31,6 +32,20 @@ class TrialContext:
         options = {"in_chans": self.data.in_chans, "num_classes": self.data.num_classes, **self.task.model_kwargs}
         text = {k: ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v) for k, v in options.items()}
         return f"timm:{self.task.arch}?" + "&".join(f"{k}={v}" for k, v in text.items())
+
+    def generation_settings(self) -> dict[str, Any]:
+        """What ``generated`` and the anchor-based baselines ask generation for: the task's anchors (default: every
+        collection model of the architecture), the sweep's sampling settings, the task's data and the trial's seed."""
+        return {
+            "task": self.data.task,
+            "anchors": self.task.anchors or f"arch={self.task.arch}",
+            "collection": self.collection,
+            "candidates": self.config.candidates,
+            "bandwidth": self.config.bandwidth,
+            "data": self.data.spec,
+            "data_root": self.config.data_root,
+            "seed": self.seed,
+        }
 
     def target_model(self) -> nn.Module:
         """The task's architecture with timm's default initialization for the trial's seed."""

@@ -5,6 +5,8 @@
 | ``scratch`` | the architecture's default timm initialization |
 | ``generated`` | the generation API's top candidate for the trial's prompt and seed, ranked on the selection split |
 | ``prompt`` | the prompt's own weights, or the best-recorded collection model of the architecture elsewhere |
+| ``anchor``, ``decoded``, ``noised``, ``soup`` | the baselines that separate the latent space from copying |
+| ``foundation`` | a real remote-sensing foundation model's encoder with a new head (``geosane.bench.foundation``) |
 | ``pruned`` | the best larger collection model of the task, structurally pruned to the target's size |
 | ``distilled`` | the target from scratch, trained with a larger collection model's soft targets |
 | ``specialist`` | a real pretrained remote-sensing model for the task (``geosane.bench.specialists``) |
@@ -76,21 +78,9 @@ def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The generation API's top candidate for the trial's prompt and seed, ranked on the selection split only."""
     from geosane.generation import generate
 
-    anchors = context.task.anchors or f"arch={context.task.arch}"
-    (best,) = generate(
-        context.config.autoencoder,
-        context.prompt_uri(),
-        task=context.data.task,
-        anchors=anchors,
-        collection=context.collection,
-        candidates=context.config.candidates,
-        bandwidth=context.config.bandwidth,
-        data=context.data.spec,
-        data_root=context.config.data_root,
-        seed=context.seed,
-        use_ray=False,  # the trial is the unit of parallelism; its candidates run in it
-    )
-    model = best.model
+    settings = context.generation_settings()
+    (best,) = generate(context.config.autoencoder, context.prompt_uri(), use_ray=False, **settings)
+    model = best.model  # use_ray=False: the trial is the unit of parallelism; its candidates run in it
     if context.data.task == "detection" and context.task.image_size:  # the generated backbone in the bench's detector
         model = context.target_model()
         load_into(
@@ -98,9 +88,10 @@ def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
         )
     selection = best.card["selection"]
     return model, {
-        "source": f"generated from {len(best.card['anchors'])} anchor(s) ({anchors}), candidate "
+        "source": f"generated from {len(best.card['anchors'])} anchor(s) ({settings['anchors']}), candidate "
         f"{best.card['candidate']} of {context.config.candidates}",
         "selection": selection["score"] if isinstance(selection, dict) else None,
+        "distance": best.card["distance_to_anchor"],
     }
 
 
@@ -138,20 +129,28 @@ def trained_on_task(context: TrialContext) -> list[Any]:
     ]
 
 
-@initialization("prompt")
-def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
-    """The prompt's own weights: local pretrained weights when given; otherwise the collection model of the
-    architecture trained on another dataset with the best recorded metric (on that dataset), fitted to the task's
-    bands (by band name where the bands are known) with a new head."""
-    from geosane.generation import GenerateConfig, build_prompt, fit_to_prompt
+def recorded_score(record: Any) -> float | None:
+    """A collection model's recorded score on its own test split in its task's metric (``test_accuracy``,
+    ``test_miou``), never another number it records (such as ``test_samples``)."""
+    from geosane.tasks import metric_name
 
-    built = build_prompt(
-        GenerateConfig(prompt=context.prompt_uri(), prompt_weights=context.task.prompt_weights, seed=context.seed)
-    )
-    model = context.target_model()
-    if context.task.prompt_weights:
-        load_into(model, context.data.task, built.state_dict)
-        return model, {"source": f"local weights {context.task.prompt_weights}"}
+    value = record.metrics.get(f"test_{metric_name(record.task)}")
+    return None if value is None else float(value)
+
+
+def prompt_record(context: TrialContext) -> Any:
+    """The collection model ``prompt`` starts from: the task's architecture trained as a classifier on another
+    dataset, with the best recorded score (ties: the first by name).
+
+    Args:
+        context: the trial.
+
+    Returns:
+        The record.
+
+    Raises:
+        GeoSANEError: no such model (give ``prompt_weights``).
+    """
     dataset_name = context.data.spec.split("?")[0]
     candidates = [
         r
@@ -159,18 +158,34 @@ def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
         if r.tags.get("arch") == context.task.arch
         and r.tags.get("dataset", "").split("?")[0] != dataset_name
         and r.task == "classification"
-        and r.metrics
+        and recorded_score(r) is not None
     ]
     if not candidates:
         raise GeoSANEError(
             f"prompt: no {context.task.arch} classifier trained on another dataset in {context.collection}; "
             "give prompt_weights"
         )
-    record = max(candidates, key=lambda r: (max(r.metrics.values()), r.name))
-    fitted, how = fit_to_prompt(context.export(record), built, record.in_chans, (record.bands, context.data.bands))
-    load_into(model, context.data.task, fitted)
-    metric = ", ".join(f"{k} {v:.3f}" for k, v in record.metrics.items() if k != "test_samples")
-    return model, {"source": f"collection model {record.name} ({metric} on {record.tags.get('dataset')}; {how})"}
+    return min(candidates, key=lambda r: (-(recorded_score(r) or 0.0), r.name))
+
+
+@initialization("prompt")
+def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The prompt's own weights: local pretrained weights when given; otherwise the collection model of the
+    architecture trained on another dataset with the best recorded score (:func:`prompt_record`), fitted to the
+    task's bands as generation fits an anchor and made ready the same way (head rule, BatchNorm re-estimation)."""
+    from geosane.bench.ablations import generation_plan, trial_model
+    from geosane.generation import make_ready
+
+    if context.task.prompt_weights:
+        plan = generation_plan(context, anchors="prompt", prompt_weights=context.task.prompt_weights)
+        what = f"local weights {context.task.prompt_weights}"
+    else:
+        record = prompt_record(context)
+        plan = generation_plan(context, anchors=f"id={record.id}")
+        what = f"collection model {record.name} (recorded {recorded_score(record):.3f} on {record.tags.get('dataset')}"
+        what += f"; {plan.anchors[0].fitted})"
+    weights, info = make_ready(plan, plan.anchors[0].state_dict, 0)
+    return trial_model(context, plan, weights), {"source": what, "selection": info.get("selection_score")}
 
 
 @initialization("pruned")

@@ -15,14 +15,24 @@ from geosane.bench.config import BenchConfig
 from geosane.bench.runner import BenchRun
 from geosane.errors import GeoSANEError
 
-__all__ = ["TABLE_EPOCHS", "markdown", "plot_curves", "results_frame", "summary_table", "write_results"]
+__all__ = [
+    "TABLE_EPOCHS",
+    "chosen_learning_rates",
+    "interval",
+    "markdown",
+    "plot_curves",
+    "results_frame",
+    "summary_table",
+    "write_results",
+]
 
 #: The epochs the summary table shows besides the last one.
 TABLE_EPOCHS = (0, 1, 5)
 
 
 def results_frame(results: Any, config: BenchConfig) -> Any:
-    """Every trial and epoch as one table (pandas): task, initialization, seed, epoch, scores, parameters, source.
+    """Every trial and epoch as one table (pandas): task, initialization, learning rate, seed, epoch, scores,
+    parameters, source, and whether the learning rate is the one chosen for the initialization (``chosen``).
 
     Args:
         results: Tune's ResultGrid.
@@ -43,12 +53,15 @@ def results_frame(results: Any, config: BenchConfig) -> Any:
         frame = result.metrics_dataframe
         if result.error or frame is None or frame.empty:
             reason = str(result.error).strip().splitlines()[-1] if result.error else "reported nothing"
-            failed.append(f"{trial['label']}/{trial['init']}/s{trial['seed']}: {reason}")
+            failed.append(
+                f"{trial['label']}/{trial['init']}/lr{trial.get('lr', task.lrs[0]):g}/s{trial['seed']}: {reason}"
+            )
             if frame is None or frame.empty:
                 continue
         columns = ["epoch", "metric", "test_score", "selection_score", "train_loss", "epoch_seconds", "parameters"]
-        frame = frame[[*columns, "source"]].copy()
+        frame = frame[[*columns, *(c for c in ("init_selection", "distance") if c in frame), "source"]].copy()
         frame.insert(0, "seed", trial["seed"])
+        frame.insert(0, "lr", float(trial.get("lr", task.lrs[0])))
         frame.insert(0, "initialization", trial["init"])
         frame.insert(0, "arch", task.arch)
         frame.insert(0, "data", task.data)
@@ -57,36 +70,94 @@ def results_frame(results: Any, config: BenchConfig) -> Any:
     if not frames:
         raise GeoSANEError("no trial reported anything; first error: " + (failed[0] if failed else "none"))
     table = pd.concat(frames, ignore_index=True)
-    table = table.sort_values(["task", "initialization", "seed", "epoch"]).reset_index(drop=True)
+    table = table.sort_values(["task", "initialization", "lr", "seed", "epoch"]).reset_index(drop=True)
+    table["chosen"] = chosen_learning_rates(table)
     table.attrs["failed"] = failed
     return table
 
 
+def chosen_learning_rates(table: Any) -> Any:
+    """Which rows carry each initialization's chosen learning rate: per task and initialization, the learning rate
+    whose *selection-split* score after the last epoch is best on average over seeds (ties: the smaller rate).
+
+    Args:
+        table: :func:`results_frame`'s rows.
+
+    Returns:
+        A boolean Series aligned with ``table``.
+    """
+    best = {}
+    for (task, init), group in table.groupby(["task", "initialization"], sort=False):
+        last = group[group["epoch"] == group["epoch"].max()]
+        means = last.groupby("lr")["selection_score"].mean()
+        best[(task, init)] = min(means.index, key=lambda lr: (-means[lr], lr))
+    return table.apply(lambda row: row["lr"] == best[(row["task"], row["initialization"])], axis=1)
+
+
+def interval(values: Any) -> tuple[float, float, float]:
+    """Mean, std (``ddof=1``) and the half-width of the 95% t-interval of the mean of ``values`` (NaN where fewer
+    than two).
+
+    Args:
+        values: numbers (one per seed).
+
+    Returns:
+        Mean, std and half-width.
+    """
+    import numpy as np
+    from scipy import stats
+
+    values = np.asarray(values, dtype=float)
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    if len(values) == 1:
+        return float(values[0]), math.nan, math.nan
+    std = float(values.std(ddof=1))
+    return float(values.mean()), std, float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values)))
+
+
 def summary_table(table: Any) -> Any:
-    """Mean and std over seeds per task and initialization at epochs 0, 1, 5 and the last, with parameter counts."""
+    """Per task and initialization, at its chosen learning rate: mean, std (``ddof=1``) and 95% interval over seeds
+    of the test score at epochs 0, 1, 5 and the last; and, against ``generated``, the paired difference per seed
+    (initialization minus generated, same seed) with its interval.
+
+    Args:
+        table: :func:`results_frame`'s rows.
+
+    Returns:
+        One row per task and initialization.
+    """
     import pandas as pd
 
+    chosen = table[table["chosen"]] if "chosen" in table else table
     rows = []
-    for (task, init), group in table.groupby(["task", "initialization"], sort=False):
+    for (task, init), group in chosen.groupby(["task", "initialization"], sort=False):
         last = int(group["epoch"].max())
+        reference = chosen[(chosen["task"] == task) & (chosen["initialization"] == "generated")]
         row: dict[str, Any] = {
             "task": task,
             "initialization": init,
             "metric": group["metric"].iloc[0],
             "parameters": int(group["parameters"].iloc[0]),
+            "lr": float(group["lr"].iloc[0]),
             "seeds": group["seed"].nunique(),
             "last_epoch": last,
+            "distance": float(group["distance"].mean()) if "distance" in group else math.nan,
         }
         for key, epoch in [*((f"epoch_{e}", e) for e in TABLE_EPOCHS), ("final", last)]:
-            at = group[group["epoch"] == epoch]["test_score"]
-            row[f"{key}_mean"] = float(at.mean()) if len(at) else float("nan")
-            row[f"{key}_std"] = float(at.std(ddof=0)) if len(at) else float("nan")
+            at = group[group["epoch"] == epoch].set_index("seed")["test_score"]
+            row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci"] = interval(at)
+            theirs = reference[reference["epoch"] == epoch].set_index("seed")["test_score"]
+            paired = (at - theirs).dropna() if init != "generated" and len(theirs) else []
+            row[f"{key}_diff"], _, row[f"{key}_diff_ci"] = interval(paired)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
-    """The summary for people: one table per task, with where the numbers come from.
+    """The summary for people: per task, a table of scores and one of paired differences against ``generated``,
+    with where the numbers come from.
 
     Args:
         summary: :func:`summary_table`.
@@ -98,15 +169,30 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
     """
 
     def cell(row: Any, key: str) -> str:
-        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
-        return "-" if math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+        mean, std, ci = row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci"]
+        if math.isnan(mean):
+            return "-"
+        return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f} [{mean - ci:.3f}, {mean + ci:.3f}]"
 
+    def difference(row: Any, key: str) -> str:
+        mean, ci = row[f"{key}_diff"], row[f"{key}_diff_ci"]
+        if math.isnan(mean):
+            return "-"
+        if math.isnan(ci):
+            return f"{mean:+.3f}"
+        verdict = "generated better" if mean + ci < 0 else "generated worse" if mean - ci > 0 else "no difference"
+        return f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}] {verdict}"
+
+    epochs = ["epoch_0", "epoch_1", "epoch_5", "final"]
     lines = [
         f"# Benchmark {info['name']}",
         "",
-        f"Test-split scores, mean ± std over seeds {config.seeds}; epoch 0 is before any fine-tuning. Every "
-        "initialization of a task gets the same budget (epochs, AdamW, one-cycle schedule, batch size, flips); "
-        "anything chosen (generated candidates, the model to prune, the teacher) is chosen on the selection split.",
+        f"Test-split scores over seeds {config.seeds}: mean ± std (ddof=1) [95% t-interval of the mean]; epoch 0 is "
+        "before any fine-tuning. Every initialization of a task gets the same budget (epochs, AdamW, one-cycle "
+        "schedule, batch size, flips) and its own learning rate, the best of the task's grid on the *selection* "
+        "split; every initialization from existing weights gets the same head rule, BatchNorm re-estimation and "
+        "best-of-N choice on the selection split. Paired differences are per seed, initialization minus "
+        "`generated`: an interval that excludes zero is the only claim made.",
         "",
         f"- autoencoder: {config.autoencoder}",
         f"- collection: {info['collection']['collection']} at version {info['collection']['version']}",
@@ -127,14 +213,16 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
             "",
             f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {task.epochs} epochs, {status}",
             "",
-            "| initialization | parameters | epoch 0 | epoch 1 | epoch 5 | final |",
-            "|---|---|---|---|---|---|",
+            "| initialization | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |",
+            "|---|---|---|---|---|---|---|",
         ]
         for _, row in rows.iterrows():
-            lines.append(
-                f"| {row['initialization']} | {row['parameters']:,} | {cell(row, 'epoch_0')} | {cell(row, 'epoch_1')} "
-                f"| {cell(row, 'epoch_5')} | {cell(row, 'final')} |"
-            )
+            cells = " | ".join(cell(row, key) for key in epochs)
+            lines.append(f"| {row['initialization']} | {row['parameters']:,} | {row['lr']:g} | {cells} |")
+        if "generated" in set(rows["initialization"]):
+            lines += ["", "| minus generated | epoch 0 | epoch 1 | epoch 5 | final |", "|---|---|---|---|---|"]
+            for _, row in rows[rows["initialization"] != "generated"].iterrows():
+                lines.append(f"| {row['initialization']} | " + " | ".join(difference(row, k) for k in epochs) + " |")
         sources = info["sources"].get(task.name, {})
         lines += ["", *(f"- {init}: {source}" for init, source in sources.items())]
     if info.get("failed"):
@@ -143,7 +231,8 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
 
 
 def plot_curves(table: Any, task: str, path: str) -> None:
-    """Test score per epoch, mean over seeds with a band of one std, one line per initialization.
+    """Test score per epoch at each initialization's chosen learning rate, mean over seeds with a band of one std
+    (``ddof=1``), one line per initialization.
 
     Args:
         table: :func:`results_frame`.
@@ -155,7 +244,7 @@ def plot_curves(table: Any, task: str, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = table[table["task"] == task]
+    rows = table[(table["task"] == task) & table["chosen"]]
     figure, axis = plt.subplots(figsize=(6, 4))
     for init, group in rows.groupby("initialization"):
         stats = group.groupby("epoch")["test_score"].agg(["mean", "std"]).fillna(0)
@@ -198,7 +287,7 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
     table = results_frame(run.results, config)
     summary = summary_table(table)
     sources = {
-        task: {init: group["source"].iloc[0] for init, group in rows.groupby("initialization")}
+        task: {init: group["source"].iloc[0] for init, group in rows[rows["chosen"]].groupby("initialization")}
         for task, rows in table.groupby("task")
     }
     info = {
@@ -228,8 +317,8 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
         path = folder / f"curves-{slug(task)}.png"
         plot_curves(table, task, str(path))
         written[path.name] = str(path)
-    for (task, init, seed), group in table.groupby(["task", "initialization", "seed"]):
-        with SummaryWriter(str(folder / "tensorboard" / slug(task) / f"{init}-s{seed}")) as writer:
+    for (task, init, lr, seed), group in table.groupby(["task", "initialization", "lr", "seed"]):
+        with SummaryWriter(str(folder / "tensorboard" / slug(task) / f"{init}-lr{lr:g}-s{seed}")) as writer:
             for _, row in group.iterrows():
                 writer.add_scalar(f"test/{row['metric']}", row["test_score"], int(row["epoch"]))
                 writer.add_scalar(f"selection/{row['metric']}", row["selection_score"], int(row["epoch"]))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import time
@@ -46,7 +47,7 @@ def fine_tune(
         model.teacher.to(device)
     recipe = Recipe(
         task.epochs,
-        task.lr,
+        context.lr,
         task.batch_size,
         context.config.weight_decay,
         context.config.flips,
@@ -84,8 +85,10 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
     from ray import tune
 
     trial = config["trial"]
+    common = {"config": bench, "seed": trial["seed"], **collection}
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    context = TrialContext(bench, bench.tasks[trial["task"]], data[trial["task"]], trial["seed"], **collection)
+    task = bench.tasks[trial["task"]]
+    context = TrialContext(task=task, data=data[trial["task"]], lr=trial.get("lr", task.lrs[0]), **common)
     model, notes = build_initial_model(trial["init"], context)
     resume = None
     checkpoint = tune.get_checkpoint()
@@ -94,7 +97,12 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
             resume = torch.load(Path(folder) / "state.pt", weights_only=True)
 
     def report(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-        extra = {"source": notes["source"], "parameters": notes["parameters"]}
+        extra = {
+            "source": notes["source"],
+            "parameters": notes["parameters"],
+            "init_selection": float(notes.get("selection") or math.nan),  # its own ranking score, where it was chosen
+            "distance": float(notes.get("distance", math.nan)),  # normalized distance to its anchor (weight space)
+        }
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
             tune.report({**metrics, **extra}, checkpoint=tune.Checkpoint.from_directory(folder))
@@ -189,6 +197,7 @@ def run_bench(
         f"bench {name}",
         progress,
         keep_checkpoints=1,
+        reuse_actors=True,  # what a trial's initialization remembers (the best anchor) serves the next one
         scheduler=scheduler,
         metric="selection_score" if scheduler else None,
         mode="max" if scheduler else None,

@@ -80,7 +80,7 @@ class EuroSATRGB(Dataset):
             raise GeoSANEError(f"EuroSAT classes under {self.root} are {self.source.classes}, expected {CLASSES}")
         self.subset = parse_classes(classes) if classes else tuple(range(len(CLASSES)))
         self.option = classes
-        self.classes = tuple(CLASSES[i] for i in self.subset)  # type: ignore[misc]
+        self.classes = tuple(CLASSES[i] for i in self.subset)  # type: ignore[misc, assignment]
         self.paths = {Path(p).stem: p for p, _ in self.source.samples if class_of(Path(p).stem) in self.subset}
 
     @property
@@ -105,9 +105,10 @@ class EuroSATRGB(Dataset):
         return {**full, "dataset": self.spec, **{s: [i for i in full[s] if i in self.paths] for s in SPLITS}}
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
-        """The patch itself (the multispectral version of a patch has the same key), and the dataset: a subset's
-        train and test patches come from the same scenes."""
-        return patch_keys(self.spec, sample_id)
+        """The patch itself (the multispectral version of a patch has the same key), the dataset (its train and test
+        patches come from the same scenes) and the patch's class: a model that learned a class from any of its
+        patches is not held out from a class-transfer task on it."""
+        return (*patch_keys(self.spec, sample_id), f"eurosat_rgb/{sample_id.rsplit('_', 1)[0]}")
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches and their classes."""

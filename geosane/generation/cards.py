@@ -110,6 +110,8 @@ def diversity(results: list[tuple[dict[str, Any], dict[str, Any]]], head: tuple[
     """
     from itertools import combinations
 
+    import torch
+
     from geosane.generation.anchors import backbone_weights
     from geosane.generation.candidates import weight_distance
 
@@ -119,14 +121,14 @@ def diversity(results: list[tuple[dict[str, Any], dict[str, Any]]], head: tuple[
 
     pairs = list(combinations(range(len(results)), 2))
     weights = [backbone_weights(w) for w, _ in results]
-    predictions = [info.get("predictions") for _, info in results]
+    predictions: list[Any] = [info.get("predictions") for _, info in results]
     return {
         "candidates": len(results),
         "distance_to_anchor": summary([info.get("distance", float("nan")) for _, info in results]),
         "pairwise_distance": summary([weight_distance(weights[i], weights[j], head) for i, j in pairs]),
         "prediction_disagreement": summary(
             [
-                float((predictions[i] != predictions[j]).float().mean())
+                float(torch.ne(predictions[i], predictions[j]).float().mean())
                 for i, j in pairs
                 if predictions[i] is not None and predictions[j] is not None
             ]

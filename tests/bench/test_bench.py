@@ -125,6 +125,8 @@ PAIRS = [
         for init in ("generated", "scratch", "prompt")
         for task in ("eurosat_ms", "cloudmask", "neon_trees")
     ),
+    *((init, task) for init in ("anchor", "decoded", "noised", "soup") for task in ("eurosat_ms", "cloudmask")),
+    ("foundation", "eurosat_ms"),
     ("specialist", "cloudmask"),
     *((init, "eurosat_rgb-light") for init in ("generated", "scratch", "pruned", "distilled")),
 ]
@@ -143,7 +145,7 @@ def test_every_initialization_builds_a_model_that_runs_on_its_task(
     spec = TASKS[task]
     config = config_for(workspace, data_root, [spec])
     data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
-    context = TrialContext(config, spec, data, seed=0, collection=workspace["collection"])
+    context = TrialContext(config, spec, data, seed=0, lr=spec.lrs[0], collection=workspace["collection"])
     model, notes = build_initial_model(init, context)
     assert notes["source"] and notes["parameters"] == sum(p.numel() for p in model.parameters())
     value = score(model, data, "selection")
@@ -222,6 +224,116 @@ def test_metrics_match_hand_computed_values() -> None:
     assert score(Fixed([perfect]), task_data("detection", image, [boxes], 1), "test") == pytest.approx(1.0)
 
 
+# ------------------------------------------------------------------------------------------- fair baselines
+
+
+def test_prompt_picks_the_best_task_metric_never_a_count() -> None:
+    """Every zoo record also records ``test_samples``; the prompt is the best *accuracy*, whatever the counts."""
+    from types import SimpleNamespace
+
+    from geosane.bench.initializations import prompt_record
+
+    def zoo(name: str, accuracy: float, samples: int) -> SimpleNamespace:
+        tags = {"arch": "test_resnet", "dataset": "eurosat_rgb?classes=0-4"}
+        return SimpleNamespace(name=name, task="classification", tags=tags, metrics={"test_accuracy": accuracy,
+                               "test_samples": samples})  # fmt: skip
+
+    records = [zoo("s9-e3", 0.70, 2000), zoo("s1-e3", 0.91, 500), zoo("s5-e3", 0.85, 5000), zoo("s0-e2", 0.91, 10)]
+    own = SimpleNamespace(**{**vars(zoo("own", 0.99, 1)), "tags": {"arch": "test_resnet", "dataset": "eurosat_ms"}})
+    context = SimpleNamespace(
+        records=lambda: [*records, own],  # a model of the task's own dataset is never the prompt
+        data=SimpleNamespace(spec="eurosat_ms"),
+        task=SimpleNamespace(arch="test_resnet"),
+        collection="c",
+    )
+    assert prompt_record(context).name == "s0-e2"  # best accuracy; ties by name
+
+
+def test_noise_and_soup_are_what_they_say() -> None:
+    from geosane.bench.ablations import noise_like, soup_of
+    from geosane.generation import weight_distance
+
+    torch.manual_seed(0)
+    weights = {"a": torch.randn(8, 4), "b": torch.randn(16), "n": torch.tensor(3)}
+    noised = noise_like(weights, {"a": 0.1, "b": 0.02}, torch.Generator().manual_seed(1))
+    for key, distance in {"a": 0.1, "b": 0.02}.items():  # each tensor at exactly its relative distance
+        assert weight_distance({key: noised[key]}, {key: weights[key]}) == pytest.approx(distance, rel=1e-5)
+    assert torch.equal(noised["n"], weights["n"])
+    other = {"a": torch.zeros(8, 4), "b": torch.ones(16), "n": torch.tensor(5)}
+    soup = soup_of([weights, other])
+    assert torch.allclose(soup["a"], weights["a"] / 2) and torch.allclose(soup["b"], (weights["b"] + 1) / 2)
+    assert soup["n"] == 3  # integer buffers: the first's
+
+
+def test_anchor_based_baselines_share_generations_anchors_and_treatment(
+    workspace: dict[str, str], data_root: str
+) -> None:
+    """``anchor`` is the selection-best anchor; ``decoded`` is it through the autoencoder; ``noised`` moves every
+    tensor of it as far (relative) as the trial's generated model moved from its own anchor; the head rule keeps
+    the EuroSAT RGB classifiers' heads for EuroSAT-MS (the same ten classes by name)."""
+    from geosane.bench import load_task
+    from geosane.bench.ablations import best_anchor, generated_distances, generation_plan
+    from geosane.generation import make_ready, weight_distance
+
+    spec = TASKS["eurosat_ms"]
+    config = config_for(workspace, data_root, [spec])
+    data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
+    context = TrialContext(config, spec, data, seed=1, lr=spec.lrs[0], collection=workspace["collection"])
+    plan = generation_plan(context)
+    assert plan.head_kept and len(plan.anchors) == 2
+    scores = [make_ready(plan, a.state_dict, 0)[1]["selection_score"] for a in plan.anchors]
+    index, _, info = best_anchor(plan)
+    assert info["selection_score"] == max(scores) and scores[index] == max(scores)
+
+    model, notes = build_initial_model("anchor", context)
+    best = plan.anchors[index].state_dict
+    weights = {k: v for k, v in best.items() if "running" not in k and "num_batches" not in k}  # BatchNorm re-estimated
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    assert notes["distance"] == 0.0
+
+    distances, _, _ = generated_distances(plan)
+    model, notes = build_initial_model("noised", context)
+    mine = model.state_dict()
+    for key, distance in distances.items():
+        assert weight_distance({key: mine[key]}, {key: best[key]}) == pytest.approx(distance, rel=1e-4)
+    assert "per-tensor distance" in notes["source"] and notes["distance"] > 0
+
+    model, notes = build_initial_model("decoded", context)
+    assert 0 < notes["distance"] < 10 and "encoded and decoded" in notes["source"]
+
+
+def test_results_choose_learning_rates_on_selection_and_pair_seeds() -> None:
+    from geosane.bench.results import chosen_learning_rates, interval, summary_table
+
+    mean, std, half = interval([1.0, 2.0, 3.0])  # std 1 (ddof=1); t(0.975, 2) = 4.3027
+    assert (mean, std) == (2.0, 1.0) and half == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
+    rows = []
+    for init, lr, selection, test in [
+        ("generated", 0.1, 0.5, 0.90),  # the better test score, the worse selection score: not chosen
+        ("generated", 0.2, 0.6, 0.50),
+        ("anchor", 0.1, 0.7, 0.40),
+        ("anchor", 0.2, 0.1, 0.99),
+    ]:
+        for seed in (0, 1, 2):
+            for epoch in (0, 1):
+                score = test + seed / 100 * (init == "anchor")
+                rows.append(
+                    {"task": "t", "initialization": init, "lr": lr, "seed": seed, "epoch": epoch, "metric": "accuracy",
+                     "parameters": 1, "selection_score": selection, "test_score": score}
+                )  # fmt: skip
+    table = pd.DataFrame(rows)
+    table["chosen"] = chosen_learning_rates(table)
+    assert set(table[table["chosen"]][["initialization", "lr"]].itertuples(index=False)) == {
+        ("generated", 0.2), ("anchor", 0.1),
+    }  # fmt: skip
+    summary = summary_table(table).set_index("initialization")
+    # anchor minus generated per seed: 0.40 + seed/100 - 0.50 -> -0.10, -0.09, -0.08
+    assert summary.loc["anchor", "final_diff"] == pytest.approx(-0.09)
+    assert summary.loc["anchor", "final_diff_ci"] == pytest.approx(4.3027 * 0.01 / 3**0.5, rel=1e-4)
+    assert summary.loc["anchor", "final_std"] == pytest.approx(0.01)
+    assert summary.loc["generated", "final_mean"] == pytest.approx(0.5)
+
+
 # ------------------------------------------------------------------------------------------- held out
 
 
@@ -282,7 +394,8 @@ def test_the_bench_refuses_to_call_a_seen_task_held_out(workspace: dict[str, str
 def test_committed_sweeps_validate(name: str, shared: Path) -> None:
     # the paper-scale sweep names datasets that are not on this machine: its names are checked, not its data
     config = BenchConfig.from_yaml(SWEEPS / name, check_data=name != "bench-geosane.yaml")
-    assert len(config.trials()) == sum(len(t.initializations) for t in config.tasks) * len(config.seeds)
+    assert len(config.trials()) == sum(len(t.initializations) * len(t.lrs) for t in config.tasks) * len(config.seeds)
+    assert len({t["stem"] for t in config.trials()}) == len(config.trials())  # every trial has its own name
 
 
 BAD = {

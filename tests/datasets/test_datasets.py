@@ -159,6 +159,38 @@ def test_dataset_specs_name_options_and_refuse_unknown_ones(root: Path) -> None:
     assert held.image_keys("landsat5_r0_c1") == held.image_keys("landsat5_r3_c3") == ("cloudmask/landsat5",)
 
 
+def test_eurosat_class_subsets_are_disjoint_renumbered_and_held_out(root: Path) -> None:
+    """``classes=0-4`` and ``classes=5-9`` split EuroSAT RGB by class: no shared image, labels from 0, the full
+    set's splits and statistics; a zoo of the first is held out from the second, not from the full set."""
+    from geosane.bench import BenchTask, held_out_problems
+    from geosane.collection import ModelRecord
+
+    seen, task = datasets.get("eurosat_rgb?classes=0-4", str(root)), datasets.get("eurosat_rgb?classes=5-9", str(root))
+    full = datasets.get("eurosat_rgb", str(root))
+    assert task.classes == ("Pasture", "PermanentCrop", "Residential", "River", "SeaLake") and task.num_classes == 5
+    for split in SPLITS:
+        assert set(task.splits()[split]) | set(seen.splits()[split]) == set(full.splits()[split])
+        assert not set(task.splits()[split]) & set(seen.splits()[split])
+    assert task.splits()["mean"] == full.splits()["mean"]
+    x, y = task.read(["Pasture_1", "SeaLake_1"])
+    assert y.tolist() == [0, 4] and x.shape == (2, 3, 64, 64)
+    keys = {k for i in seen.splits()["train"] for k in seen.image_keys(i)}
+    assert not keys & {k for i in task.splits()["test"] for k in task.image_keys(i)}
+
+    def zoo(dataset: str) -> ModelRecord:
+        return ModelRecord(
+            id=dataset, name=dataset, source="s", source_sha256="", family="resnet", task="classification",
+            modality="rgb", bands=None, in_chans=3, num_classes=5, num_params=1, num_tokens=1, token_size=32,
+            mode="dense", licence="MIT", tags={"dataset": dataset, "train_limit": "500"},
+        )  # fmt: skip
+
+    transfer = BenchTask(data="eurosat_rgb?classes=5-9", arch="test_resnet", initializations=[], epochs=1, lr=1.0)
+    assert held_out_problems([zoo("eurosat_rgb?classes=0-4")], transfer, str(root)) == ([], [])
+    assert held_out_problems([zoo("eurosat_rgb")], transfer, str(root))[0]
+    with pytest.raises(GeoSANEError, match="expected FIRST-LAST"):
+        datasets.get("eurosat_rgb?classes=7-12", str(root))
+
+
 def test_user_data_from_npz(tmp_path: Path) -> None:
     import numpy as np
 

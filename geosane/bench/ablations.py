@@ -1,0 +1,236 @@
+"""Baselines that separate the latent space from copying, each built from the anchors ``generated`` uses.
+
+Each is fitted to the prompt the same way and made task-ready by the same step (:func:`geosane.generation.make_ready`:
+the head rule, BatchNorm re-estimated on unlabeled target images, the selection-split score):
+
+| name | the model |
+|---|---|
+| ``anchor`` | the best anchor itself, chosen among all anchors on the selection split |
+| ``decoded`` | that anchor through the autoencoder, encode -> decode, no noise (bandwidth 0) |
+| ``noised`` | that anchor plus Gaussian noise on its weights, per tensor as far from it (relative to the tensor's norm)
+  as the generated model is from its own anchor (the trial generates it, with the trial's seed, to measure that) |
+| ``soup`` | the uniform average of the anchors' weights |
+
+The first three are the memorization study's baselines (arXiv 2506.07998: a checkpoint, the checkpoint plus noise);
+``soup`` is its other one (averaged checkpoints).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from geosane.bench.context import TrialContext
+from geosane.bench.initializations import initialization, load_into
+
+__all__ = ["best_anchor", "generation_plan", "noise_like", "soup_of"]
+
+Weights = dict[str, torch.Tensor]
+
+
+def generation_plan(context: TrialContext, **changes: Any) -> Any:
+    """The plan ``generated`` would make for the trial (same anchors, settings, data and seed), nothing generated.
+
+    Args:
+        context: the trial.
+        **changes: settings that differ (``anchors``, ``prompt_weights``).
+
+    Returns:
+        The generation's :class:`~geosane.generation.Plan`.
+    """
+    from geosane.generation import prepare
+
+    settings = {**context.generation_settings(), **changes}
+    plan, _ = prepare(context.config.autoencoder, context.prompt_uri(), **settings)
+    return plan
+
+
+def trial_model(context: TrialContext, plan: Any, weights: Weights) -> nn.Module:
+    """Task-ready weights (:func:`~geosane.generation.make_ready`'s) as the trial's model."""
+    from geosane.generation.prompt import task_model
+
+    if context.data.task == "detection" and context.task.image_size:  # the bench's detector takes the image size
+        model = context.target_model()
+        backbone = {k.removeprefix("detector.backbone.body."): v for k, v in weights.items()}
+        load_into(model, "detection", backbone)
+        return model
+    model = task_model(plan.prompt, context.data.task, plan.num_classes)
+    model.load_state_dict(weights, strict=True)
+    return model
+
+
+#: The best anchor's index per generation plan (its settings less the seed, the collection version, the autoencoder):
+#: the choice does not depend on the seed, and a Tune actor that runs many trials makes it once.
+CHOSEN: dict[tuple[Any, ...], int] = {}
+
+
+def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
+    """Every anchor made task-ready and scored on the selection split; the best one (ties: the first by name). The
+    score does not depend on the seed (BatchNorm statistics come from a fixed order of images; a new head plays no
+    part in a nearest-class-mean score), so the choice is remembered for the plan's other seeds.
+
+    Args:
+        plan: the generation's plan.
+
+    Returns:
+        The anchor's index, its task-ready weights and its notes (selection score).
+    """
+    from dataclasses import replace
+
+    from geosane.generation import make_ready
+
+    key = (replace(plan.config, seed=0), str(plan.source), str(plan.autoencoder.info.get("url")), plan.head_kept)
+    if key not in CHOSEN:
+        scores = [make_ready(plan, a.state_dict, 0)[1].get("selection_score", 0.0) for a in plan.anchors]
+        CHOSEN[key] = min(range(len(scores)), key=lambda i: (-scores[i], plan.anchors[i].name))
+    index = CHOSEN[key]
+    weights, info = make_ready(plan, plan.anchors[index].state_dict, 0)
+    return index, weights, info
+
+
+def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
+    """The generated model of the trial (generation's own candidates, ranking and seed) and how far each of its
+    tensors moved from its anchor, relative to the anchor's tensor (``||g - a|| / ||a||``), and overall.
+
+    Args:
+        plan: the generation's plan.
+
+    Returns:
+        Relative distances per tensor, the normalized distance overall, and the generated model's anchor.
+    """
+    from geosane.generation.anchors import backbone_weights
+    from geosane.generation.candidates import run_candidates, weight_distance
+
+    results, _ = run_candidates(plan, False, use_ray=False)
+    weights, info = max(results, key=lambda r: r[1].get("selection_score", 0.0))
+    anchor = next(a for a in plan.anchors if a.name == info["anchor"])
+    generated = backbone_weights(weights)
+    distances = {
+        key: weight_distance({key: generated[key]}, {key: value})
+        for key, value in anchor.state_dict.items()
+        if key in generated and moved(key, value, plan) and float(value.norm()) > 0
+    }
+    return distances, weight_distance(generated, anchor.state_dict, skipped(plan)), anchor.name
+
+
+def skipped(plan: Any) -> tuple[str, ...]:
+    """Key prefixes that distances leave out: a new head (it is fresh in every initialization alike)."""
+    return () if plan.head_kept else plan.prompt.head
+
+
+def moved(key: str, value: torch.Tensor, plan: Any) -> bool:
+    """Whether a tensor counts as a weight that generation moves: floating point, not BatchNorm statistics (they are
+    re-estimated), not a new head."""
+    head = skipped(plan)
+    return (
+        value.is_floating_point()
+        and not key.endswith(("running_mean", "running_var"))
+        and not (head and key.startswith(head))
+    )
+
+
+def noise_like(weights: Weights, distances: dict[str, float], generator: torch.Generator) -> Weights:
+    """``weights`` plus Gaussian noise, per tensor at the relative distance ``distances[key]`` (the noise's norm is
+    that fraction of the tensor's norm); tensors not named stay as they are.
+
+    Args:
+        weights: the weights to noise.
+        distances: relative distance per tensor.
+        generator: seeds the noise.
+
+    Returns:
+        The noised weights.
+    """
+    out = dict(weights)
+    for key, distance in distances.items():
+        value = weights[key].double()
+        noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
+        out[key] = (value + noise * (distance * float(value.norm()) / float(noise.norm()))).to(weights[key].dtype)
+    return out
+
+
+def soup_of(states: list[Weights]) -> Weights:
+    """The uniform average of same-shaped weights (integer buffers, such as BatchNorm's batch counts, from the
+    first).
+
+    Args:
+        states: the weights to average.
+
+    Returns:
+        The average.
+    """
+    return {
+        key: torch.stack([s[key].double() for s in states]).mean(0).to(value.dtype)
+        if value.is_floating_point()
+        else value
+        for key, value in states[0].items()
+    }
+
+
+def notes(what: str, info: dict[str, Any], **more: Any) -> dict[str, Any]:
+    """What an ablation's model records: where it came from, its selection score, its distance to the best anchor."""
+    return {"source": what, "selection": info.get("selection_score"), **more}
+
+
+@initialization("anchor")
+def anchor(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The best anchor itself, fitted to the prompt as generation fits it and made ready the same way."""
+    plan = generation_plan(context)
+    index, weights, info = best_anchor(plan)
+    chosen = plan.anchors[index]
+    what = f"{chosen.name} ({chosen.fitted}), best of {len(plan.anchors)} anchor(s) on the selection split"
+    return trial_model(context, plan, weights), notes(what, info, distance=0.0)
+
+
+@initialization("decoded")
+def decoded(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The best anchor through the autoencoder without noise: what encoding and decoding alone do to it."""
+    from geosane.generation import make_ready, weight_distance
+    from geosane.generation.anchors import backbone_weights
+    from geosane.tokenizer import detokenize, tokenize
+
+    plan = generation_plan(context)
+    index, _, _ = best_anchor(plan)
+    chosen = plan.anchors[index]
+    tokens = tokenize(chosen.state_dict, plan.autoencoder.tokenizer)
+    rebuilt = detokenize(plan.autoencoder.decode(plan.latents(index)), tokens.layout, tokens.kept)
+    weights, info = make_ready(plan, rebuilt, 0)
+    distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
+    what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(plan.anchors)} anchor(s)"
+    return trial_model(context, plan, weights), notes(what, info, distance=distance)
+
+
+@initialization("noised")
+def noised(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The best anchor plus Gaussian noise, per tensor as far from it (relative to the tensor's norm) as the trial's
+    generated model is from its own anchor: the same step size in weight space, in a random direction instead of
+    the decoder's."""
+    from geosane.generation import make_ready, weight_distance
+    from geosane.generation.anchors import backbone_weights
+
+    plan = generation_plan(context)
+    distances, generated, source = generated_distances(plan)
+    index, _, _ = best_anchor(plan)
+    chosen = plan.anchors[index]
+    shaped = {k: v for k, v in distances.items() if k in chosen.state_dict}
+    generator = torch.Generator().manual_seed(context.seed)
+    weights, info = make_ready(plan, noise_like(chosen.state_dict, shaped, generator), 0)
+    distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
+    what = (
+        f"{chosen.name} plus Gaussian noise at the generated model's per-tensor distance (normalized "
+        f"{generated:.4f}, from {source})"
+    )
+    return trial_model(context, plan, weights), notes(what, info, distance=distance, matched=generated)
+
+
+@initialization("soup")
+def soup(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+    """The uniform average of the anchors' weights (a uniform model soup), made ready as every other one."""
+    from geosane.generation import make_ready
+
+    plan = generation_plan(context)
+    weights, info = make_ready(plan, soup_of([a.state_dict for a in plan.anchors]), 0)
+    what = f"uniform average of {len(plan.anchors)} anchor(s)"
+    return trial_model(context, plan, weights), notes(what, info)
