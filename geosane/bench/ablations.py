@@ -23,42 +23,11 @@ import torch
 from torch import nn
 
 from geosane.bench.context import TrialContext
-from geosane.bench.initializations import initialization, load_into
+from geosane.bench.initializations import initialization
 
-__all__ = ["best_anchor", "generation_plan", "noise_like", "soup_of"]
+__all__ = ["best_anchor", "generated_distances", "noise_like", "soup_of"]
 
 Weights = dict[str, torch.Tensor]
-
-
-def generation_plan(context: TrialContext, **changes: Any) -> Any:
-    """The plan ``generated`` would make for the trial (same anchors, settings, data and seed), nothing generated.
-
-    Args:
-        context: the trial.
-        **changes: settings that differ (``anchors``, ``prompt_weights``).
-
-    Returns:
-        The generation's :class:`~geosane.generation.Plan`.
-    """
-    from geosane.generation import prepare
-
-    settings = {**context.generation_settings(), **changes}
-    plan, _ = prepare(context.config.autoencoder, context.prompt_uri(), **settings)
-    return plan
-
-
-def trial_model(context: TrialContext, plan: Any, weights: Weights) -> nn.Module:
-    """Task-ready weights (:func:`~geosane.generation.make_ready`'s) as the trial's model."""
-    from geosane.generation.prompt import task_model
-
-    if context.data.task == "detection" and context.task.image_size:  # the bench's detector takes the image size
-        model = context.target_model()
-        backbone = {k.removeprefix("detector.backbone.body."): v for k, v in weights.items()}
-        load_into(model, "detection", backbone)
-        return model
-    model = task_model(plan.prompt, context.data.task, plan.num_classes)
-    model.load_state_dict(weights, strict=True)
-    return model
 
 
 #: The best anchor's index per generation plan (its settings less the seed, the collection version, the autoencoder):
@@ -177,11 +146,11 @@ def notes(what: str, info: dict[str, Any], **more: Any) -> dict[str, Any]:
 @initialization("anchor")
 def anchor(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The best anchor itself, fitted to the prompt as generation fits it and made ready the same way."""
-    plan = generation_plan(context)
+    plan = context.generation_plan()
     index, weights, info = best_anchor(plan)
     chosen = plan.anchors[index]
     what = f"{chosen.name} ({chosen.fitted}), best of {len(plan.anchors)} anchor(s) on the selection split"
-    return trial_model(context, plan, weights), notes(what, info, distance=0.0)
+    return context.ready_model(plan, weights), notes(what, info, distance=0.0)
 
 
 @initialization("decoded")
@@ -191,7 +160,7 @@ def decoded(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     from geosane.generation.anchors import backbone_weights
     from geosane.tokenizer import detokenize, tokenize
 
-    plan = generation_plan(context)
+    plan = context.generation_plan()
     index, _, _ = best_anchor(plan)
     chosen = plan.anchors[index]
     tokens = tokenize(chosen.state_dict, plan.autoencoder.tokenizer)
@@ -199,7 +168,7 @@ def decoded(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     weights, info = make_ready(plan, rebuilt, 0)
     distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
     what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(plan.anchors)} anchor(s)"
-    return trial_model(context, plan, weights), notes(what, info, distance=distance)
+    return context.ready_model(plan, weights), notes(what, info, distance=distance)
 
 
 @initialization("noised")
@@ -210,7 +179,7 @@ def noised(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     from geosane.generation import make_ready, weight_distance
     from geosane.generation.anchors import backbone_weights
 
-    plan = generation_plan(context)
+    plan = context.generation_plan()
     distances, generated, source = generated_distances(plan)
     index, _, _ = best_anchor(plan)
     chosen = plan.anchors[index]
@@ -222,7 +191,7 @@ def noised(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
         f"{chosen.name} plus Gaussian noise at the generated model's per-tensor distance (normalized "
         f"{generated:.4f}, from {source})"
     )
-    return trial_model(context, plan, weights), notes(what, info, distance=distance, matched=generated)
+    return context.ready_model(plan, weights), notes(what, info, distance=distance, matched=generated)
 
 
 @initialization("soup")
@@ -230,7 +199,7 @@ def soup(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The uniform average of the anchors' weights (a uniform model soup), made ready as every other one."""
     from geosane.generation import make_ready
 
-    plan = generation_plan(context)
+    plan = context.generation_plan()
     weights, info = make_ready(plan, soup_of([a.state_dict for a in plan.anchors]), 0)
     what = f"uniform average of {len(plan.anchors)} anchor(s)"
-    return trial_model(context, plan, weights), notes(what, info)
+    return context.ready_model(plan, weights), notes(what, info)

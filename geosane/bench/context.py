@@ -10,9 +10,9 @@ from torch import nn
 
 from geosane.bench.config import BenchConfig, BenchTask
 from geosane.errors import GeoSANEError
-from geosane.tasks import TaskData
+from geosane.tasks import TaskData, load_backbone
 
-__all__ = ["TrialContext"]
+__all__ = ["TrialContext", "load_into"]
 
 
 @dataclass
@@ -47,6 +47,41 @@ class TrialContext:
             "seed": self.seed,
         }
 
+    def generation_plan(self, **changes: Any) -> Any:
+        """The plan ``generated`` would make for the trial (same anchors, settings, data and seed), nothing generated
+        yet: the anchor-based baselines and ``prompt`` start from it.
+
+        Args:
+            **changes: settings that differ (``anchors``, ``prompt_weights``).
+
+        Returns:
+            The generation's :class:`~geosane.generation.Plan`.
+        """
+        from geosane.generation import prepare
+
+        plan, _ = prepare(self.config.autoencoder, self.prompt_uri(), **{**self.generation_settings(), **changes})
+        return plan
+
+    def ready_model(self, plan: Any, weights: dict[str, torch.Tensor]) -> nn.Module:
+        """Task-ready weights (:func:`~geosane.generation.make_ready`'s) as the trial's model.
+
+        Args:
+            plan: the generation plan they were made ready by.
+            weights: the task model's weights.
+
+        Returns:
+            The trial's model.
+        """
+        from geosane.generation.prompt import task_model
+
+        if self.data.task == "detection" and self.task.image_size:  # the bench's detector takes the image size
+            model = self.target_model()
+            load_into(model, "detection", {k.removeprefix("detector.backbone.body."): v for k, v in weights.items()})
+            return model
+        model = task_model(plan.prompt, self.data.task, plan.num_classes)
+        model.load_state_dict(weights, strict=True)
+        return model
+
     def target_model(self) -> nn.Module:
         """The task's architecture with timm's default initialization for the trial's seed."""
         from geosane.tasks import create_model
@@ -71,3 +106,18 @@ class TrialContext:
         from geosane.collection import Collection
 
         return Collection(self.collection or "", self.version).export(record)
+
+
+def load_into(model: nn.Module, task: str, state_dict: dict[str, torch.Tensor]) -> None:
+    """A classifier's weights into a task model: all of it for classification, the backbone under a new head else.
+
+    Args:
+        model: a task model.
+        task: its task.
+        state_dict: a timm classifier's weights.
+    """
+    if task == "classification":
+        model.load_state_dict(state_dict, strict=True)
+    else:
+        backbone: Any = model.backbone  # every task model names its timm feature extractor so
+        load_backbone(backbone, state_dict)

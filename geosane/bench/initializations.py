@@ -16,16 +16,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, Initialization
-from geosane.bench.context import TrialContext
+from geosane.bench.context import TrialContext, load_into
 from geosane.bench.pruning import prune_to
 from geosane.errors import GeoSANEError
-from geosane.tasks import load_backbone, parameters, score
+from geosane.tasks import parameters, score
 
-__all__ = ["build_initial_model", "initialization", "load_into"]
+__all__ = ["build_initial_model", "initialization", "prompt_record", "recorded_score"]
 
 
 def initialization(name: str) -> Callable[[Initialization], Initialization]:
@@ -50,21 +49,6 @@ def build_initial_model(name: str, context: TrialContext) -> tuple[nn.Module, di
     """
     model, notes = INITIALIZATIONS[name](context)
     return model, {**notes, "parameters": parameters(model)}
-
-
-def load_into(model: nn.Module, task: str, state_dict: dict[str, torch.Tensor]) -> None:
-    """A classifier's weights into a task model: all of it for classification, the backbone under a new head else.
-
-    Args:
-        model: a task model.
-        task: its task.
-        state_dict: a timm classifier's weights.
-    """
-    if task == "classification":
-        model.load_state_dict(state_dict, strict=True)
-    else:
-        backbone: Any = model.backbone  # every task model names its timm feature extractor so
-        load_backbone(backbone, state_dict)
 
 
 @initialization("scratch")
@@ -173,19 +157,18 @@ def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The prompt's own weights: local pretrained weights when given; otherwise the collection model of the
     architecture trained on another dataset with the best recorded score (:func:`prompt_record`), fitted to the
     task's bands as generation fits an anchor and made ready the same way (head rule, BatchNorm re-estimation)."""
-    from geosane.bench.ablations import generation_plan, trial_model
     from geosane.generation import make_ready
 
     if context.task.prompt_weights:
-        plan = generation_plan(context, anchors="prompt", prompt_weights=context.task.prompt_weights)
+        plan = context.generation_plan(anchors="prompt", prompt_weights=context.task.prompt_weights)
         what = f"local weights {context.task.prompt_weights}"
     else:
         record = prompt_record(context)
-        plan = generation_plan(context, anchors=f"id={record.id}")
+        plan = context.generation_plan(anchors=f"id={record.id}")
         what = f"collection model {record.name} (recorded {recorded_score(record):.3f} on {record.tags.get('dataset')}"
         what += f"; {plan.anchors[0].fitted})"
     weights, info = make_ready(plan, plan.anchors[0].state_dict, 0)
-    return trial_model(context, plan, weights), {"source": what, "selection": info.get("selection_score")}
+    return context.ready_model(plan, weights), {"source": what, "selection": info.get("selection_score")}
 
 
 @initialization("pruned")

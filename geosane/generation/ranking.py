@@ -174,7 +174,7 @@ def segmentation_score(model: nn.Module, target: TargetData) -> tuple[float, tor
     import torch.nn.functional as F
     from torchmetrics.functional.classification import multiclass_jaccard_index
 
-    from geosane.tasks.models import backbone_features
+    from geosane.tasks import backbone_features
 
     backbone: Any = model.backbone  # every segmentation model names its timm feature extractor so
     levels = backbone_features(backbone, target.selection_x)

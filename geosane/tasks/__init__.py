@@ -9,7 +9,14 @@ generation, zoo or bench).
 from geosane.tasks.data import TaskData, load_task
 from geosane.tasks.fine_tune import Distillation, FineTuning, Recipe, batch_loss
 from geosane.tasks.metrics import metric_name, parameters, score, score_samples
-from geosane.tasks.models import TASKS, DetectionModel, SegmentationModel, create_model, load_backbone
+from geosane.tasks.models import (
+    TASKS,
+    DetectionModel,
+    SegmentationModel,
+    backbone_features,
+    create_model,
+    load_backbone,
+)
 
 __all__ = [
     "TASKS",
@@ -19,6 +26,7 @@ __all__ = [
     "Recipe",
     "SegmentationModel",
     "TaskData",
+    "backbone_features",
     "batch_loss",
     "create_model",
     "load_backbone",

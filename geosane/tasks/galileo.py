@@ -142,7 +142,17 @@ class GalileoEncoder(nn.Module):
 
     def encodings(self, group: int, height: int, width: int, month: int) -> torch.Tensor:
         """The encoding added to every token of one group at time step 0: group, time, month and ground position,
-        a quarter of the width each; ``[height, width, channels]``."""
+        a quarter of the width each.
+
+        Args:
+            group: the group's index among the space-time groups.
+            height: patches down.
+            width: patches across.
+            month: the month (0-11).
+
+        Returns:
+            ``[height, width, channels]``.
+        """
         quarter = self.settings.width // 4
         rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
         ground = torch.cat([sincos(rows.reshape(-1), quarter // 2), sincos(cols.reshape(-1), quarter // 2)], 1)

@@ -23,6 +23,7 @@ __all__ = [
     "TASKS",
     "DetectionModel",
     "SegmentationModel",
+    "backbone_features",
     "create_model",
     "load_backbone",
 ]
@@ -31,7 +32,15 @@ TASKS = ("classification", "multilabel", "segmentation", "detection")
 
 
 def backbone_features(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """A timm ``features_only`` backbone's levels, channels first (Swin's come channels last)."""
+    """A timm ``features_only`` backbone's levels, channels first (Swin's come channels last).
+
+    Args:
+        backbone: a timm ``features_only`` model.
+        x: images ``[N, C, H, W]``.
+
+    Returns:
+        The levels, each ``[N, C_l, H_l, W_l]``.
+    """
     features = backbone(x)
     if str(getattr(backbone, "output_fmt", "NCHW")).endswith("NHWC"):
         features = [f.permute(0, 3, 1, 2) for f in features]

@@ -272,14 +272,14 @@ def test_anchor_based_baselines_share_generations_anchors_and_treatment(
     tensor of it as far (relative) as the trial's generated model moved from its own anchor; the head rule keeps
     the EuroSAT RGB classifiers' heads for EuroSAT-MS (the same ten classes by name)."""
     from geosane.bench import load_task
-    from geosane.bench.ablations import best_anchor, generated_distances, generation_plan
+    from geosane.bench.ablations import best_anchor, generated_distances
     from geosane.generation import make_ready, weight_distance
 
     spec = TASKS["eurosat_ms"]
     config = config_for(workspace, data_root, [spec])
     data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
     context = TrialContext(config, spec, data, seed=1, lr=spec.lrs[0], collection=workspace["collection"])
-    plan = generation_plan(context)
+    plan = context.generation_plan()
     assert plan.head_kept and len(plan.anchors) == 2
     scores = [make_ready(plan, a.state_dict, 0)[1]["selection_score"] for a in plan.anchors]
     index, _, info = best_anchor(plan)
