@@ -17,7 +17,7 @@ The first three are the memorization study's baselines (arXiv 2506.07998: a chec
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -25,7 +25,7 @@ from torch import nn
 from geosane.bench.context import TrialContext
 from geosane.bench.initializations import initialization
 
-__all__ = ["best_anchor", "generated_distances", "noise_like", "soup_of"]
+__all__ = ["BASELINES", "best_anchor", "generated_distances", "noise_like", "soup_of"]
 
 Weights = dict[str, torch.Tensor]
 
@@ -143,24 +143,20 @@ def notes(what: str, info: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {"source": what, "selection": info.get("selection_score"), **more}
 
 
-@initialization("anchor")
-def anchor(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+def anchor_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     """The best anchor itself, fitted to the prompt as generation fits it and made ready the same way."""
-    plan = context.generation_plan()
     index, weights, info = best_anchor(plan)
     chosen = plan.anchors[index]
     what = f"{chosen.name} ({chosen.fitted}), best of {len(plan.anchors)} anchor(s) on the selection split"
-    return context.ready_model(plan, weights), notes(what, info, distance=0.0)
+    return weights, notes(what, info, distance=0.0)
 
 
-@initialization("decoded")
-def decoded(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+def decoded_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     """The best anchor through the autoencoder without noise: what encoding and decoding alone do to it."""
     from geosane.generation import make_ready, weight_distance
     from geosane.generation.anchors import backbone_weights
     from geosane.tokenizer import detokenize, tokenize
 
-    plan = context.generation_plan()
     index, _, _ = best_anchor(plan)
     chosen = plan.anchors[index]
     tokens = tokenize(chosen.state_dict, plan.autoencoder.tokenizer)
@@ -168,38 +164,59 @@ def decoded(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     weights, info = make_ready(plan, rebuilt, 0)
     distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
     what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(plan.anchors)} anchor(s)"
-    return context.ready_model(plan, weights), notes(what, info, distance=distance)
+    return weights, notes(what, info, distance=distance)
 
 
-@initialization("noised")
-def noised(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
-    """The best anchor plus Gaussian noise, per tensor as far from it (relative to the tensor's norm) as the trial's
-    generated model is from its own anchor: the same step size in weight space, in a random direction instead of
-    the decoder's."""
+def noised_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
+    """The best anchor plus Gaussian noise (seeded by the plan's seed), per tensor as far from it (relative to the
+    tensor's norm) as the plan's generated model is from its own anchor: the same step size in weight space, in a
+    random direction instead of the decoder's."""
     from geosane.generation import make_ready, weight_distance
     from geosane.generation.anchors import backbone_weights
 
-    plan = context.generation_plan()
     distances, generated, source = generated_distances(plan)
     index, _, _ = best_anchor(plan)
     chosen = plan.anchors[index]
     shaped = {k: v for k, v in distances.items() if k in chosen.state_dict}
-    generator = torch.Generator().manual_seed(context.seed)
+    generator = torch.Generator().manual_seed(plan.config.seed)
     weights, info = make_ready(plan, noise_like(chosen.state_dict, shaped, generator), 0)
     distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
     what = (
         f"{chosen.name} plus Gaussian noise at the generated model's per-tensor distance (normalized "
         f"{generated:.4f}, from {source})"
     )
-    return context.ready_model(plan, weights), notes(what, info, distance=distance, matched=generated)
+    return weights, notes(what, info, distance=distance, matched=generated)
 
 
-@initialization("soup")
-def soup(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+def soup_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     """The uniform average of the anchors' weights (a uniform model soup), made ready as every other one."""
     from geosane.generation import make_ready
 
-    plan = context.generation_plan()
     weights, info = make_ready(plan, soup_of([a.state_dict for a in plan.anchors]), 0)
-    what = f"uniform average of {len(plan.anchors)} anchor(s)"
-    return context.ready_model(plan, weights), notes(what, info)
+    return weights, notes(f"uniform average of {len(plan.anchors)} anchor(s)", info)
+
+
+#: The baselines by name: task-ready weights and notes from a generation plan (``benchmarks/generation_quality.py``
+#: calls them outside the bench too).
+BASELINES: dict[str, Callable[[Any], tuple[Weights, dict[str, Any]]]] = {
+    "anchor": anchor_baseline,
+    "decoded": decoded_baseline,
+    "noised": noised_baseline,
+    "soup": soup_baseline,
+}
+
+
+def as_initialization(build: Callable[[Any], tuple[Weights, dict[str, Any]]]) -> Any:
+    """A baseline as a bench initialization: the trial's generation plan in, the trial's model out."""
+
+    def initialize(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
+        plan = context.generation_plan()
+        weights, what = build(plan)
+        return context.ready_model(plan, weights), what
+
+    initialize.__doc__ = build.__doc__
+    return initialize
+
+
+for _name, _build in BASELINES.items():
+    initialization(_name)(as_initialization(_build))
