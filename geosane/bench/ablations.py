@@ -17,6 +17,10 @@ The first three are the memorization study's baselines (arXiv 2506.07998: a chec
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -30,15 +34,29 @@ __all__ = ["BASELINES", "best_anchor", "generated_distances", "noise_like", "sou
 Weights = dict[str, torch.Tensor]
 
 
-#: The best anchor's index per generation plan (its settings less the seed, the collection version, the autoencoder):
-#: the choice does not depend on the seed, and a Tune actor that runs many trials makes it once.
-CHOSEN: dict[tuple[Any, ...], int] = {}
+#: Where the best anchor's choice per generation plan is remembered (a JSON file per plan): the choice does not
+#: depend on the seed, and every trial of a sweep (each its own process) would otherwise score every anchor again.
+CHOICES = Path(os.environ.get("GEOSANE_CACHE", Path.home() / ".cache" / "geosane")) / "best-anchor"
+
+
+def plan_key(plan: Any) -> str:
+    """What the best anchor depends on: the generation settings less the seed, the collection version, the
+    autoencoder (its run information) and the head rule; as a SHA-256."""
+    from dataclasses import asdict, replace
+
+    what = {
+        "settings": asdict(replace(plan.config, seed=0)),
+        "collection": plan.source,
+        "autoencoder": plan.autoencoder.info,
+        "head_kept": plan.head_kept,
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
     """Every anchor made task-ready and scored on the selection split; the best one (ties: the first by name). The
     score does not depend on the seed (BatchNorm statistics come from a fixed order of images; a new head plays no
-    part in a nearest-class-mean score), so the choice is remembered for the plan's other seeds.
+    part in a nearest-class-mean score), so the choice is remembered (:data:`CHOICES`) for the plan's other seeds.
 
     Args:
         plan: the generation's plan.
@@ -46,15 +64,20 @@ def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
     Returns:
         The anchor's index, its task-ready weights and its notes (selection score).
     """
-    from dataclasses import replace
-
     from geosane.generation import make_ready
 
-    key = (replace(plan.config, seed=0), str(plan.source), str(plan.autoencoder.info.get("url")), plan.head_kept)
-    if key not in CHOSEN:
+    remembered = CHOICES / f"{plan_key(plan)}.json"
+    names = [a.name for a in plan.anchors]
+    choice = json.loads(remembered.read_text()) if remembered.exists() else None
+    if choice is None or choice.get("anchors") != names:
         scores = [make_ready(plan, a.state_dict, 0)[1].get("selection_score", 0.0) for a in plan.anchors]
-        CHOSEN[key] = min(range(len(scores)), key=lambda i: (-scores[i], plan.anchors[i].name))
-    index = CHOSEN[key]
+        best = min(range(len(scores)), key=lambda i: (-scores[i], names[i]))
+        choice = {"anchors": names, "scores": scores, "best": best}
+        remembered.parent.mkdir(parents=True, exist_ok=True)
+        temporary = remembered.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(choice))
+        os.replace(temporary, remembered)
+    index = int(choice["best"])
     weights, info = make_ready(plan, plan.anchors[index].state_dict, 0)
     return index, weights, info
 

@@ -45,6 +45,7 @@ class BenchTask:
     train_limit: int | None = None
     test_limit: int | None = None
     selection_limit: int | None = 500
+    seeds: list[int] | None = None  # this task's seeds (default: the sweep's): fewer where a trial is expensive
 
     @property
     def name(self) -> str:
@@ -117,7 +118,7 @@ class BenchConfig:
 
         from geosane import datasets
 
-        if not self.seeds:
+        if not self.seeds or any(t.seeds == [] for t in self.tasks):
             raise GeoSANEError(f"{where}: seeds is empty")
         for index, task in enumerate(self.tasks):
             key = f"{where}: tasks[{index}]"
@@ -188,5 +189,5 @@ class BenchConfig:
             for index, task in enumerate(self.tasks)
             for init in task.initializations
             for lr in task.lrs
-            for seed in self.seeds
+            for seed in task.seeds or self.seeds
         ]

@@ -48,6 +48,8 @@ def results_frame(results: Any, config: BenchConfig) -> Any:
 
     frames, failed = [], []
     for result in results:
+        if not result.config:  # a trial an interrupted sweep never started
+            continue
         trial = result.config["trial"]
         task = config.tasks[trial["task"]]
         frame = result.metrics_dataframe
@@ -187,7 +189,8 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark {info['name']}",
         "",
-        f"Test-split scores over seeds {config.seeds}: mean ± std (ddof=1) [95% t-interval of the mean]; epoch 0 is "
+        f"Test-split scores over seeds ({config.seeds} unless a task says): mean ± std (ddof=1) [95% t-interval of "
+        "the mean]; epoch 0 is "
         "before any fine-tuning. Every initialization of a task gets the same budget (epochs, AdamW, one-cycle "
         "schedule, batch size, flips) and its own learning rate, the best of the task's grid on the *selection* "
         "split; every initialization from existing weights gets the same head rule, BatchNorm re-estimation and "
@@ -211,7 +214,8 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {task.epochs} epochs, {status}",
+            f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {task.epochs} epochs, seeds "
+            f"{task.seeds or config.seeds}, {status}",
             "",
             "| initialization | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |",
             "|---|---|---|---|---|---|---|",

@@ -13,6 +13,7 @@ The other modalities' embeddings (S1, ERA5, SRTM, ...) are part of the state dic
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,7 @@ TIME_GROUPS = {"ERA5": 2, "TC": 3, "VIIRS": 1}
 STATIC_GROUPS = {"LS": 1, "location": 3, "DW_static": 9, "WC_static": 5}
 
 
+@dataclass(frozen=True)
 class GalileoSettings:
     """The nano encoder's sizes (the released ``config.json``: width 128, depth 4, 8 heads, patches of 8)."""
 

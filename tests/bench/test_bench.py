@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -266,7 +267,7 @@ def test_noise_and_soup_are_what_they_say() -> None:
 
 
 def test_anchor_based_baselines_share_generations_anchors_and_treatment(
-    workspace: dict[str, str], data_root: str
+    workspace: dict[str, str], data_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``anchor`` is the selection-best anchor; ``decoded`` is it through the autoencoder; ``noised`` moves every
     tensor of it as far (relative) as the trial's generated model moved from its own anchor; the head rule keeps
@@ -284,6 +285,8 @@ def test_anchor_based_baselines_share_generations_anchors_and_treatment(
     scores = [make_ready(plan, a.state_dict, 0)[1]["selection_score"] for a in plan.anchors]
     index, _, info = best_anchor(plan)
     assert info["selection_score"] == max(scores) and scores[index] == max(scores)
+    (remembered,) = (tmp_path / "choices").glob("*.json")  # the other seeds read the choice instead of scoring again
+    assert json.loads(remembered.read_text())["best"] == index
 
     model, notes = build_initial_model("anchor", context)
     best = plan.anchors[index].state_dict
@@ -394,7 +397,8 @@ def test_the_bench_refuses_to_call_a_seen_task_held_out(workspace: dict[str, str
 def test_committed_sweeps_validate(name: str, shared: Path) -> None:
     # the paper-scale sweep names datasets that are not on this machine: its names are checked, not its data
     config = BenchConfig.from_yaml(SWEEPS / name, check_data=name != "bench-geosane.yaml")
-    assert len(config.trials()) == sum(len(t.initializations) * len(t.lrs) for t in config.tasks) * len(config.seeds)
+    per_task = [len(t.initializations) * len(t.lrs) * len(t.seeds or config.seeds) for t in config.tasks]
+    assert len(config.trials()) == sum(per_task)
     assert len({t["stem"] for t in config.trials()}) == len(config.trials())  # every trial has its own name
 
 
