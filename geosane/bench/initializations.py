@@ -124,7 +124,8 @@ def recorded_score(record: Any) -> float | None:
 
 def prompt_record(context: TrialContext) -> Any:
     """The collection model ``prompt`` starts from: the task's architecture trained as a classifier on another
-    dataset, with the best recorded score (ties: the first by name).
+    dataset (or other classes of it: ``eurosat_rgb?classes=0-4`` for ``eurosat_rgb?classes=5-9``), with the best
+    recorded score (ties: the first by name).
 
     Args:
         context: the trial.
@@ -135,12 +136,11 @@ def prompt_record(context: TrialContext) -> Any:
     Raises:
         GeoSANEError: no such model (give ``prompt_weights``).
     """
-    dataset_name = context.data.spec.split("?")[0]
     candidates = [
         r
         for r in context.records()
         if r.tags.get("arch") == context.task.arch
-        and r.tags.get("dataset", "").split("?")[0] != dataset_name
+        and r.tags.get("dataset") != context.data.spec  # another dataset, or other classes of one
         and r.task == "classification"
         and recorded_score(r) is not None
     ]

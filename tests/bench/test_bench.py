@@ -248,6 +248,10 @@ def test_prompt_picks_the_best_task_metric_never_a_count() -> None:
         collection="c",
     )
     assert prompt_record(context).name == "s0-e2"  # best accuracy; ties by name
+    # a class-transfer task: models of the dataset's other classes are another dataset, its own classes are not
+    context.data = SimpleNamespace(spec="eurosat_rgb?classes=5-9")
+    own.tags = {"arch": "test_resnet", "dataset": "eurosat_rgb?classes=5-9"}
+    assert prompt_record(context).name == "s0-e2"
 
 
 def test_noise_and_soup_are_what_they_say() -> None:
