@@ -277,9 +277,11 @@ def test_anchor_based_baselines_share_generations_anchors_and_treatment(
     tensor of it as far (relative) as the trial's generated model moved from its own anchor; the head rule keeps
     the EuroSAT RGB classifiers' heads for EuroSAT-MS (the same ten classes by name)."""
     from geosane.bench import load_task
+    from geosane.bench import ablations
     from geosane.bench.ablations import best_anchor, generated_distances
     from geosane.generation import make_ready, weight_distance
 
+    monkeypatch.setattr(ablations, "CHOICES", tmp_path / "choices")
     spec = TASKS["eurosat_ms"]
     config = config_for(workspace, data_root, [spec])
     data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
