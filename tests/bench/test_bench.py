@@ -276,8 +276,7 @@ def test_anchor_based_baselines_share_generations_anchors_and_treatment(
     """``anchor`` is the selection-best anchor; ``decoded`` is it through the autoencoder; ``noised`` moves every
     tensor of it as far (relative) as the trial's generated model moved from its own anchor; the head rule keeps
     the EuroSAT RGB classifiers' heads for EuroSAT-MS (the same ten classes by name)."""
-    from geosane.bench import load_task
-    from geosane.bench import ablations
+    from geosane.bench import ablations, load_task
     from geosane.bench.ablations import best_anchor, generated_distances
     from geosane.generation import make_ready, weight_distance
 
