@@ -66,6 +66,15 @@ def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
     """
     from geosane.generation import make_ready
 
+    index = chosen_anchor(plan)
+    weights, info = make_ready(plan, plan.anchors[index].state_dict, 0)
+    return index, weights, info
+
+
+def chosen_anchor(plan: Any) -> int:
+    """The index of the selection-best anchor (:func:`best_anchor`), remembered per plan; nothing else is built."""
+    from geosane.generation import make_ready
+
     remembered = CHOICES / f"{plan_key(plan)}.json"
     names = [a.name for a in plan.anchors]
     choice = json.loads(remembered.read_text()) if remembered.exists() else None
@@ -77,9 +86,7 @@ def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
         temporary = remembered.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(choice))
         os.replace(temporary, remembered)
-    index = int(choice["best"])
-    weights, info = make_ready(plan, plan.anchors[index].state_dict, 0)
-    return index, weights, info
+    return int(choice["best"])
 
 
 def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
@@ -93,7 +100,7 @@ def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
         Relative distances per tensor, the normalized distance overall, and the generated model's anchor.
     """
     from geosane.generation.anchors import backbone_weights
-    from geosane.generation.candidates import run_candidates, weight_distance
+    from geosane.generation.candidates import is_weight, run_candidates, weight_distance
 
     results, _ = run_candidates(plan, False, use_ray=False)
     weights, info = max(results, key=lambda r: r[1].get("selection_score", 0.0))
@@ -102,7 +109,7 @@ def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
     distances = {
         key: weight_distance({key: generated[key]}, {key: value})
         for key, value in anchor.state_dict.items()
-        if key in generated and moved(key, value, plan) and float(value.norm()) > 0
+        if key in generated and is_weight(key, value, skipped(plan)) and float(value.norm()) > 0
     }
     return distances, weight_distance(generated, anchor.state_dict, skipped(plan)), anchor.name
 
@@ -110,17 +117,6 @@ def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
 def skipped(plan: Any) -> tuple[str, ...]:
     """Key prefixes that distances leave out: a new head (it is fresh in every initialization alike)."""
     return () if plan.head_kept else plan.prompt.head
-
-
-def moved(key: str, value: torch.Tensor, plan: Any) -> bool:
-    """Whether a tensor counts as a weight that generation moves: floating point, not BatchNorm statistics (they are
-    re-estimated), not a new head."""
-    head = skipped(plan)
-    return (
-        value.is_floating_point()
-        and not key.endswith(("running_mean", "running_var"))
-        and not (head and key.startswith(head))
-    )
 
 
 def noise_like(weights: Weights, distances: dict[str, float], generator: torch.Generator) -> Weights:
@@ -180,7 +176,7 @@ def decoded_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     from geosane.generation.anchors import backbone_weights
     from geosane.tokenizer import detokenize, tokenize
 
-    index, _, _ = best_anchor(plan)
+    index = chosen_anchor(plan)
     chosen = plan.anchors[index]
     tokens = tokenize(chosen.state_dict, plan.autoencoder.tokenizer)
     rebuilt = detokenize(plan.autoencoder.decode(plan.latents(index)), tokens.layout, tokens.kept)
@@ -198,7 +194,7 @@ def noised_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     from geosane.generation.anchors import backbone_weights
 
     distances, generated, source = generated_distances(plan)
-    index, _, _ = best_anchor(plan)
+    index = chosen_anchor(plan)
     chosen = plan.anchors[index]
     shaped = {k: v for k, v in distances.items() if k in chosen.state_dict}
     generator = torch.Generator().manual_seed(plan.config.seed)

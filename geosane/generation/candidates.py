@@ -18,7 +18,7 @@ from geosane.generation.sampling import sample_latents
 from geosane.tasks import load_backbone
 from geosane.tokenizer import detokenize, tokenize
 
-__all__ = ["Plan", "make_candidate", "make_ready", "run_candidates", "weight_distance"]
+__all__ = ["Plan", "is_weight", "make_candidate", "make_ready", "run_candidates", "weight_distance"]
 
 
 @dataclass
@@ -119,6 +119,25 @@ def make_ready(plan: Plan, state_dict: dict[str, torch.Tensor], index: int) -> t
     return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}, info
 
 
+def is_weight(key: str, value: torch.Tensor, skip: tuple[str, ...] = ()) -> bool:
+    """Whether a tensor counts in weight-space distances: floating point, not BatchNorm statistics (they are
+    re-estimated), not under a ``skip`` prefix (a new head).
+
+    Args:
+        key: the tensor's name.
+        value: the tensor.
+        skip: key prefixes left out.
+
+    Returns:
+        Whether it counts.
+    """
+    return (
+        value.is_floating_point()
+        and not key.endswith(("running_mean", "running_var"))
+        and not (skip and key.startswith(skip))
+    )
+
+
 def weight_distance(
     weights: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], skip: tuple[str, ...] = ()
 ) -> float:
@@ -136,13 +155,7 @@ def weight_distance(
     difference = norm = 0.0
     for key, value in weights.items():
         other = reference.get(key)
-        if (
-            other is None
-            or other.shape != value.shape
-            or not value.is_floating_point()
-            or key.endswith(("running_mean", "running_var"))
-            or (skip and key.startswith(skip))
-        ):
+        if other is None or other.shape != value.shape or not is_weight(key, value, skip):
             continue
         difference += float((value.double() - other.double()).pow(2).sum())
         norm += float(other.double().pow(2).sum())
