@@ -1,20 +1,25 @@
-"""Which autoencoder shape generalizes to lineages it never saw, for a fixed wall-clock budget on one core?
+"""Which autoencoder shape rebuilds models it never saw, for a fixed wall-clock budget on one core each?
 
-    .venv/bin/python benchmarks/autoencoder_sizes.py --collection out/zoo-small [--minutes 4]
-                     [--shapes 230:256:128 64:128:64 32:128:32 32:64:32] [--models 20]
+    .venv/bin/python benchmarks/autoencoder_sizes.py --collection out/hetero --minutes 6 \
+        --holdout family=convnext,vision_transformer --jobs 2
 
-A plain PyTorch loop (no Ray, no DeepSpeed: the shape is what is compared) over a seeded subset of the collection's
-EuroSAT zoo checkpoints, re-tokenized at each shape's token size and split by lineage (every checkpoint of a trial on
-one side). Each shape ``TOKEN:D_MODEL:LATENT`` trains for the same minutes with GeoSANE's loss on shifted views, then
-the normalized reconstruction error of training and held-out models is reported. Results are printed and saved to
-benchmarks/results/autoencoder-sizes.json.
+A plain PyTorch loop (no Ray, no DeepSpeed: the shape is what is compared) over a seeded sample of the collection's
+zoo lineages, a few per architecture family (both checkpoints of each), at the collection's token size. Whole
+families named by ``--holdout`` are never trained on; of the rest, a fifth of the lineages is held out. Each shape
+``D_MODEL:LATENT`` (optionally ``:BLOCKS``) trains for the same minutes with GeoSANE's loss on shifted views, windows
+drawn per model (every model as often, whatever its size), and reports the normalized reconstruction error of
+training models, held-out lineages of seen families and held-out families, per family. ``--jobs 2`` trains two
+shapes at a time, one core each. Results are printed and saved to benchmarks/results/autoencoder-sizes.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +36,17 @@ WINDOW = 64
 BATCH = 16
 
 
-def train_shape(train, val, token_size: int, d_model: int, latent: int, minutes: float, seed: int) -> dict:
-    tokenizer = geosane.TokenizerConfig(token_size)
-    train_tokens = [geosane.tokenize(state, tokenizer) for state in train]
-    val_tokens = [geosane.tokenize(state, tokenizer) for state in val]
-    config = geosane.AutoencoderConfig(token_size=token_size, d_model=d_model, latent_dim=latent, window=WINDOW)
+def train_shape(collection_url: str, split: dict, shape: str, minutes: float, seed: int) -> dict:
+    torch.set_num_threads(1)
+    collection = geosane.Collection(collection_url)
+    records = {r.id: r for r in collection.records()}
+    train_tokens = [collection.tokens(i) for i in split["train"]]
+    d_model, latent, *blocks = (int(v) for v in shape.split(":"))
+    token_size = int(train_tokens[0].tokens.shape[1])
+    depth = {"encoder_blocks": blocks[0], "decoder_blocks": blocks[0]} if blocks else {}
+    config = geosane.AutoencoderConfig(
+        token_size=token_size, d_model=d_model, latent_dim=latent, window=WINDOW, **depth
+    )
     torch.manual_seed(seed)
     autoencoder = geosane.Autoencoder(config)
     optimizer = torch.optim.AdamW(autoencoder.parameters(), lr=1e-3, weight_decay=0.05)
@@ -68,46 +79,88 @@ def train_shape(train, val, token_size: int, d_model: int, latent: int, minutes:
         optimizer.step()
         steps += 1
     autoencoder.eval()
+    errors: dict[str, dict[str, list[float]]] = {}
+    for part in ("train", "val", "held_out"):
+        for model_id in split[part]:
+            tokens = train_tokens[split["train"].index(model_id)] if part == "train" else collection.tokens(model_id)
+            family = records[model_id].family
+            errors.setdefault(part, {}).setdefault(family, []).append(autoencoder.reconstruction_error(tokens))
     return {
+        "shape": shape,
         "token_size": token_size,
         "d_model": d_model,
         "latent_dim": latent,
+        "compression": token_size / latent,
+        **depth,
         "parameters": sum(p.numel() for p in autoencoder.parameters()),
         "minutes": minutes,
         "steps": steps,
-        "train_error": [round(autoencoder.reconstruction_error(t), 4) for t in train_tokens[:4]],
-        "held_out_error": [round(autoencoder.reconstruction_error(t), 4) for t in val_tokens],
+        "error": {
+            part: {
+                **{f: round(float(np.mean(v)), 4) for f, v in sorted(by_family.items())},
+                "all": round(float(np.mean([e for v in by_family.values() for e in v])), 4),
+            }
+            for part, by_family in errors.items()
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--collection", required=True)
-    parser.add_argument("--minutes", type=float, default=4.0)
-    parser.add_argument("--shapes", nargs="+", default=["230:256:128", "64:128:64", "32:128:32", "32:64:32"])
-    parser.add_argument("--models", type=int, default=20, help="zoo checkpoints used (whole lineages)")
+    parser.add_argument("--minutes", type=float, default=6.0)
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        default=["128:32", "128:16", "128:8", "128:4", "256:8:3"],
+        help="D_MODEL:LATENT[:BLOCKS] (the small size is 128:32 with 2 blocks each side)",
+    )
+    parser.add_argument("--holdout", default="family=convnext,vision_transformer", help="FIELD=V1,V2 never trained on")
+    parser.add_argument("--lineages", type=int, default=6, help="zoo lineages sampled per family")
+    parser.add_argument("--jobs", type=int, default=2, help="shapes trained at once (one core each)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "autoencoder-sizes.json"))
     args = parser.parse_args()
 
-    torch.set_num_threads(1)
     collection = geosane.Collection(args.collection)
-    zoo = sorted((r for r in collection.records() if r.tags.get("dataset") == "eurosat_rgb"), key=lambda r: r.name)
-    chosen = zoo[: args.models]
-    split = split_models(chosen, 0.2, seed=0)
-    train = [collection.export(i) for i in split.train]
-    val = [collection.export(i) for i in split.val]
-    print(f"{len(train)} training and {len(val)} held-out checkpoints ({len(split.val_lineages)} held-out lineages)")
+    field, _, values = args.holdout.partition("=")
+    holdout = {field: values.split(",")} if values else {}
+    rng = np.random.default_rng(0)
+    by_family: dict[str, list[str]] = {}
+    zoo = [r for r in collection.records() if "lineage" in r.tags]
+    for r in zoo:
+        by_family.setdefault(r.family, [])
+        if r.tags["lineage"] not in by_family[r.family]:
+            by_family[r.family].append(r.tags["lineage"])
+    chosen = {str(x) for lineages in by_family.values() for x in rng.permutation(sorted(lineages))[: args.lineages]}
+    split = asdict(split_models([r for r in zoo if r.tags["lineage"] in chosen], 0.2, 0, holdout))
+    print(
+        f"{len(split['train'])} training checkpoints, {len(split['val'])} of held-out lineages, "
+        f"{len(split['held_out'])} of held-out families ({args.holdout}); families {sorted(by_family)}",
+        flush=True,
+    )
     runs = []
-    for shape in args.shapes:
-        token_size, d_model, latent = (int(v) for v in shape.split(":"))
-        run = train_shape(train, val, token_size, d_model, latent, args.minutes, seed=0)
-        runs.append(run)
-        print(
-            f"tokens {token_size:3d}, d_model {d_model:3d}, latent {latent:3d}: {run['steps']} steps in "
-            f"{args.minutes:g} min; training error {run['train_error']}, held-out {run['held_out_error']}",
-            flush=True,
-        )
-    save({"benchmark": "autoencoder-sizes", "held_out_lineages": split.val_lineages, "runs": runs}, args.out)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(train_shape, args.collection, split, shape, args.minutes, 0) for shape in args.shapes]
+        for future in futures:
+            run = future.result()
+            runs.append(run)
+            error = run["error"]
+            print(
+                f"d_model {run['d_model']:3d}, latent {run['latent_dim']:3d} ({run['compression']:g}x): "
+                f"{run['steps']} steps in {args.minutes:g} min; error train {error['train']['all']}, held-out "
+                f"lineages {error['val']['all']}, held-out families {error.get('held_out', {})}",
+                flush=True,
+            )
+    save(
+        {
+            "benchmark": "autoencoder-sizes",
+            "collection": args.collection,
+            "holdout": holdout,
+            "held_out_lineages": split["val_lineages"],
+            "runs": runs,
+        },
+        args.out,
+    )
 
 
 if __name__ == "__main__":

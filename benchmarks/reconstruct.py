@@ -1,8 +1,11 @@
-"""Do rebuilt models work? The standard quality measure of a weight-space model, on held-out lineages.
+"""Do rebuilt models work? The standard quality measure of a weight-space model, on held-out lineages and families.
 
     .venv/bin/python benchmarks/reconstruct.py --run out/runs/small [--collection URL] [--results DIR]
+        [--per-family N]
 
-For every model the run held out (whole lineages: split.json) that has a registered dataset: encode -> decode ->
+For every model the run held out (whole lineages of seen families, and whole families its ``holdout`` rules kept out:
+split.json) that has a registered dataset (with ``--per-family N``: the last checkpoints of N lineages per family and
+part, seeded): encode -> decode ->
 detokenize, load into its task model and evaluate on the dataset's test samples the zoo scored it on, next to the
 original (as trained, and with its BatchNorm re-estimated the same way: like for like); with BatchNorm statistics
 copied from the original and re-estimated on 512 train images (train mode, no
@@ -13,6 +16,7 @@ a plot of original vs reconstructed metric (benchmarks/results/reconstruct.{json
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import time
@@ -67,6 +71,7 @@ def rebuild(record: geosane.ModelRecord, collection: geosane.Collection, autoenc
     return {
         "id": record.id,
         "name": record.name,
+        "family": record.family,
         "lineage": record.tags.get("lineage") or f"{record.tags['dataset']}/{arch}/seed{record.tags['seed']}",
         "epoch": int(record.tags["epoch"]),
         "dataset": record.tags["dataset"],
@@ -80,6 +85,34 @@ def rebuild(record: geosane.ModelRecord, collection: geosane.Collection, autoenc
     }
 
 
+def sample_lineages(records: list, part_of: dict[str, str], per_family: int) -> list:
+    """The last checkpoint of up to ``per_family`` lineages (seeded) of each family in each part."""
+    last: dict[str, geosane.ModelRecord] = {}
+    for r in records:
+        lineage = r.tags.get("lineage", r.id)
+        if lineage not in last or int(r.tags["epoch"]) > int(last[lineage].tags["epoch"]):
+            last[lineage] = r
+    groups: dict[tuple[str, str], list] = {}
+    for lineage in sorted(last, key=lambda x: hashlib.sha256(x.encode()).hexdigest()):
+        r = last[lineage]
+        groups.setdefault((part_of[r.id], r.family), []).append(r)
+    return [r for group in groups.values() for r in group[:per_family]]
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Means of one part and family: error, metric kept (like for like), random."""
+    return {
+        "lineages": len(rows),
+        "normalized_error": round(statistics.fmean(r["normalized_error"] for r in rows), 4),
+        "original_bn_reestimated": round(statistics.fmean(r["original_bn_reestimated"] for r in rows), 4),
+        "rebuilt_bn_reestimated": round(statistics.fmean(r["rebuilt_bn_reestimated"] for r in rows), 4),
+        "random_bn_reestimated": round(statistics.fmean(r["random_bn_reestimated"] for r in rows), 4),
+        "kept_fraction": round(
+            statistics.fmean(r["rebuilt_bn_reestimated"] / r["original_bn_reestimated"] for r in rows), 4
+        ),
+    }
+
+
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -88,12 +121,22 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
     figure, axis = plt.subplots(figsize=(5.5, 5))
     x = [r["original_bn_reestimated"] for r in rows]  # like for like: both sides' BatchNorm re-estimated
-    for key, marker, label in [
-        ("rebuilt_bn_reestimated", "o", "rebuilt, BatchNorm re-estimated"),
-        ("rebuilt_bn_copied", "x", "rebuilt, BatchNorm copied"),
-        ("random_bn_reestimated", ".", "random init, BatchNorm re-estimated"),
-    ]:
-        axis.scatter(x, [r[key] for r in rows], marker=marker, label=label)
+    for part, colour in (("held-out lineage", "C0"), ("held-out family", "C3")):
+        mine = [r for r in rows if r.get("part", "held-out lineage") == part]
+        for key, marker, label in [
+            ("rebuilt_bn_reestimated", "o", "rebuilt, BatchNorm re-estimated"),
+            ("rebuilt_bn_copied", "x", "rebuilt, BatchNorm copied"),
+            ("random_bn_reestimated", ".", "random init, BatchNorm re-estimated"),
+        ]:
+            if mine:
+                axis.scatter(
+                    [r["original_bn_reestimated"] for r in mine],
+                    [r[key] for r in mine],
+                    marker=marker,
+                    color=colour,
+                    alpha=0.8,
+                    label=f"{part}: {label}",
+                )
     low = min(min(x), *(r["random_bn_reestimated"] for r in rows)) - 0.05
     axis.plot([low, 1], [low, 1], color="grey", linewidth=0.8, label="rebuilt = original")
     axis.set_xlabel("original test metric, BatchNorm re-estimated")
@@ -126,6 +169,7 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a training run (its final/ and split.json)")
     parser.add_argument("--collection", default=None, help="default: the run's collection")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "reconstruct"))
+    parser.add_argument("--per-family", type=int, default=0, help="lineages per family and part (0: every model)")
     args = parser.parse_args()
 
     torch.set_num_threads(2)
@@ -133,20 +177,26 @@ def main() -> None:
     collection = geosane.Collection(args.collection or split["collection"])
     autoencoder = geosane.Autoencoder.load(args.run)
     registered = set(geosane.datasets.list_datasets())
-    held_out = [collection.record(i) for i in split["val"]]
+    parts = {"held-out lineage": split["val"], "held-out family": split.get("held_out", [])}
+    held_out = {i: part for part, ids in parts.items() for i in ids}
     measurable = [
         r
-        for r in held_out
+        for r in (collection.record(i) for i in held_out)
         if geosane.datasets.parse_spec(r.tags.get("dataset", ""))[0] in registered and "arch" in r.tags
     ]
-    print(f"{len(held_out)} held-out models ({len(split['val_lineages'])} lineages), {len(measurable)} with a dataset")
+    if args.per_family:
+        measurable = sample_lineages(measurable, held_out, args.per_family)
+    print(
+        f"{len(split['val'])} models of {len(split['val_lineages'])} held-out lineages, "
+        f"{len(parts['held-out family'])} of held-out families; {len(measurable)} measured"
+    )
     if not measurable:  # e.g. a run that held out only real pretrained models: nothing to score on a dataset
         raise SystemExit(f"{args.run}: none of its held-out models records a registered dataset; nothing to measure")
 
     began, cache, rows = time.perf_counter(), {}, []
     for record in measurable:
         data = load_data(record.tags["dataset"], int(record.metrics.get("test_samples", 0)) or None, cache)
-        row = rebuild(record, collection, autoencoder, data)
+        row = {"part": held_out[record.id], **rebuild(record, collection, autoencoder, data)}
         rows.append(row)
         print(
             f"{row['name']:42s} error {row['normalized_error']:.4f}  original {row['original']:.3f}  rebuilt "
@@ -160,6 +210,10 @@ def main() -> None:
             final[row["lineage"]] = row
     finals = list(final.values())
     summary = {
+        **{
+            f"{part} {family}": summarize([r for r in finals if (r["part"], r["family"]) == (part, family)])
+            for part, family in sorted({(r["part"], r["family"]) for r in finals})
+        },
         "held_out_models": len(rows),
         "held_out_lineages": len(finals),
         "mean_normalized_error": statistics.fmean(r["normalized_error"] for r in rows),

@@ -457,7 +457,7 @@ def main() -> None:
 
     import ray
 
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "geosane" / "torch_extensions"))
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(geosane.train.extensions_dir()))
     out = RESULTS / ("train-memory.json" if args.memory else "train.json")
 
     def save(results: dict) -> None:

@@ -2,9 +2,13 @@
 
     .venv/bin/python benchmarks/zoo_quality.py [--config sweeps/zoo-small.yaml] [--out-collection out/zoo-small]
 
-Prints and saves (benchmarks/results/zoo-quality.json and .png): wall time, checkpoint count, architectures,
-tasks, modalities; the distribution of test metrics per dataset, architecture and epoch; the median EuroSAT
-RGB accuracy at the last epoch (aim >= 0.80); and cloud/shadow mIoU against predicting the majority class.
+Prints and saves (benchmarks/results/zoo-quality.json and .png; ``--results`` names another): wall time, checkpoint
+and lineage counts, architectures, families, tasks, modalities; the distribution of test metrics per dataset,
+architecture and epoch; per dataset the median metric at the last epoch against what learning nothing scores
+(one over the classes; for segmentation, predicting the majority class everywhere).
+
+    .venv/bin/python benchmarks/zoo_quality.py --config sweeps/zoo-hetero.yaml --out-collection out/hetero \
+        --results benchmarks/results/zoo-hetero
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="sweeps/zoo-small.yaml")
     parser.add_argument("--out-collection", default=None, help="collection URL (default: a temporary folder)")
+    parser.add_argument("--storage", default=None, help="Tune's storage, to resume (default: a temporary folder)")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results" / "zoo-quality"))
     args = parser.parse_args()
 
@@ -56,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out_collection or f"{tmp}/collection"
         start = time.perf_counter()
-        geosane.run_zoo(config, out, f"{tmp}/runs", progress=False)
+        geosane.run_zoo(config, out, args.storage or f"{tmp}/runs", progress=False)
         seconds = time.perf_counter() - start
         records = geosane.Collection(out).records()
 
@@ -89,20 +94,24 @@ def main() -> None:
     def final(dataset: str) -> list[float]:
         return [m for arch in table.get(dataset, {}).values() for m in arch.get(last_epoch[dataset], [])]
 
+    def chance(dataset: str) -> float:
+        """What a model that learned nothing scores: the majority class's mIoU, or one over the classes."""
+        group = next(g for g in config.groups if g.dataset == dataset)
+        data = geosane.datasets.get(dataset)
+        return majority_miou(dataset, group.test_limit) if data.task == "segmentation" else 1 / data.num_classes
+
     summary = {
         "checkpoints": len(records),
+        "lineages": len({r.tags["lineage"] for r in records}),
         "minutes": round(seconds / 60, 2),
         "architectures": sorted({r.tags["arch"] for r in records}),
+        "families": sorted({r.family for r in records}),
         "tasks": sorted({r.task for r in records}),
         "modalities": sorted({r.modality for r in records}),
-        "eurosat_rgb_median_last_epoch_accuracy": statistics.median(final("eurosat_rgb"))
-        if final("eurosat_rgb")
-        else None,
+        "median_last_epoch": {d: round(statistics.median(final(d)), 4) for d in table if final(d)},
+        "chance": {d: round(chance(d), 4) for d in table},
+        "models_above_chance": {d: f"{sum(m > chance(d) for m in final(d))}/{len(final(d))}" for d in table},
     }
-    if "cloudmask" in last_epoch:
-        group = next(g for g in config.groups if g.dataset == "cloudmask")
-        summary["cloudmask_median_last_epoch_miou"] = statistics.median(final("cloudmask"))
-        summary["cloudmask_majority_class_miou"] = majority_miou("cloudmask", group.test_limit)
     print()
     for key, value in summary.items():
         print(f"{key}: {value}")
@@ -123,18 +132,18 @@ def main() -> None:
         )
         + "\n"
     )
-    plot(table, last_epoch, results.with_suffix(".png"))
+    plot(table, summary["chance"], results.with_suffix(".png"))
     print(f"saved {results.with_suffix('.json')} and {results.with_suffix('.png')}")
 
 
-def plot(table, last_epoch, path: Path) -> None:
+def plot(table, chance: dict[str, float], path: Path) -> None:
     """Metric per epoch for every trial, one panel per dataset, coloured by architecture."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(table), figsize=(5 * len(table), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(table), figsize=(6 * len(table), 4.5), squeeze=False)
     for ax, (dataset, archs) in zip(axes[0], table.items(), strict=True):
         for colour, (arch, epochs) in enumerate(archs.items()):
             for epoch, values in epochs.items():
@@ -150,6 +159,7 @@ def plot(table, last_epoch, path: Path) -> None:
         ax.set_title(dataset)
         ax.set_xlabel("epoch")
         ax.set_ylabel("test accuracy" if dataset.startswith("eurosat") else "test mIoU")
+        ax.axhline(chance[dataset], color="grey", linestyle=":", label="chance")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -120,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     from geosane import storage
     from geosane.collection import Collection
-    from geosane.collection.sources import KEY_ORDER
+    from geosane.collection.formats import KEY_ORDER
 
     out = storage.absolute(args.out)
     if storage.within(out, args.url):

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from geosane.train import extensions_dir
+
 from .helpers import free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+# DeepSpeed's async_io op (minutes to build) is cached per environment, for every test, subprocess and Ray worker
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()))
 
 
 @pytest.fixture(scope="session")

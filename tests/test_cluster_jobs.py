@@ -130,7 +130,7 @@ def submit(cluster: dict[str, str], collection: str, storage: str, name: str, st
             "excludes": [".venv", "out", "runs", "benchmarks/results", ".git"],
             "env_vars": {
                 **{k: os.environ[k] for k in AWS},
-                "TORCH_EXTENSIONS_DIR": str(Path.home() / ".cache" / "geosane" / "torch_extensions"),
+                "TORCH_EXTENSIONS_DIR": os.environ["TORCH_EXTENSIONS_DIR"],  # set by conftest.py
             },
         },
     )

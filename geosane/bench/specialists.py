@@ -44,7 +44,7 @@ def ukis_csmask(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
 
     from geosane import datasets
     from geosane.collection import pretrained
-    from geosane.collection.sources import read_onnx
+    from geosane.collection.formats import read_onnx
 
     uri = "pretrained:ukis-csmask-1.0.0#ukis-csmask-1.0.0/model_6b_l1c"
     location = pretrained.location(uri)

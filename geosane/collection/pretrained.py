@@ -1,9 +1,11 @@
 """The real pretrained remote-sensing models we have, with what the manifest should say about them.
 
 This module is the catalogue (``geosane.collection.sources`` reads the files).
-``geosane collect pretrained:all --out URL`` (or ``pretrained:presto``, ``pretrained:galileo_nano``,
+``geosane collect pretrained:all --out URL`` (or one group: ``pretrained:presto``, ``pretrained:galileo_nano``,
+``pretrained:merlin``, ``pretrained:dl-l8s2-uv``, ``pretrained:sen2lcz``, ``pretrained:dynamicworld``,
 ``pretrained:ukis-csmask-1.0.0``, ``pretrained:ukis-csmask-0.2.1``) adds them with their licence, task,
-modality and bands. Presto and Galileo come from the shared weights folder (``<data root>/../weights``);
+modality and bands. Most come from the shared weights folder (``<data root>/../weights``), as PyTorch files,
+Keras HDF5 files (DL-L8S2-UV, sen2LCZ) and TensorFlow SavedModels (Dynamic World);
 the ukis-csmask U-Nets are ONNX files inside the package's wheels from the registry, which set-up downloads
 to ``.venv/wheels`` (or ``$GEOSANE_WHEELS``); they are read from the wheel, never installed or run.
 """
@@ -41,6 +43,11 @@ PRESTO_BANDS = [
     "slope",
     "NDVI",
 ]
+#: Sentinel-2 bands of sen2LCZ (So2Sat LCZ42's ten) and of Dynamic World (nine, no B8A).
+SO2SAT_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B8A", "B11", "B12"]
+DYNAMICWORLD_BANDS = ["B2", "B3", "B4", "B5", "B6", "B7", "B8", "B11", "B12"]
+LCZ_CLASSES = ",".join(f"LCZ{c}" for c in [*range(1, 11), *"ABCDEFG"])
+DYNAMICWORLD_CLASSES = "water,trees,grass,flooded_vegetation,crops,shrub_and_scrub,built,bare,snow_and_ice"
 GALILEO_BANDS = ["S1", "S2", "ERA5", "TerraClimate", "VIIRS", "SRTM", "DynamicWorld", "WorldCereal", "location"]
 
 
@@ -85,6 +92,45 @@ CATALOGUE: dict[str, Pretrained] = {
     "presto": nasaharvest("presto", PRESTO_BANDS, {"presto": "presto/default_model.pt"}),
     "galileo_nano": nasaharvest(
         "galileo", GALILEO_BANDS, {f"galileo_nano/{part}": f"galileo_nano/{part}.pt" for part in GALILEO_PARTS}
+    ),
+    "merlin": Pretrained(
+        "unet",
+        "despeckling",
+        "sar",
+        ["SAR"],
+        "MIT",
+        {f"merlin/{mode}": f"merlin/{mode}.pth" for mode in ("spotlight", "stripmap")},
+        tags={"upstream": "hi-paris/deepdespeckling@783e1b3", "sensor": "TerraSAR-X"},
+    ),
+    "dl-l8s2-uv": Pretrained(
+        "unet-separable",
+        "segmentation",
+        "multispectral",
+        S2_6,
+        "MIT",
+        {f"dl-l8s2-uv/{m}": f"dl_l8s2_uv/landsatbiome{m}.hdf5" for m in ("RGBI6", "RGBISWIR7")},
+        num_classes=1,
+        tags={"upstream": "IPL-UV/DL-L8S2-UV@05c91ab", "classes": "cloud", "sensor": "Landsat-8"},
+    ),
+    "sen2lcz": Pretrained(
+        "sen2lcz-cnn",
+        "classification",
+        "multispectral",
+        SO2SAT_BANDS,
+        "MIT",
+        {"sen2lcz/sen2lcz_32": "so2sat_lcz42/sen2lcz_32_weights.best.hdf5"},
+        num_classes=17,
+        tags={"upstream": "ChunpingQiu/benchmark-on-So2SatLCZ42-dataset-a-simple-tour@4d28ac4", "classes": LCZ_CLASSES},
+    ),
+    "dynamicworld": Pretrained(
+        "dynamicworld-fcn",
+        "segmentation",
+        "multispectral",
+        DYNAMICWORLD_BANDS,
+        "Apache-2.0",
+        {f"dynamicworld/{d}": f"dynamicworld/{d}/variables/variables.index" for d in ("forward", "backward")},
+        num_classes=9,
+        tags={"upstream": "google/dynamicworld@0dd288f", "classes": DYNAMICWORLD_CLASSES},
     ),
     "ukis-csmask-1.0.0": ukis_release(
         "1.0.0", "unet-efficientnet-b4", ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")

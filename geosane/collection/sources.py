@@ -6,9 +6,7 @@ reading them (so a typo fails the whole command at once), and each ``Found.read(
 :data:`SCHEMES`: a prefix and one function from a source string to the models it names. Anything without a
 registered prefix is a file, a directory or an fsspec URL.
 
-Nothing here executes code from a file: safetensors are parsed, torch files are loaded with
-``weights_only=True`` (a pickle that needs more than tensors is refused), ONNX files are parsed as protobuf
-and only their initializers are read.
+Nothing here executes code from a file: ``geosane.collection.formats`` reads each file format's tensors only.
 """
 
 from __future__ import annotations
@@ -16,10 +14,7 @@ from __future__ import annotations
 import difflib
 import functools
 import hashlib
-import io
-import json
 import logging
-import pickle
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -29,25 +24,22 @@ import torch
 
 from geosane import storage
 from geosane.collection import pretrained
+from geosane.collection.formats import SUFFIXES, bundle_name, channels_last, guess_in_chans, read_model_file
 from geosane.errors import GeoSANEError
 
 __all__ = [
-    "KEY_ORDER",
     "ModelSource",
     "content_sha256",
     "find",
     "load",
     "load_timm",
     "parse_timm",
-    "read_onnx",
     "timm_family",
     "timm_sizes",
 ]
 
 log = logging.getLogger(__name__)
 
-TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
-SUFFIXES = (".safetensors", ".onnx", *TORCH_SUFFIXES)
 TIMM_PREFIX = "timm:"
 #: Architecture-size arguments a timm URI may pass to timm (integers, or comma-separated integers for tuples), so
 #: lightweight prompts are expressible: ``timm:test_resnet?channels=16,24,24,48``.
@@ -113,10 +105,7 @@ def find_files(uri: str) -> list[Found]:
             if not files:
                 raise GeoSANEError(f"{uri}: directory holds no model files ({', '.join(SUFFIXES)})")
             named = {
-                (fs.unstrip_protocol(f) if "://" in uri else posixpath.normpath(f)): posixpath.splitext(
-                    posixpath.relpath(f, path.rstrip("/"))
-                )[0]
-                for f in files
+                (fs.unstrip_protocol(f) if "://" in uri else posixpath.normpath(f)): name_inside(f, path) for f in files
             }
         elif not fs.exists(path):
             raise GeoSANEError(f"{uri}: no such file or directory")
@@ -127,126 +116,31 @@ def find_files(uri: str) -> list[Found]:
     return [Found(file, name, functools.partial(read_file, file, name)) for file, name in named.items()]
 
 
+def name_inside(file: str, folder: str) -> str:
+    """A model's name from its path inside a directory (``galileo_nano/encoder``; a SavedModel's folder)."""
+    relative = posixpath.relpath(file, folder.rstrip("/"))
+    if relative.endswith("variables/variables.index"):
+        return posixpath.dirname(posixpath.dirname(relative)) or bundle_name(file)
+    return posixpath.splitext(relative)[0]
+
+
 def read_file(uri: str, name: str | None = None) -> ModelSource:
-    """One model file; ``name`` defaults to the file's stem."""
+    """One model file (for a TensorFlow bundle, its ``.index``); ``name`` defaults to the file's stem."""
     path = uri.split("::")[0]  # a chained URL (zip://member::archive) names its file first
-    data = storage.read_bytes(uri)
-    digest = hashlib.sha256(data).hexdigest()
-    name = name or posixpath.splitext(posixpath.basename(path.rstrip("/")))[0]
-    if path.endswith(".safetensors"):
-        state_dict = read_safetensors(data, uri)
-    elif path.endswith(".onnx"):
-        state_dict = read_onnx(data, uri)
-    elif path.endswith(TORCH_SUFFIXES):
-        state_dict = read_torch(data, uri)
-    else:
-        raise GeoSANEError(f"{uri}: unsupported file type; expected one of {', '.join(SUFFIXES)}")
-    if not state_dict:
-        raise GeoSANEError(f"{uri}: holds no tensors")
-    return ModelSource(name=name, uri=uri, sha256=digest, state_dict=state_dict, in_chans=guess_in_chans(state_dict))
+    digest, state_dict = read_model_file(uri)
+    name = name or default_name(path)
+    in_chans = guess_in_chans(state_dict, channels_last(uri))
+    source = ModelSource(name=name, uri=uri, sha256=digest, state_dict=state_dict, in_chans=in_chans)
+    if channels_last(uri):
+        source.tags["kernel_layout"] = "kh,kw,in,out"  # Keras/TensorFlow's, kept as stored
+    return source
 
 
-#: Safetensors metadata key where GeoSANE records the state dict's key order (the format itself sorts keys).
-KEY_ORDER = "geosane_keys"
-
-
-def read_safetensors(data: bytes, uri: str) -> dict[str, torch.Tensor]:
-    """Tensors in the state dict's original order: as recorded by GeoSANE, else in the file's data order."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
-    try:
-        tensors = load_safetensors(data)
-        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    except (SafetensorError, ValueError) as exc:
-        raise GeoSANEError(f"{uri}: not a valid safetensors file ({exc})") from exc
-    recorded = (header.get("__metadata__") or {}).get(KEY_ORDER)
-    if not recorded:
-        return {key: tensors[key] for key in sorted(tensors, key=lambda k: header[k]["data_offsets"][0])}
-    try:
-        order = json.loads(recorded)
-    except json.JSONDecodeError as exc:
-        raise GeoSANEError(f"{uri}: metadata {KEY_ORDER} is not a JSON list of tensor names ({exc})") from exc
-    if not isinstance(order, list) or sorted(map(str, order)) != sorted(tensors) or len(order) != len(tensors):
-        names = set(map(str, order)) if isinstance(order, list) else set()
-        missing, unknown = sorted(set(tensors) - names), sorted(names - set(tensors))
-        raise GeoSANEError(
-            f"{uri}: metadata {KEY_ORDER} must list exactly the file's {len(tensors)} tensors, once each"
-            + (f"; it leaves out {missing[:3]}" if missing else "")
-            + (f"; it names {unknown[:3]}, which the file does not hold" if unknown else "")
-        )
-    return {key: tensors[key] for key in order}
-
-
-def read_torch(data: bytes, uri: str) -> dict[str, torch.Tensor]:
-    """A torch state dict, plain or nested as ``{"state_dict": ...}`` / ``{"model": ...}``; never unpickles code."""
-    try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc) else ""
-        raise GeoSANEError(
-            f"{uri}: refused to load: the file is a pickle that needs more than tensors to load, "
-            f"and GeoSANE never runs code from model files ({first})"
-        ) from exc
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
-        raise GeoSANEError(f"{uri}: not a readable torch file ({str(exc).splitlines()[0]})") from exc
-    return flatten_state_dict(obj, uri)
-
-
-def flatten_state_dict(obj: Any, uri: str) -> dict[str, torch.Tensor]:
-    """Find the state dict inside a checkpoint object."""
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if isinstance(obj.get(key), Mapping):
-                return flatten_state_dict(obj[key], uri)
-        not_tensors = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
-        if not not_tensors:
-            return {str(k): v for k, v in obj.items()}
-        raise GeoSANEError(
-            f"{uri}: expected a state dict of tensors (optionally under 'state_dict' or 'model'), "
-            f"but keys {not_tensors[:5]} are not tensors"
-        )
-    raise GeoSANEError(f"{uri}: expected a state dict, got a {type(obj).__name__}")
-
-
-def read_onnx(data: bytes, uri: str) -> dict[str, torch.Tensor]:
-    """An ONNX model's initializers (its weights); the graph itself is never run.
-
-    Args:
-        data: the file's bytes.
-        uri: where it came from, for messages.
-
-    Returns:
-        Initializers by name, in the file's order.
-
-    Raises:
-        GeoSANEError: not an ONNX model.
-    """
-    import onnx
-    from google.protobuf.message import DecodeError
-    from onnx import numpy_helper
-
-    try:
-        model = onnx.load_from_string(data)
-    except (DecodeError, ValueError) as exc:
-        raise GeoSANEError(f"{uri}: not a valid ONNX file ({exc})") from exc
-    if any(init.data_location == onnx.TensorProto.EXTERNAL for init in model.graph.initializer):
-        raise GeoSANEError(f"{uri}: ONNX files with external data are not supported; save with the weights inside")
-    # Order by first use in the (topologically sorted) graph, so tokens follow the network from input to output.
-    first_use: dict[str, int] = {}
-    for position, node in enumerate(model.graph.node):
-        for name in node.input:
-            first_use.setdefault(name, position)
-    inits = sorted(model.graph.initializer, key=lambda init: first_use.get(init.name, len(model.graph.node)))
-    return {init.name: torch.from_numpy(numpy_helper.to_array(init).copy()) for init in inits}
-
-
-def guess_in_chans(state_dict: Mapping[str, torch.Tensor]) -> int | None:
-    """Input channels of the stem, when the model's first weight matrix is a 2-D convolution; else unknown."""
-    for tensor in state_dict.values():
-        if tensor.is_floating_point() and tensor.dim() >= 2:
-            return int(tensor.shape[1]) if tensor.dim() == 4 else None
-    return None
+def default_name(path: str) -> str:
+    """A file's stem; a SavedModel's folder for its ``variables/variables.index``."""
+    if path.endswith(".index"):
+        return bundle_name(path)
+    return posixpath.splitext(posixpath.basename(path.rstrip("/")))[0]
 
 
 # ------------------------------------------------------------------------------ timm:
@@ -406,7 +300,7 @@ def read_pretrained(uri: str, name: str) -> ModelSource:
     source.family, source.task, source.modality = entry.family, entry.task, entry.modality
     source.bands = entry.bands[: source.in_chans] if source.in_chans else list(entry.bands)
     source.licence, source.num_classes = entry.licence, entry.num_classes
-    source.tags = {**entry.tags, "catalogue": uri[len(pretrained.PREFIX) :].partition("#")[0]}
+    source.tags = {**source.tags, **entry.tags, "catalogue": uri[len(pretrained.PREFIX) :].partition("#")[0]}
     if entry.wheel:
         source.tags["wheel"] = entry.wheel
     return source

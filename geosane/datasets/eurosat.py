@@ -54,34 +54,20 @@ def parse_classes(text: str) -> tuple[int, ...]:
     return indices
 
 
-class EuroSATRGB(Dataset):
-    """All of EuroSAT RGB through ``torchvision.datasets.EuroSAT`` (which downloads for users who lack it).
+class ClassSubset(Dataset):
+    """A EuroSAT set whose ``classes=5-9`` option keeps some of the ten classes (renumbered from 0), for
+    class-transfer tasks: a zoo trains on ``classes=0-4`` and a task asks for the other five. A subset keeps the full
+    set's splits and statistics, so its images are provably disjoint from the other subset's, and it is its own
+    dataset in held-out checks. Subclasses set ``paths`` (every patch of the full set) before :meth:`keep`."""
 
-    ``classes=5-9`` keeps five of the ten classes (renumbered from 0) for class-transfer tasks: a zoo trains on
-    ``classes=0-4`` and a task asks for the other five. A subset keeps the full set's splits and statistics, so its
-    images are provably disjoint from the other subset's, and it is its own dataset in held-out checks.
-    """
+    paths: dict[str, Path]
 
-    name = "eurosat_rgb"
-    task = "classification"
-    modality = "rgb"
-    bands = ("B04", "B03", "B02")
-    classes = CLASSES
-
-    def __init__(self, root: Path, download: bool = False, classes: str | None = None) -> None:
-        super().__init__(root)
-        import torchvision
-
-        try:
-            self.source = torchvision.datasets.EuroSAT(str(self.root), download=download)
-        except RuntimeError as exc:
-            raise GeoSANEError(f"EuroSAT RGB not found under {self.root}/eurosat/2750 ({exc})") from exc
-        if tuple(self.source.classes) != CLASSES:
-            raise GeoSANEError(f"EuroSAT classes under {self.root} are {self.source.classes}, expected {CLASSES}")
+    def keep(self, classes: str | None) -> None:
+        """Keep the patches of ``classes`` (all when None)."""
         self.subset = parse_classes(classes) if classes else tuple(range(len(CLASSES)))
         self.option = classes
-        self.classes = tuple(CLASSES[i] for i in self.subset)  # type: ignore[misc, assignment]
-        self.paths = {Path(p).stem: p for p, _ in self.source.samples if class_of(Path(p).stem) in self.subset}
+        self.classes = tuple(CLASSES[i] for i in self.subset)  # type: ignore[misc]
+        self.paths = {i: p for i, p in self.paths.items() if class_of(i) in self.subset}
 
     @property
     def spec(self) -> str:
@@ -105,10 +91,34 @@ class EuroSATRGB(Dataset):
         return {**full, "dataset": self.spec, **{s: [i for i in full[s] if i in self.paths] for s in SPLITS}}
 
     def image_keys(self, sample_id: str) -> tuple[str, ...]:
-        """The patch itself (the multispectral version of a patch has the same key), the dataset (its train and test
-        patches come from the same scenes) and the patch's class: a model that learned a class from any of its
-        patches is not held out from a class-transfer task on it."""
-        return (*patch_keys(self.spec, sample_id), f"eurosat_rgb/{sample_id.rsplit('_', 1)[0]}")
+        """The patch itself (the other modality's version of a patch has the same key), the dataset (its train and
+        test patches come from the same scenes) and the patch's class in this modality: a model that learned a
+        class from any of its patches is not held out from a class-transfer task on it."""
+        return (*patch_keys(self.spec, sample_id), f"{self.name}/{sample_id.rsplit('_', 1)[0]}")
+
+
+class EuroSATRGB(ClassSubset):
+    """All of EuroSAT RGB through ``torchvision.datasets.EuroSAT`` (which downloads for users who lack it);
+    ``classes=5-9`` keeps a class subset (:class:`ClassSubset`)."""
+
+    name = "eurosat_rgb"
+    task = "classification"
+    modality = "rgb"
+    bands = ("B04", "B03", "B02")
+    classes = CLASSES
+
+    def __init__(self, root: Path, download: bool = False, classes: str | None = None) -> None:
+        super().__init__(root)
+        import torchvision
+
+        try:
+            self.source = torchvision.datasets.EuroSAT(str(self.root), download=download)
+        except RuntimeError as exc:
+            raise GeoSANEError(f"EuroSAT RGB not found under {self.root}/eurosat/2750 ({exc})") from exc
+        if tuple(self.source.classes) != CLASSES:
+            raise GeoSANEError(f"EuroSAT classes under {self.root} are {self.source.classes}, expected {CLASSES}")
+        self.paths = {Path(p).stem: Path(p) for p, _ in self.source.samples}
+        self.keep(classes)
 
     def read(self, ids: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Patches and their classes."""
@@ -119,8 +129,9 @@ class EuroSATRGB(Dataset):
         return x.contiguous(), torch.tensor([self.label(i) for i in ids])
 
 
-class EuroSATMS(Dataset):
-    """EuroSAT multispectral (13 bands, uint16 L1C reflectance) from the shipped sample.
+class EuroSATMS(ClassSubset):
+    """EuroSAT multispectral (13 bands, uint16 L1C reflectance) from the shipped sample; ``classes=5-9`` keeps a
+    class subset (:class:`ClassSubset`).
 
     Its official ``train``/``test`` folders are respected: test is the shipped test folder, and selection is a
     stratified part of the shipped train folder. Users with the full set can use torchgeo's ``EuroSAT``.
@@ -132,32 +143,25 @@ class EuroSATMS(Dataset):
     bands = MS_BANDS
     classes = CLASSES
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, classes: str | None = None) -> None:
         super().__init__(root)
         self.folder = self.root / "eurosat_ms"
         if not self.folder.is_dir():
             raise GeoSANEError(f"EuroSAT multispectral not found at {self.folder}")
         self.paths = {p.stem: p for p in sorted(self.folder.glob("*/*/*.tif"))}
         self.official = {p.stem: p.parts[-3] for p in self.paths.values()}
-
-    def samples(self) -> tuple[list[str], list[int]]:
-        """Every patch of the sample and its class."""
-        ids = sorted(self.paths)
-        return ids, [class_of(i) for i in ids]
-
-    def image_keys(self, sample_id: str) -> tuple[str, ...]:
-        """The patch itself (the RGB version of a patch has the same key)."""
-        return patch_keys(self.name, sample_id)
+        self.keep(classes)
 
     def make_splits(self) -> dict:
-        """The shipped test folder is test; a stratified tenth of the shipped train folder is selection."""
-        trainval = sorted(i for i in self.paths if self.official[i] == "train")
+        """The shipped test folder is test; a stratified tenth of the shipped train folder is selection (always
+        made from the full sample, so that class subsets share its splits)."""
+        trainval = sorted(i for i in self.official if self.official[i] == "train")
         inner = stratified_split(trainval, [class_of(i) for i in trainval], self.seed)
         return self.with_statistics(
             {
                 "train": sorted(inner["train"] + inner["test"]),
                 "selection": inner["selection"],
-                "test": sorted(i for i in self.paths if self.official[i] == "test"),
+                "test": sorted(i for i in self.official if self.official[i] == "test"),
             }
         )
 
@@ -169,7 +173,7 @@ class EuroSATMS(Dataset):
         for i in ids:
             with rasterio.open(self.paths[i]) as src:
                 arrays.append(src.read().astype(np.float32))
-        return torch.from_numpy(np.stack(arrays)), torch.tensor([class_of(i) for i in ids])
+        return torch.from_numpy(np.stack(arrays)), torch.tensor([self.label(i) for i in ids])
 
 
 class EuroSATMSFull(Dataset):

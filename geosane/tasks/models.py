@@ -25,6 +25,7 @@ __all__ = [
     "SegmentationModel",
     "backbone_features",
     "create_model",
+    "sized_for_input",
     "load_backbone",
 ]
 
@@ -146,7 +147,7 @@ def create_model(
         task: ``classification``, ``multilabel``, ``segmentation`` or ``detection``.
         in_chans: input bands.
         num_classes: classes (object classes for detection).
-        img_size: input size for ViTs.
+        img_size: input size, for architectures built for one (:func:`sized_for_input`).
         **kwargs: more timm arguments.
 
     Returns:
@@ -157,15 +158,33 @@ def create_model(
     """
     if not timm.is_model(arch):
         raise GeoSANEError(f"unknown timm architecture {arch!r}")
+    if img_size and sized_for_input(arch, task):
+        kwargs["img_size"] = img_size
     if task in ("classification", "multilabel"):  # one logit per class; multi-label reads them independently
-        if img_size and "vit" in arch:
-            kwargs["img_size"] = img_size
         return timm.create_model(arch, pretrained=False, in_chans=in_chans, num_classes=num_classes, **kwargs)
     if task == "segmentation":
         return SegmentationModel(arch, in_chans, num_classes, **kwargs)
     if task == "detection":
         return DetectionModel(arch, in_chans, num_classes, **kwargs)
     raise GeoSANEError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def sized_for_input(arch: str, task: str) -> bool:
+    """Whether an architecture is built for the data's input size. CoAtNet and MaxViT partition attention by the
+    input size, for every task; ViT classifiers size their position embeddings (their ``features_only`` backbones
+    resample them, and keep the default size, as generation's segmentation prompts do); Swin keeps its own 224-pixel
+    window grid, as its prompts and anchors have it; detection resizes its inputs to the backbone's own size.
+
+    Args:
+        arch: a timm architecture.
+        task: the task the model is built for.
+
+    Returns:
+        True where ``img_size`` is passed to timm.
+    """
+    if task == "detection":
+        return False
+    return "coatnet" in arch or "maxvit" in arch or ("vit" in arch and task in ("classification", "multilabel"))
 
 
 def load_backbone(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> None:

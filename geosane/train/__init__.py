@@ -13,7 +13,14 @@ from geosane.lazy import exports
 
 if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one module loads no other
     from geosane.train.config import TrainConfig, deepspeed_config, nvme_folder
-    from geosane.train.engine import Horizon, build_engine, fit_horizon, parameter_groups, return_large_blocks_to_the_os
+    from geosane.train.engine import (
+        Horizon,
+        build_engine,
+        extensions_dir,
+        fit_horizon,
+        parameter_groups,
+        return_large_blocks_to_the_os,
+    )
     from geosane.train.loop import StepMeter, progress_line, remove_offload_files
     from geosane.train.run import SPLIT, STEPS_PER_PASS, run_training, training_plan, training_views
     from geosane.train.token_stream import ModelSplit, lineage, split_models, window_dataset, windows_per_model_for
@@ -24,7 +31,14 @@ EXPORTS = {
         ("SPLIT", "STEPS_PER_PASS", "run_training", "training_plan", "training_views"), "geosane.train.run"
     ),
     **dict.fromkeys(
-        ("Horizon", "build_engine", "fit_horizon", "parameter_groups", "return_large_blocks_to_the_os"),
+        (
+            "Horizon",
+            "build_engine",
+            "extensions_dir",
+            "fit_horizon",
+            "parameter_groups",
+            "return_large_blocks_to_the_os",
+        ),
         "geosane.train.engine",
     ),
     **dict.fromkeys(

@@ -62,6 +62,8 @@ class TrainConfig:
     temperature: float = LossConfig.temperature
     max_failures: int = 1
     seed: int = 0
+    # what neither trains nor validates, reported apart: {family: [convnext, vision_transformer]} (YAML only)
+    holdout: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
@@ -119,6 +121,7 @@ def resume_key(config: TrainConfig) -> dict[str, Any]:
         "zero_stage": config.zero_stage,
         "bf16": config.bf16,
         "offload": config.offload,
+        "holdout": config.holdout,
     }
 
 

@@ -4,7 +4,10 @@ a wall-clock budget, and the memory settings that let ZeRO-3 with offload train 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import math
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geosane.autoencoder import AutoencoderConfig
@@ -14,7 +17,26 @@ from geosane.train.config import TrainConfig, deepspeed_config
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["Horizon", "build_engine", "fit_horizon", "parameter_groups", "return_large_blocks_to_the_os"]
+__all__ = [
+    "Horizon",
+    "build_engine",
+    "extensions_dir",
+    "fit_horizon",
+    "parameter_groups",
+    "return_large_blocks_to_the_os",
+]
+
+
+def extensions_dir() -> Path:
+    """Where DeepSpeed's just-in-time ops (async_io for offload to disk: minutes to build) are cached: one folder per
+    Python environment, since a build names the environment's paths and a cache shared by two would rebuild at
+    every switch. Set ``TORCH_EXTENSIONS_DIR`` to it before the first op is built.
+
+    Returns:
+        ``~/.cache/geosane/torch_extensions/<environment hash>``.
+    """
+    environment = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return Path.home() / ".cache" / "geosane" / "torch_extensions" / environment
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -108,7 +108,9 @@ class WorkerLoop:
         self.engine, self.schedule = build_engine(config, self.model_config)
         self.loss_config = LossConfig(config.gamma, config.temperature)
         collection = Collection(config.collection, self.collection_version)
-        self.held_out = [collection.tokens(model_id) for model_id in loop_config["val"]]
+        self.val_models = [collection.tokens(model_id) for model_id in loop_config["val"]]
+        # models of what the run's holdout rules keep out (whole families...): reported apart at each evaluation
+        self.unseen_models = [collection.tokens(model_id) for model_id in loop_config.get("held_out", [])]
         self.step, self.val_start = self.resume()
         self.tensorboard = Path(tempfile.mkdtemp(prefix="geosane-tensorboard-"))
         self.writer = SummaryWriter(str(self.tensorboard)) if self.rank == 0 else None
@@ -128,11 +130,13 @@ class WorkerLoop:
             log.info("resumed from step %d", saved["step"])
         return saved["step"], saved["val_reconstruction_start"]
 
-    def validate(self) -> float:
-        """The held-out models' mean reconstruction error, each encoded and decoded whole as a user would."""
+    def validate(self, models: list | None = None) -> float:
+        """Held-out models' mean reconstruction error (the validation lineages unless ``models`` are given), each
+        encoded and decoded whole as a user would."""
         began = time.perf_counter()
         self.engine.eval()
-        errors = [self.engine.module.reconstruction_error(tokens, network=self.engine) for tokens in self.held_out]
+        models = self.val_models if models is None else models
+        errors = [self.engine.module.reconstruction_error(tokens, network=self.engine) for tokens in models]
         self.engine.train()
         self.validation_seconds.append(time.perf_counter() - began)
         return sum(errors) / len(errors)
@@ -203,6 +207,8 @@ class WorkerLoop:
         evaluate = step % config.eval_every == 0 or step == self.horizon.total
         if evaluate:
             metrics["val_reconstruction"] = self.validate()
+            if self.unseen_models:
+                metrics["held_out_reconstruction"] = self.validate(self.unseen_models)
         self.fit_budget(evaluate)
         if self.rank == 0 and (step % config.log_every == 0 or evaluate):
             self.show_progress(metrics)

@@ -112,7 +112,7 @@ def training_plan(config: TrainConfig, run: str) -> dict[str, Any]:
         raise GeoSANEError(f"{collection.url}: no collection here")
     version = collection.version
     records = Collection(config.collection, version).records()
-    split = split_models(records, config.val_fraction, config.seed)
+    split = split_models(records, config.val_fraction, config.seed, config.holdout)
     return {
         "collection": config.collection,
         "collection_version": version,
@@ -150,7 +150,7 @@ def build_trainer(config: TrainConfig, plan: dict[str, Any], run: str) -> Any:
     collection = Collection(config.collection, plan["collection_version"])
     records = collection.records()
     model_config = config.autoencoder_config(records[0].token_size, records[0].mode)
-    split = ModelSplit(plan["train"], plan["val"], plan["val_lineages"])
+    split = ModelSplit(plan["train"], plan["val"], plan["val_lineages"], plan.get("held_out", []))
     views = training_views(config, model_config, split.train)
     if not ray.is_initialized():
         if os.environ.get("RAY_ADDRESS"):  # a cluster (ray job submit): use what it has
@@ -171,6 +171,7 @@ def build_trainer(config: TrainConfig, plan: dict[str, Any], run: str) -> Any:
             "model": asdict(model_config),
             "run": run,
             "val": split.val,
+            "held_out": split.held_out,
             "collection_version": plan["collection_version"],
         },
         scaling_config=ray.train.ScalingConfig(

@@ -10,7 +10,7 @@ checkpoint of a zoo trial), never windows or sibling checkpoints of a trained mo
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from geosane import storage
@@ -26,11 +26,38 @@ COLUMNS = ["index", "layer", "within", "valid", "tokens"]
 @dataclass(frozen=True)
 class ModelSplit:
     """Which models of a collection train the autoencoder and which are held out to validate it, by id, and the
-    lineages held out (every checkpoint of a held-out lineage is held out)."""
+    lineages held out (every checkpoint of a held-out lineage is held out). ``held_out`` are the models that the
+    run's ``holdout`` rules keep out of training *and* validation (whole architecture families, datasets...), so
+    that what the autoencoder does for what it never saw is reported apart."""
 
     train: list[str]
     val: list[str]
     val_lineages: list[str]
+    held_out: list[str] = field(default_factory=list)
+
+
+#: What ``holdout`` rules may name: a record's own fields, or its tags (a zoo's ``arch`` and ``dataset``).
+HOLDOUT_FIELDS = ("family", "task", "modality", "licence", "arch", "dataset")
+
+
+def held_out_by(record: ModelRecord, holdout: dict[str, list[str]]) -> bool:
+    """Whether a model falls under any ``holdout`` rule (``{family: [vision_transformer]}``)."""
+    for key, values in holdout.items():
+        value = getattr(record, key) if key in ("family", "task", "modality", "licence") else record.tags.get(key)
+        if value in values:
+            return True
+    return False
+
+
+def check_holdout(holdout: dict[str, list[str]], records: list[ModelRecord]) -> None:
+    """Rules name known fields and values some model has; a typo would silently hold out nothing."""
+    for key, values in holdout.items():
+        if key not in HOLDOUT_FIELDS:
+            raise GeoSANEError(f"holdout: unknown field {key!r}; expected one of {', '.join(HOLDOUT_FIELDS)}")
+        for value in values:
+            if not any(held_out_by(r, {key: [value]}) for r in records):
+                present = sorted({str(getattr(r, key, None) or r.tags.get(key)) for r in records})
+                raise GeoSANEError(f"holdout: no model has {key} {value!r}; the collection has {present[:12]}")
 
 
 def lineage(record: ModelRecord) -> str:
@@ -45,18 +72,25 @@ def lineage(record: ModelRecord) -> str:
     return record.id
 
 
-def split_models(records: list[ModelRecord], val_fraction: float, seed: int) -> ModelSplit:
+def split_models(
+    records: list[ModelRecord], val_fraction: float, seed: int, holdout: dict[str, list[str]] | None = None
+) -> ModelSplit:
     """Seeded split by *lineage*: about ``val_fraction`` of the lineages, with all their checkpoints, are held out;
-    at least one lineage on each side when there are two or more.
+    at least one lineage on each side when there are two or more. Models under a ``holdout`` rule are in neither.
 
     Args:
         records: the collection's records.
         val_fraction: the share of lineages held out.
         seed: seeds the split.
+        holdout: rules of what neither trains nor validates (``{family: [convnext, vision_transformer]}``).
 
     Returns:
-        Training and validation ids, and the held-out lineages.
+        Training and validation ids, the held-out lineages, and the models the rules hold out.
     """
+    holdout = holdout or {}
+    check_holdout(holdout, records)
+    held_out = sorted(r.id for r in records if held_out_by(r, holdout))
+    records = [r for r in records if not held_out_by(r, holdout)]
     lineages = sorted({lineage(r) for r in records})
     if len(lineages) < 2:
         raise GeoSANEError(
@@ -64,11 +98,12 @@ def split_models(records: list[ModelRecord], val_fraction: float, seed: int) -> 
         )
     order = sorted(lineages, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())
     n_val = min(len(lineages) - 1, max(1, round(val_fraction * len(lineages))))
-    held_out = set(order[:n_val])
+    val_lineages = set(order[:n_val])
     return ModelSplit(
-        train=sorted(r.id for r in records if lineage(r) not in held_out),
-        val=sorted(r.id for r in records if lineage(r) in held_out),
-        val_lineages=sorted(held_out),
+        train=sorted(r.id for r in records if lineage(r) not in val_lineages),
+        val=sorted(r.id for r in records if lineage(r) in val_lineages),
+        val_lineages=sorted(val_lineages),
+        held_out=held_out,
     )
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from geosane import storage
-from geosane.collection import Collection, sources
+from geosane.collection import Collection, formats, sources
 from geosane.collection.legacy import write_first_layout
 from geosane.collection.sources import ModelSource
 from geosane.errors import GeoSANEError
@@ -87,7 +87,7 @@ def test_real_onnx_specialists_export_bit_exact(tmp_path: Path, group: str) -> N
     assert record.in_chans == 6 and record.bands == pretrained.S2_6 and record.licence == "Apache-2.0"
     assert record.num_params > (19_000_000 if group.endswith("1.0.0") else 7_000_000)
     location = pretrained.location(uri)
-    original = sources.read_onnx(storage.read_bytes(location), location)
+    original = formats.read_onnx(storage.read_bytes(location), location)
     assert_bit_exact(original, collection.export(record.id))
 
 

@@ -12,7 +12,8 @@ from geosane.errors import GeoSANEError
 
 def test_catalogue_expands_to_every_real_model(shared: Path) -> None:
     models = {f.uri: f.name for f in sources.find(["pretrained:all"])}
-    assert len(models) == 1 + 4 + 4 + 2
+    # Presto, Galileo's 4 parts, MERLIN 2, DL-L8S2-UV 2, sen2LCZ 1, Dynamic World 2, the U-Nets 4 + 2
+    assert len(models) == 1 + 4 + 2 + 2 + 1 + 2 + 4 + 2
     assert "galileo_nano/target_encoder" in models.values() and "ukis-csmask-0.2.1/model_4b" in models.values()
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from geosane.collection import sources
-from geosane.collection.sources import KEY_ORDER
+from geosane.collection.formats import KEY_ORDER
 from geosane.errors import GeoSANEError
 
 from ..helpers import Exploit
@@ -28,7 +28,7 @@ def test_safetensors_and_torch_files_read_the_same(tmp_path: Path) -> None:
     torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "c.ckpt")
     torch.save({"model": sd, "optimizer": {"lr": 0.1}}, tmp_path / "d.pth")
     # safetensors sorts its keys; GeoSANE records the original order in the file's metadata
-    order = {sources.KEY_ORDER: json.dumps(list(sd))}
+    order = {KEY_ORDER: json.dumps(list(sd))}
     save_file({k: v.contiguous() for k, v in sd.items()}, tmp_path / "e.safetensors", metadata=order)
     assert sorted(sources.load(str(tmp_path / "a.safetensors")).state_dict) == sorted(sd)
     for name in ("e.safetensors", "b.pt", "c.ckpt", "d.pth"):

@@ -191,6 +191,36 @@ def test_eurosat_class_subsets_are_disjoint_renumbered_and_held_out(root: Path) 
         datasets.get("eurosat_rgb?classes=7-12", str(root))
 
 
+def test_eurosat_ms_class_subsets_share_the_samples_splits_and_stay_held_out(root: Path) -> None:
+    """The multispectral sample splits by class the same way, so a heterogeneous zoo can learn 13 bands on classes
+    0-4 and the bench keep a 13-band class-transfer task on 5-9."""
+    from geosane.bench import BenchTask, held_out_problems
+    from geosane.collection import ModelRecord
+
+    seen, task = datasets.get("eurosat_ms?classes=0-4", str(root)), datasets.get("eurosat_ms?classes=5-9", str(root))
+    full = datasets.get("eurosat_ms", str(root))
+    for split in SPLITS:
+        assert set(task.splits()[split]) | set(seen.splits()[split]) == set(full.splits()[split])
+        assert not set(task.splits()[split]) & set(seen.splits()[split])
+    assert task.spec == "eurosat_ms?classes=5-9" and task.num_classes == 5
+    x, y = task.read(task.splits()["test"][:2])
+    assert x.shape[1] == 13 and set(y.tolist()) <= set(range(5))
+
+    def zoo(dataset: str, exclude: str = "") -> ModelRecord:
+        tags = {"dataset": dataset, **({"exclude": exclude} if exclude else {})}
+        return ModelRecord(
+            id=dataset, name=dataset, source="s", source_sha256="", family="resnet", task="classification",
+            modality="multispectral", bands=None, in_chans=13, num_classes=5, num_params=1, num_tokens=1,
+            token_size=32, mode="dense", licence="MIT", tags=tags,
+        )  # fmt: skip
+
+    transfer = BenchTask(data="eurosat_ms?classes=5-9", arch="test_resnet", initializations=[], epochs=1, lr=1.0)
+    assert held_out_problems([zoo("eurosat_ms?classes=0-4")], transfer, str(root)) == ([], [])
+    assert held_out_problems([zoo("eurosat_ms")], transfer, str(root))[0]
+    # an RGB zoo on classes 0-4 shares no patch (the two modalities are the same patches) and no class with it
+    assert held_out_problems([zoo("eurosat_rgb?classes=0-4", "eurosat_ms")], transfer, str(root)) == ([], [])
+
+
 def test_user_data_from_npz(tmp_path: Path) -> None:
     import numpy as np
 

@@ -48,6 +48,23 @@ def test_held_out_lineages_are_whole_and_seeded() -> None:
         split_models(records[:2], 0.2, seed=0)
 
 
+def test_holdout_rules_keep_whole_families_out_of_training_and_validation() -> None:
+    records = [
+        record(f"{arch}{seed}", zoo="z", dataset="eurosat_rgb", arch=arch, seed=str(seed), epoch="2")
+        for arch in ("test_resnet", "test_vit")
+        for seed in range(5)
+    ]
+    records = [replace(r, family="vision_transformer") if r.tags["arch"] == "test_vit" else r for r in records]
+    split = split_models(records, 0.2, seed=0, holdout={"family": ["vision_transformer"]})
+    assert split.held_out == [f"test_vit{s}" for s in range(5)]
+    assert set(split.train) | set(split.val) == {f"test_resnet{s}" for s in range(5)} and split.val
+    assert split_models(records, 0.2, 0, {"arch": ["test_resnet"]}).held_out == [f"test_resnet{s}" for s in range(5)]
+    with pytest.raises(GeoSANEError, match="holdout: unknown field 'familly'"):
+        split_models(records, 0.2, 0, {"familly": ["vision_transformer"]})
+    with pytest.raises(GeoSANEError, match="holdout: no model has family 'convnext'; the collection has"):
+        split_models(records, 0.2, 0, {"family": ["convnext"]})
+
+
 def test_small_collections_draw_longer_passes(collection: Collection) -> None:
     ids = [r.id for r in collection.records()]
     views = ViewConfig(window=16)
