@@ -29,7 +29,11 @@ class TrialContext:
 
     def prompt_uri(self) -> str:
         """The task's architecture as a generation prompt: its bands, classes and size options."""
+        from geosane.tasks import sized_for_input
+
         options = {"in_chans": self.data.in_chans, "num_classes": self.data.num_classes, **self.task.model_kwargs}
+        if sized_for_input(self.task.arch, self.data.task):  # built for the data's size, as the task model is
+            options["img_size"] = self.data.train[0][0].shape[-1]
         text = {k: ",".join(map(str, v)) if isinstance(v, list | tuple) else str(v) for k, v in options.items()}
         return f"timm:{self.task.arch}?" + "&".join(f"{k}={v}" for k, v in text.items())
 

@@ -42,8 +42,9 @@ log = logging.getLogger(__name__)
 
 TIMM_PREFIX = "timm:"
 #: Architecture-size arguments a timm URI may pass to timm (integers, or comma-separated integers for tuples), so
-#: lightweight prompts are expressible: ``timm:test_resnet?channels=16,24,24,48``.
-TIMM_SIZE_OPTIONS = ("channels", "layers", "embed_dim", "depth", "num_heads", "dims", "depths")
+#: lightweight prompts are expressible: ``timm:test_resnet?channels=16,24,24,48``; ``img_size`` builds a ViT or
+#: CoAtNet for the data's input size (``timm:test_vit?img_size=64``).
+TIMM_SIZE_OPTIONS = ("channels", "layers", "embed_dim", "depth", "num_heads", "dims", "depths", "img_size")
 TIMM_OPTIONS = ("in_chans", "num_classes", "pretrained", "seed", *TIMM_SIZE_OPTIONS)
 
 

@@ -16,6 +16,7 @@ from geosane.tasks.models import (
     backbone_features,
     create_model,
     load_backbone,
+    sized_for_input,
 )
 
 __all__ = [
@@ -35,4 +36,5 @@ __all__ = [
     "parameters",
     "score",
     "score_samples",
+    "sized_for_input",
 ]

@@ -68,6 +68,21 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             tags={"dataset": "cloudmask?holdout=landsat5", "arch": "test_resnet"},
         )
     )
+    torch.manual_seed(3)
+    vit = create_model("test_vit", "classification", 3, 10, 64).state_dict()  # as the zoo builds it: for 64 pixels
+    found.append(
+        sources.ModelSource(
+            name="test_vit-eurosat_rgb",
+            uri="zoo:test/vit",
+            sha256=sources.content_sha256(vit),
+            state_dict=vit,
+            family="vision_transformer",
+            task="classification",
+            in_chans=3,
+            num_classes=10,
+            tags={"dataset": "eurosat_rgb", "arch": "test_vit", "exclude": "eurosat_ms"},
+        )
+    )
     Collection(str(root / "collection")).add(found, TokenizerConfig(token_size=32), progress=False)
     return {"autoencoder": str(root / "autoencoder"), "collection": str(root / "collection"), "root": str(root)}
 
@@ -105,6 +120,10 @@ TASKS = {
     "neon_trees": BenchTask(
         data="neon_trees", arch="test_resnet", initializations=[], epochs=1, lr=0.003, image_size=160, train_limit=1
     ),
+    # a ViT prompt is built for the data's 64 pixels, as its anchors and its task model are
+    "eurosat_ms-vit": BenchTask(
+        data="eurosat_ms", arch="test_vit", initializations=[], epochs=1, lr=0.003, anchors="arch=test_vit"
+    ),
     "eurosat_rgb-light": BenchTask(
         data="eurosat_rgb",
         arch="test_resnet",
@@ -127,6 +146,7 @@ PAIRS = [
         for task in ("eurosat_ms", "cloudmask", "neon_trees")
     ),
     *((init, task) for init in ("anchor", "decoded", "noised", "soup") for task in ("eurosat_ms", "cloudmask")),
+    *((init, "eurosat_ms-vit") for init in ("generated", "noised")),
     ("foundation", "eurosat_ms"),
     ("specialist", "cloudmask"),
     *((init, "eurosat_rgb-light") for init in ("generated", "scratch", "pruned", "distilled")),
