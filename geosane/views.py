@@ -42,12 +42,17 @@ class ViewConfig:
     noise: float = 0.1
     erase_probability: float = 0.0  # chance that a token of a view is zeroed
     windows_per_model: float = 1.0  # random windows per model per pass, relative to its length / window
+    # ... but at most this many (times windows_per_model): a 20M-parameter U-Net would otherwise draw 60 times the
+    # windows of a zoo model and swamp what the autoencoder sees; large models are sampled per model, not per token
+    max_windows_per_model: int = 256
     permute_hidden_units: bool = False  # training passes see models with their MLP hidden units permuted
     shift: float = 0.0  # the second view's window starts up to this fraction of a window away from the first's
 
 
 def windows_per_pass(num_tokens: int, config: ViewConfig) -> int:
-    """Random training windows drawn from a model of ``num_tokens`` tokens in one pass over the data.
+    """Random training windows drawn from a model of ``num_tokens`` tokens in one pass over the data: one per
+    window-length (times ``windows_per_model``), capped at ``max_windows_per_model`` (times the same), so that a
+    few large models do not swamp many small ones.
 
     Args:
         num_tokens: the model's length.
@@ -56,7 +61,8 @@ def windows_per_pass(num_tokens: int, config: ViewConfig) -> int:
     Returns:
         The number of windows.
     """
-    return max(1, int(round(config.windows_per_model * num_tokens / config.window)))
+    windows = min(num_tokens / config.window, config.max_windows_per_model)
+    return max(1, int(round(config.windows_per_model * windows)))
 
 
 def window_starts(num_tokens: int, config: ViewConfig, rng: np.random.Generator) -> np.ndarray:

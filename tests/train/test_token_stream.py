@@ -76,6 +76,16 @@ def test_small_collections_draw_longer_passes(collection: Collection) -> None:
     assert sum(windows_per_pass(r.num_tokens, longer) for r in collection.records()) >= 10 * one_pass * 0.99
 
 
+def test_large_models_draw_capped_windows() -> None:
+    """Windows follow a model's length up to a cap: a U-Net 60 times a zoo model's size draws a few times its
+    windows, not 60 times (sampling per model rather than per token once models are large)."""
+    views = ViewConfig(window=64, max_windows_per_model=256)
+    zoo_model, unet = 10_000, 610_000  # tokens of a 0.3M- and a 19.5M-parameter model at 32 values per token
+    assert windows_per_pass(zoo_model, views) == round(zoo_model / 64)
+    assert windows_per_pass(unet, views) == 256
+    assert windows_per_pass(unet, ViewConfig(window=64, max_windows_per_model=256, windows_per_model=2.0)) == 512
+
+
 def test_ray_data_passes_permuted_twins(collection: Collection) -> None:
     import ray
 
