@@ -28,7 +28,7 @@ __all__ = ["LABELS", "Embeddings", "embed_collection", "knn_accuracy", "write_em
 
 log = logging.getLogger(__name__)
 
-LABELS = ("architecture", "task", "modality")
+LABELS = ("family", "architecture", "task", "modality", "dataset")
 SHUFFLES = 20  # shuffled-label baselines averaged
 
 
@@ -47,6 +47,13 @@ def architecture(record: ModelRecord) -> str:
     return record.tags.get("arch") or record.family
 
 
+def dataset(record: ModelRecord) -> str:
+    """What a model learned from: a zoo model's dataset, a catalogued model's source, else unknown."""
+    if "dataset" in record.tags:
+        return record.tags["dataset"]
+    return f"pretrained:{record.tags['catalogue']}" if "catalogue" in record.tags else "unknown"
+
+
 def embed_collection(autoencoder: Autoencoder, collection: Collection, progress: bool = True) -> Embeddings:
     """Every model of ``collection`` through the encoder: the mean and standard deviation of its latents.
 
@@ -56,7 +63,7 @@ def embed_collection(autoencoder: Autoencoder, collection: Collection, progress:
         progress: show a progress bar.
 
     Returns:
-        Ids, vectors and labels (architecture, task, modality).
+        Ids, vectors and labels (family, architecture, task, modality, dataset).
     """
     from tqdm import tqdm
 
@@ -71,9 +78,11 @@ def embed_collection(autoencoder: Autoencoder, collection: Collection, progress:
             torch.cat([latents.mean(0), latents.std(0) if len(latents) > 1 else torch.zeros_like(latents[0])])
         )
     labels = {
+        "family": [r.family for r in records],
         "architecture": [architecture(r) for r in records],
         "task": [r.task for r in records],
         "modality": [r.modality for r in records],
+        "dataset": [dataset(r) for r in records],
     }
     return Embeddings([r.id for r in records], [r.name for r in records], torch.stack(vectors).numpy(), labels)
 
