@@ -7,7 +7,7 @@
 | ``prompt`` | the prompt's own weights, or the best-recorded collection model of the architecture elsewhere |
 | ``anchor``, ``decoded``, ``noised``, ``soup`` | the baselines that separate the latent space from copying |
 | ``foundation`` | a real remote-sensing foundation model's encoder with a new head (``geosane.bench.foundation``) |
-| ``pruned`` | the best larger collection model of the task, structurally pruned to the target's size |
+| ``pruned`` | the best larger collection model of the task and architecture, structurally pruned to the target's size |
 | ``distilled`` | the target from scratch, trained with a larger collection model's soft targets |
 | ``specialist`` | a real pretrained remote-sensing model for the task (``geosane.bench.specialists``) |
 """
@@ -173,10 +173,11 @@ def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
 
 @initialization("pruned")
 def pruned(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
-    """The best larger collection model of the task (selection split), structurally pruned to the target's size."""
+    """The best larger collection model of the task and the target's architecture (selection split), structurally
+    pruned to the target's size (pruning keeps the architecture: a larger ViT pruned is no lighter ResNet)."""
     target = parameters(context.target_model())
-    larger = [r for r in trained_on_task(context) if r.num_params > target]
-    record = best_record(context, larger, f"{context.data.spec} larger than {target:,} parameters")
+    larger = [r for r in trained_on_task(context) if r.num_params > target and r.tags["arch"] == context.task.arch]
+    record = best_record(context, larger, f"{context.task.arch} on {context.data.spec} larger than {target:,}")
     model: Any = collection_model(context, record)  # a timm classifier
     example = context.data.train[0][:2]
     small, ratio = prune_to(model, target, example, [model.get_classifier()])
