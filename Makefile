@@ -13,7 +13,11 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,dev,tf]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dev]'
+	# TensorFlow in an environment of its own: it reads TensorFlow checkpoints (Dynamic World) in a child process
+	# (beside PyTorch, libraries that import it when present crash)
+	$(PYTHON) -m venv $(VENV)/tensorflow
+	$(VENV)/tensorflow/bin/python -m pip install --quiet tensorflow-cpu==2.21.0 safetensors numpy
 	# real pretrained U-Nets, read from their registry wheels by `geosane collect pretrained:...`
 	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/wheels ukis-csmask==1.0.0
 	$(BIN)/python -m pip download --quiet --no-deps -d $(VENV)/wheels ukis-csmask==0.2.1

@@ -4,8 +4,10 @@ Safetensors are parsed; torch files load with ``weights_only=True`` (a pickle th
 refused); ONNX files are parsed as protobuf and only their initializers read; Keras HDF5 files are read with
 ``h5py`` (the layers' weights in the model's layer order, optimizer state left out); TensorFlow checkpoints and
 SavedModels are read from their tensor bundle (``variables.index`` + ``variables.data-*``) with TensorFlow's own
-checkpoint reader, the optional ``tf`` extra (no maintained reader installs without TensorFlow: the one on the
-registry pins protobuf 3), and the graph in ``saved_model.pb`` is never read.
+checkpoint reader (no maintained reader installs without TensorFlow: the one on the registry pins protobuf 3), and
+the graph in ``saved_model.pb`` is never read. TensorFlow lives in an environment of its own (set-up makes
+``.venv/tensorflow``; ``$GEOSANE_TENSORFLOW_PYTHON`` names another): in GeoSANE's, libraries that import it when
+they find it (umap-learn does) crash beside PyTorch.
 
 Every reader returns tensors exactly as stored (same dtype, shape and bits): Keras and TensorFlow kernels keep
 their own layout (``[kh, kw, in, out]``), so that a round trip through the collection is bit-exact.
@@ -45,6 +47,7 @@ __all__ = [
     "read_safetensors",
     "read_tf_bundle",
     "read_torch",
+    "tensorflow_python",
 ]
 
 TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
@@ -289,9 +292,9 @@ def bundle_name(index: str) -> str:
 
 
 def read_tf_bundle(index: str) -> tuple[str, dict[str, torch.Tensor]]:
-    """A TensorFlow tensor bundle's variables, read with TensorFlow's checkpoint reader (the optional ``tf``
-    extra) in a child process (TensorFlow and PyTorch's native libraries clash in one process); nothing of the
-    model's graph is loaded or run. The child hands the variables back as a safetensors file.
+    """A TensorFlow tensor bundle's variables, read with TensorFlow's checkpoint reader in a child process of
+    TensorFlow's own environment (:func:`tensorflow_python`; TensorFlow and PyTorch's native libraries clash in one
+    process); nothing of the model's graph is loaded or run. The child hands the variables back as safetensors.
 
     Keys are the variables' own names (``conv2d/kernel``) or their paths through the model's layers, in the
     model's order (``geosane/collection/tf_bundle_reader.py``). Optimizer slots and counters are left out.
@@ -305,8 +308,12 @@ def read_tf_bundle(index: str) -> tuple[str, dict[str, torch.Tensor]]:
     Raises:
         GeoSANEError: TensorFlow is not installed, a data shard is missing, or the bundle is damaged.
     """
-    if importlib.util.find_spec("tensorflow") is None:
-        raise GeoSANEError(f"{index}: reading TensorFlow checkpoints needs TensorFlow: pip install 'geosane[tf]'")
+    python = tensorflow_python()
+    if python is None:
+        raise GeoSANEError(
+            f"{index}: reading TensorFlow checkpoints needs a Python with TensorFlow: `make setup` makes "
+            f"{Path(sys.prefix) / 'tensorflow'}, or set GEOSANE_TENSORFLOW_PYTHON"
+        )
     prefix = index[: -len(BUNDLE_SUFFIX)]
     digest = hashlib.sha256()
     with tempfile.TemporaryDirectory() as folder:
@@ -316,7 +323,7 @@ def read_tf_bundle(index: str) -> tuple[str, dict[str, torch.Tensor]]:
             (Path(folder) / ("bundle" + url[len(prefix) :])).write_bytes(data)
         out = Path(folder) / "variables.safetensors"
         child = subprocess.run(
-            [sys.executable, str(Path(__file__).with_name("tf_bundle_reader.py")), f"{folder}/bundle", str(out)],
+            [python, str(Path(__file__).with_name("tf_bundle_reader.py")), f"{folder}/bundle", str(out)],
             capture_output=True,
             text=True,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
@@ -326,6 +333,21 @@ def read_tf_bundle(index: str) -> tuple[str, dict[str, torch.Tensor]]:
             reason = lines[-1] if lines else f"exit code {child.returncode}"
             raise GeoSANEError(f"{index}: not a readable TensorFlow checkpoint ({reason})")
         return digest.hexdigest(), read_safetensors(out.read_bytes(), index)
+
+
+def tensorflow_python() -> str | None:
+    """The Python that reads TensorFlow bundles: ``$GEOSANE_TENSORFLOW_PYTHON``, else set-up's
+    ``.venv/tensorflow``, else this one if it has TensorFlow; None where there is none.
+
+    Returns:
+        A Python executable, or None.
+    """
+    if os.environ.get("GEOSANE_TENSORFLOW_PYTHON"):
+        return os.environ["GEOSANE_TENSORFLOW_PYTHON"]
+    own = Path(sys.prefix) / "tensorflow" / "bin" / "python"
+    if own.exists():
+        return str(own)
+    return sys.executable if importlib.util.find_spec("tensorflow") is not None else None
 
 
 def bundle_files(index: str) -> list[str]:

@@ -2,8 +2,9 @@
 
     python tf_bundle_reader.py BUNDLE_PREFIX OUT.safetensors
 
-``geosane.collection.formats.read_tf_bundle`` runs it: TensorFlow and PyTorch's native libraries clash in one
-process, so this script imports TensorFlow and NumPy only (nothing of GeoSANE or PyTorch). It uses TensorFlow's
+``geosane.collection.formats.read_tf_bundle`` runs it with the Python of TensorFlow's own environment
+(``.venv/tensorflow``): TensorFlow and PyTorch's native libraries clash in one process, so this script imports
+TensorFlow, NumPy and safetensors only (nothing of GeoSANE or PyTorch). It uses TensorFlow's
 checkpoint reader, which reads ``PREFIX.index`` and ``PREFIX.data-*`` (checking their checksums) and never loads or
 runs a graph. Variables are named and ordered by the checkpoint's object graph, walked from the model in its
 children's order (layer by layer): a variable's own full name where the checkpoint kept one (``conv2d/kernel``),

@@ -3,10 +3,9 @@ and damaged files named. The real DL-L8S2-UV, sen2LCZ and Dynamic World files ar
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from geosane.collection import Collection, sources
+from geosane.collection.formats import tensorflow_python
 from geosane.errors import GeoSANEError
 
 from ..helpers import assert_bit_exact
@@ -118,7 +118,10 @@ def test_real_keras_models_read_as_h5py_holds_them(shared: Path, group, models, 
 # ------------------------------------------------------------------------------ TensorFlow tensor bundles
 # TensorFlow runs in child processes here as in GeoSANE (its native libraries and PyTorch's clash in one process).
 
-needs_tf = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs the tf extra")
+TENSORFLOW = tensorflow_python()
+needs_tf = pytest.mark.skipif(
+    TENSORFLOW is None and not os.environ.get("CI"), reason="needs TensorFlow's environment (make setup)"
+)
 
 WRITE_SAVEDMODEL = """
 import sys, numpy as np, tensorflow as tf
@@ -143,7 +146,8 @@ np.savez(sys.argv[2], *[np.asarray(reader.get_tensor(k)) for k in sorted(reader.
 
 
 def run_tf(code: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    assert TENSORFLOW, "no Python with TensorFlow (make setup makes .venv/tensorflow)"
+    done = subprocess.run([TENSORFLOW, "-c", code, *args], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout.strip()
 
