@@ -64,7 +64,7 @@ class AutoencoderConfig:
         """A named size (``tiny``, ``base``, ``geosane``) for a collection's token size, at another window if given.
 
         Args:
-            size: ``tiny``, ``small``, ``base`` or ``geosane`` (:data:`SIZES`).
+            size: ``tiny``, ``small``, ``compact``, ``base`` or ``geosane`` (:data:`SIZES`).
             token_size: the collection's values per token.
             window: tokens per training window instead of the size's.
             mode: the collection's tokenizer mode.
@@ -106,13 +106,16 @@ class AutoencoderConfig:
         return cls(**data)
 
 
-#: Named sizes: ``tiny`` for CPU tests and the demo, ``small`` for a laptop (tokens of 32 values), ``base`` for a
-#: workstation, ``geosane`` as published (0.9B).
+#: Named sizes: ``tiny`` for CPU tests and the demo, ``small`` for a laptop (tokens of 32 values), ``compact`` (a 4x
+#: compressing latent for tokens of 32), ``base`` for a workstation, ``geosane`` as published (0.9B).
 SIZES: dict[str, dict[str, Any]] = {
     "tiny": {},
     # what two CPU cores train in 25 minutes into working reconstructions (benchmarks/reconstruct.py): a latent as
     # wide as the token, so that the network learns weights in general rather than compressing the lineages it saw
     "small": {"d_model": 128, "latent_dim": 32, "window": 64},
+    # a latent 4x narrower than tokens of 32 values, a wider network: the compressing size for a GPU (on two CPU
+    # cores it does not reach working reconstructions in minutes: benchmarks/results/autoencoder-sizes.json)
+    "compact": {"d_model": 256, "latent_dim": 8, "window": 64, "encoder_blocks": 3, "decoder_blocks": 3},
     "base": {"d_model": 512, "encoder_blocks": 8, "decoder_blocks": 8, "heads": 8, "latent_dim": 64, "window": 256},
     "geosane": {
         "d_model": 1536,

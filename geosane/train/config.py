@@ -27,7 +27,7 @@ class TrainConfig:
     collection: str = option("", "the collection to train on (path, file:// or s3:// URL)", metavar="URL")
     storage: str = option("runs", "where runs are stored")
     name: str = option("autoencoder", "the run's name; the same name resumes it")
-    model: str = option("tiny", "a named autoencoder size: tiny, small, base or geosane ...", metavar="SIZE")
+    model: str = option("tiny", "a named autoencoder size: tiny, small, compact, base or geosane ...", metavar="SIZE")
     autoencoder: dict[str, Any] = field(
         default_factory=dict
     )  # ... with these settings changed (d_model, latent_dim, ...)
