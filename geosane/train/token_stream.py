@@ -40,13 +40,14 @@ class ModelSplit:
 HOLDOUT_FIELDS = ("family", "task", "modality", "licence", "arch", "dataset")
 
 
+def holdout_value(record: ModelRecord, key: str) -> str | None:
+    """A model's value of a ``holdout`` field: its record's own field, else its tag."""
+    return getattr(record, key) if key in ("family", "task", "modality", "licence") else record.tags.get(key)
+
+
 def held_out_by(record: ModelRecord, holdout: dict[str, list[str]]) -> bool:
     """Whether a model falls under any ``holdout`` rule (``{family: [vision_transformer]}``)."""
-    for key, values in holdout.items():
-        value = getattr(record, key) if key in ("family", "task", "modality", "licence") else record.tags.get(key)
-        if value in values:
-            return True
-    return False
+    return any(holdout_value(record, key) in values for key, values in holdout.items())
 
 
 def check_holdout(holdout: dict[str, list[str]], records: list[ModelRecord]) -> None:
@@ -55,8 +56,8 @@ def check_holdout(holdout: dict[str, list[str]], records: list[ModelRecord]) -> 
         if key not in HOLDOUT_FIELDS:
             raise GeoSANEError(f"holdout: unknown field {key!r}; expected one of {', '.join(HOLDOUT_FIELDS)}")
         for value in values:
-            if not any(held_out_by(r, {key: [value]}) for r in records):
-                present = sorted({str(getattr(r, key, None) or r.tags.get(key)) for r in records})
+            if not any(holdout_value(r, key) == value for r in records):
+                present = sorted({str(holdout_value(r, key)) for r in records})
                 raise GeoSANEError(f"holdout: no model has {key} {value!r}; the collection has {present[:12]}")
 
 
