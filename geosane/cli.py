@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from geosane.config import add_options
 from geosane.errors import GeoSANEError
-from geosane.storage import redact
+from geosane.storage import RedactingFilter, check_endpoint, redact, refuse_output_inside
 from geosane.version import __version__
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +42,7 @@ def cmd_collect(args: argparse.Namespace) -> None:
         parse_tags(args.tag),
         progress=not args.quiet,
         create_bucket=args.create_bucket,
+        allow_nonfinite=args.allow_nonfinite,
     )
     skipped = named - len(added)
     version = Collection(args.out).version
@@ -97,10 +98,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 
     collection = Collection(args.url)
     count = collection.migrate(progress=not args.quiet)
-    print(
-        f"migrated {count} model(s) of {args.url} into its table (version {collection.version}); "
-        "the first layout's files (manifest.json, shards/, layouts/, kept/) were left as they were"
-    )
+    done = f"migrated {count} model(s) of {args.url}" if count else f"{args.url} is up to date; nothing migrated"
+    print(f"{done} (version {collection.version}; a first layout's own files are left as they were)")
 
 
 def cmd_show(args: argparse.Namespace) -> None:
@@ -200,7 +199,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     names = [f.name for f in fields(GenerateConfig) if f.name != "prompt"]  # every setting is an option
     settings = {name: getattr(args, name) for name in names}
-    generated = generate(args.autoencoder, args.prompt, progress=not args.quiet, **settings)
+    refuse_output_inside(args.out, args.collection, args.autoencoder)
+    generated = generate(autoencoder_url(args), args.prompt, progress=not args.quiet, **settings)
     for path, item in zip(write_generated(generated, args.out), generated, strict=True):
         selection = item.card["selection"]
         score = f"selection score {selection['score']:.4f}" if isinstance(selection, dict) else selection
@@ -215,10 +215,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     table of every trial and epoch, a Markdown summary, convergence curves and TensorBoard logs. Tasks marked
     held_out are checked against the collection first.
     """
-    from geosane.bench import BenchConfig, run_bench, write_results
+    from geosane.autoencoder.registry import is_shipped
+    from geosane.bench import BenchConfig, run_bench, verdict, write_results
 
     config = BenchConfig.from_yaml(args.config)
     name = args.name or config.name
+    refuse_output_inside(
+        args.out or args.storage, config.collection, None if is_shipped(config.autoencoder) else config.autoencoder
+    )
     results = run_bench(config, args.storage, name, resume=args.resume, progress=not args.quiet)
     out = args.out or f"{args.storage.rstrip('/')}/{name}-results"
     info = write_results(results, config, out, name)
@@ -238,6 +242,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         ("task", "initialization", "params", "metric", "epoch 0", f"final (mean ± std, {len(config.seeds)} seeds)"),
         rows,
     )
+    print(f"\n{verdict(summary)}")
     print(f"\nwrote {out}: results.md, results.parquet, curves-*.png and tensorboard/")
     if info["failed"]:
         raise GeoSANEError(f"{len(info['failed'])} trial(s) failed; first: {info['failed'][0]}")
@@ -253,9 +258,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from geosane.collection import Collection
     from geosane.embed import embed_collection, write_embeddings
 
-    autoencoder = Autoencoder.load(args.autoencoder)
-    embeddings = embed_collection(autoencoder, Collection(args.collection), progress=not args.quiet)
-    info = {"autoencoder": args.autoencoder, "collection": args.collection}
+    refuse_output_inside(args.out, args.collection, args.autoencoder)
+    autoencoder = Autoencoder.load(autoencoder_url(args))
+    collection = args.collection or autoencoder.info.get("collection")
+    if not collection:
+        raise GeoSANEError(f"{autoencoder_url(args)} names no collection: give --collection URL")
+    embeddings = embed_collection(autoencoder, Collection(collection), progress=not args.quiet)
+    info = {"autoencoder": autoencoder_url(args), "collection": collection}
     results = write_embeddings(embeddings, args.out, info)
     rows = [
         (label, f"{r['knn_accuracy']:.3f}", f"{r['shuffled_accuracy']:.3f}", str(r["k"]))
@@ -263,6 +272,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
     ]
     print_table(("label", "kNN accuracy", "shuffled labels", "k"), rows)
     print(f"\nwrote {args.out}/umap.png, knn.json and embeddings.npz ({len(embeddings.ids)} models)")
+
+
+def autoencoder_url(args: argparse.Namespace) -> str:
+    """``--autoencoder``, or the shipped default when it was not given."""
+    from geosane.autoencoder.registry import DEFAULT
+
+    return args.autoencoder or DEFAULT
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -311,6 +327,9 @@ def add_collect(commands: Any) -> None:
     add_options(collect, TokenizerConfig, ["token_size", "mode"], keep_config=True)
     collect.add_argument(
         "--create-bucket", action="store_true", help="create the --out s3:// bucket if it does not exist"
+    )
+    collect.add_argument(
+        "--allow-nonfinite", action="store_true", help="keep models with NaN or infinite weights (refused by default)"
     )
     collect.add_argument(
         "--tag",
@@ -366,11 +385,14 @@ def add_train(commands: Any) -> None:
     )
 
 
+AUTOENCODER_HELP = "a trained autoencoder: a run, its final/, or a shipped one (default: geosane:small)"
+
+
 def add_generate(commands: Any) -> None:
     from geosane.generation import GenerateConfig
 
     generate = subcommand(commands, cmd_generate)
-    generate.add_argument("--autoencoder", required=True, metavar="URL", help="a trained autoencoder (a run or final/)")
+    generate.add_argument("--autoencoder", default=None, metavar="URL", help=AUTOENCODER_HELP)
     add_options(generate, GenerateConfig, [f.name for f in fields(GenerateConfig)])
     generate.add_argument("--out", required=True, metavar="DIR")
 
@@ -386,9 +408,22 @@ def add_bench(commands: Any) -> None:
 
 def add_embed(commands: Any) -> None:
     embed = subcommand(commands, cmd_embed)
-    embed.add_argument("--autoencoder", required=True, metavar="URL")
-    embed.add_argument("--collection", required=True, metavar="URL")
+    embed.add_argument("--autoencoder", default=None, metavar="URL", help=AUTOENCODER_HELP)
+    embed.add_argument(
+        "--collection", default=None, metavar="URL", help="the models to embed (default: the autoencoder's collection)"
+    )
     embed.add_argument("--out", required=True, metavar="DIR")
+
+
+def version_number(text: str) -> int:
+    """A collection version for ``--version``: versions count from 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a version is a whole number >= 1, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"versions count from 1 (see `geosane collection versions URL`), got {number}")
+    return number
 
 
 def add_collection(commands: Any) -> None:
@@ -401,7 +436,9 @@ def add_collection(commands: Any) -> None:
         if model:
             parser.add_argument("id", metavar="ID", help="model id, unique id prefix or unique name")
         if version:
-            parser.add_argument("--version", type=int, default=None, metavar="N", help=f"{version} (default latest)")
+            parser.add_argument(
+                "--version", type=version_number, default=None, metavar="N", help=f"{version} (default latest)"
+            )
         parser.set_defaults(func=func)
         return parser
 
@@ -443,7 +480,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
         warnings.filterwarnings("ignore", message="lance is not fork-safe")  # GeoSANE's pools use spawn
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for handler in logging.getLogger().handlers:  # no credential in any log line, whoever logs it
+        handler.addFilter(RedactingFilter())
     try:
+        check_endpoint()
         args.func(args)
     except GeoSANEError as exc:
         print(f"geosane: error: {redact(str(exc))}", file=sys.stderr)

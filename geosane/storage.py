@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import re
@@ -23,11 +24,14 @@ from fsspec.core import url_to_fs
 from geosane.errors import GeoSANEError
 
 __all__ = [
+    "RedactingFilter",
     "absolute",
     "atomic_open",
+    "check_endpoint",
     "ensure_bucket",
     "errors_named",
     "exists",
+    "holder",
     "filesystem",
     "is_dir",
     "join",
@@ -35,6 +39,7 @@ __all__ = [
     "object_store_options",
     "read_bytes",
     "redact",
+    "refuse_output_inside",
     "remove",
     "sha256",
     "storage_options",
@@ -50,6 +55,7 @@ def storage_options(url: str) -> dict:
     """Options for the filesystem behind ``url``."""
     if url.startswith(("s3://", "s3a://")):
         options: dict = {"config_kwargs": S3_CONFIG}
+        check_endpoint()
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             options["client_kwargs"] = {"endpoint_url": endpoint}
@@ -79,6 +85,40 @@ def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
 def absolute(url: str) -> str:
     """A local path made absolute (Ray workers run in folders of their own); a URL with a scheme as it is."""
     return url if "://" in url else str(Path(url).resolve())
+
+
+def holder(url: str) -> str | None:
+    """What a local path lies inside that no output may be written into: a collection (a folder holding
+    ``models.lance``, or the table itself) or an autoencoder run (``split.json`` or ``final/config.json``), named; None
+    for anything else, and for URLs with a scheme (their protected roots are checked by :func:`within`)."""
+    if "://" in url:
+        return None
+    path = Path(url).resolve()
+    for folder in (path, *path.parents):
+        if (folder / "models.lance").is_dir() or folder.suffix == ".lance":
+            return f"the collection {folder.parent if folder.suffix == '.lance' else folder}"
+        if (folder / "split.json").is_file() or (folder / "final" / "config.json").is_file():
+            return f"the autoencoder run {folder}"
+    return None
+
+
+def refuse_output_inside(out: str, *roots: str | None) -> None:
+    """Refuse an output folder inside a collection or a run (those named, and any local one found above ``out``):
+    the rule ``collection export`` follows, for every verb that writes.
+
+    Args:
+        out: where a verb would write.
+        *roots: collections and runs it reads (None: none).
+
+    Raises:
+        GeoSANEError: naming the collection or run ``out`` lies in.
+    """
+    for root in filter(None, roots):
+        if within(absolute(out), absolute(root)):
+            raise GeoSANEError(f"--out {out} is inside {root}; write elsewhere")
+    inside = holder(out)
+    if inside:
+        raise GeoSANEError(f"--out {out} is inside {inside}; write elsewhere")
 
 
 def within(url: str, root: str) -> bool:
@@ -261,6 +301,34 @@ def redact(text: str) -> str:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     return text
+
+
+def check_endpoint() -> None:
+    """Refuse an endpoint variable that carries credentials (``http://user:secret@host``): every AWS client would
+    send them in the URL as well as in its signature (servers refuse the pair), and log them at debug level.
+
+    Raises:
+        GeoSANEError: naming the variable, with the credentials masked, and where to put them instead.
+    """
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(name, "")
+        if USERINFO.search(value):
+            raise GeoSANEError(
+                f"{name}={redact(value)} carries credentials: give the endpoint without them and put the key in "
+                "AWS_ACCESS_KEY_ID and the secret in AWS_SECRET_ACCESS_KEY"
+            )
+
+
+class RedactingFilter(logging.Filter):
+    """Masks credentials (:func:`redact`) in every log record it sees, the AWS clients' debug lines included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record's message if it holds a credential; never drops a record."""
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
 
 
 def sha256(*parts: Any) -> str:

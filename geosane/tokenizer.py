@@ -38,6 +38,7 @@ __all__ = [
     "TokenizerConfig",
     "Tokens",
     "detokenize",
+    "first_nonfinite",
     "plan_layout",
     "prefix_mask",
     "tokenize",
@@ -70,6 +71,10 @@ KEPT_RULES: tuple[tuple[str, re.Pattern[str]], ...] = (
 WEIGHT_NAME = re.compile(r"^(?P<stem>.*)(weight|kernel)(?P<tail>:\d+)?$")
 
 
+#: The largest token GeoSANE accepts (a ``vit_large`` row is 4,096 values; DESIGN.md's tokens are 230).
+MAX_TOKEN_SIZE = 65_536
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     """How weights become tokens: values per token and how matrices are cut."""
@@ -78,8 +83,11 @@ class TokenizerConfig:
     mode: Mode = field(default="dense", metadata={"help": "how matrices are cut", "choices": MODES})
 
     def __post_init__(self) -> None:
-        if self.token_size < 1:
-            raise GeoSANEError(f"token_size must be >= 1, got {self.token_size}")
+        if not 1 <= self.token_size <= MAX_TOKEN_SIZE:
+            raise GeoSANEError(
+                f"token_size must be between 1 and {MAX_TOKEN_SIZE:,} values, got {self.token_size:,} (a token is "
+                "one row of the autoencoder's input; rows of more values do not fit a network or its memory)"
+            )
         if self.mode not in MODES:
             raise GeoSANEError(f"unknown tokenizer mode {self.mode!r}; expected one of {', '.join(MODES)}")
 
@@ -176,6 +184,15 @@ class Tokens:
     def mask(self) -> torch.Tensor:
         """``[N, T]`` booleans, True for real values."""
         return prefix_mask(self.valid, self.layout.token_size)
+
+
+def first_nonfinite(state_dict: dict[str, Any]) -> tuple[str, int, int] | None:
+    """The first floating-point tensor with NaN or infinite values: its name, how many, of how many; None if none.
+    Collections refuse such weights, and generation never writes them."""
+    for key, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return key, int((~torch.isfinite(tensor)).sum()), tensor.numel()
+    return None
 
 
 def prefix_mask(valid: Any, token_size: int) -> Any:

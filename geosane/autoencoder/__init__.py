@@ -1,5 +1,6 @@
 """The weight autoencoder: its settings (``config``), the network with whole-model encode/decode, save and load
-(``model``), its training losses (``losses``) and the gathering of a run's ZeRO checkpoints (``checkpoints``).
+(``model``), the shipped autoencoders loadable by name (``registry``, files in ``shipped/``), its training
+losses (``losses``) and the gathering of a run's ZeRO checkpoints (``checkpoints``).
 
 May import: the shared pieces (``geosane.errors``, ``storage``, ``tokenizer``, ``views``, ``version``). Never the
 collection, training, generation or the bench: they use the autoencoder, not the other way round (a collection is

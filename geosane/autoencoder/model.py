@@ -19,6 +19,7 @@ training (Ray Train, DeepSpeed) lives in ``geosane.train`` and saves through :me
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from geosane import storage
+from geosane.autoencoder import registry
 from geosane.autoencoder.config import AutoencoderConfig
 from geosane.errors import GeoSANEError
 from geosane.tokenizer import ROWS_PER_PASS, Layout, Scale, TokenizerConfig, Tokens, prefix_mask
@@ -371,10 +373,12 @@ class Autoencoder(nn.Module):
         from safetensors.torch import save
 
         state = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        storage.write_bytes(storage.join(url, WEIGHTS), save(state))
+        weights = save(state)
+        storage.write_bytes(storage.join(url, WEIGHTS), weights)
         record = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
+            "sha256": {WEIGHTS: hashlib.sha256(weights).hexdigest()},  # checked by every load
             "autoencoder": asdict(self.config),
             "info": self.info,
             "software": software_versions(),
@@ -383,11 +387,12 @@ class Autoencoder(nn.Module):
 
     @classmethod
     def load(cls, url: str, step: int | None = None) -> Autoencoder:
-        """A saved autoencoder: ``url`` is a folder written by :meth:`save` or a training run (its ``final/``);
-        with ``step``, the run's checkpoint of that step, its ZeRO shards gathered into full fp32 weights.
+        """A saved autoencoder: ``url`` is a shipped one (``geosane:small``, see :mod:`geosane.autoencoder.registry`),
+        a folder written by :meth:`save` or a training run (its ``final/``); with ``step``, the run's checkpoint of
+        that step, its ZeRO shards gathered into full fp32 weights.
 
         Args:
-            url: a folder written by :meth:`save`, or a training run.
+            url: ``geosane:NAME``, a folder written by :meth:`save`, or a training run.
             step: a kept checkpoint's step instead of ``final/``.
 
         Returns:
@@ -396,10 +401,15 @@ class Autoencoder(nn.Module):
         Raises:
             GeoSANEError: nothing there, not an autoencoder, a newer format, or weights that do not fit the settings.
         """
-        from safetensors import SafetensorError
-        from safetensors.torch import load as load_safetensors
-
         url = url.rstrip("/")
+        if registry.is_shipped(url):
+            if step is not None:
+                raise GeoSANEError(f"{url} is a shipped autoencoder: it has no training checkpoints (step={step})")
+            path = registry.folder(url)  # hashes checked against its card
+            model = cls.load(str(path))
+            model.info = {**model.info, "url": url, "card": str(path / registry.CARD)}
+            model.info["collection"] = str(path / registry.ANCHORS)  # anchors ship; the collection it learned does not
+            return model
         if step is not None:
             from geosane.autoencoder import checkpoints
 
@@ -412,27 +422,7 @@ class Autoencoder(nn.Module):
             config = AutoencoderConfig.from_dict(record["autoencoder"], f"{url} checkpoint of step {step}")
             info = {"run": url, "step": step, "checkpoint": record}
         else:
-            folder = url if storage.exists(storage.join(url, CONFIG)) else storage.join(url, "final")
-            source = storage.join(folder, CONFIG)
-            if not storage.exists(source):
-                raise GeoSANEError(
-                    f"no autoencoder at {url}: neither {CONFIG} nor final/{CONFIG} (an unfinished run "
-                    "has none yet; load a checkpoint with step=N)"
-                )
-            try:
-                record = json.loads(storage.read_bytes(source))
-            except json.JSONDecodeError as exc:
-                raise GeoSANEError(f"{source}: not valid JSON ({exc})") from exc
-            if not isinstance(record, dict) or record.get("format") != FORMAT:
-                raise GeoSANEError(f"{source}: not a GeoSANE autoencoder (format {FORMAT!r} expected)")
-            if record.get("version", 0) > FORMAT_VERSION:
-                raise GeoSANEError(f"{source}: autoencoder format {record['version']} is newer than this GeoSANE reads")
-            config = AutoencoderConfig.from_dict(record["autoencoder"], source)
-            info = record.get("info", {})
-            try:
-                state = load_safetensors(storage.read_bytes(storage.join(folder, WEIGHTS)))
-            except SafetensorError as exc:
-                raise GeoSANEError(f"{storage.join(folder, WEIGHTS)}: corrupt weights ({exc})") from exc
+            config, info, state = read_saved(url)
         with torch.device("meta"):  # no random initialization to throw away: the weights are assigned as read
             model = cls(config, info)
         try:
@@ -441,6 +431,54 @@ class Autoencoder(nn.Module):
             detail = " ".join(line.strip() for line in str(exc).splitlines()[1:3])
             raise GeoSANEError(f"{url}: weights do not fit the autoencoder settings ({detail})") from exc
         return model.eval()
+
+
+def read_saved(url: str) -> tuple[AutoencoderConfig, dict[str, Any], dict[str, torch.Tensor]]:
+    """The settings, ``info`` and weights of a folder :meth:`Autoencoder.save` wrote (``url`` or ``url/final``), the
+    weights checked against the SHA-256 its config records.
+
+    Args:
+        url: the folder, or a training run.
+
+    Returns:
+        Settings, info and state dict.
+
+    Raises:
+        GeoSANEError: nothing there, not an autoencoder, a newer format, or weights changed since they were saved.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    folder = url if storage.exists(storage.join(url, CONFIG)) else storage.join(url, "final")
+    source = storage.join(folder, CONFIG)
+    if not storage.exists(source):
+        raise GeoSANEError(
+            f"no autoencoder at {url}: neither {CONFIG} nor final/{CONFIG} (an unfinished run "
+            "has none yet; load a checkpoint with step=N)"
+        )
+    try:
+        record = json.loads(storage.read_bytes(source))
+    except json.JSONDecodeError as exc:
+        raise GeoSANEError(f"{source}: not valid JSON ({exc})") from exc
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise GeoSANEError(f"{source}: not a GeoSANE autoencoder (format {FORMAT!r} expected)")
+    if record.get("version", 0) > FORMAT_VERSION:
+        raise GeoSANEError(f"{source}: autoencoder format {record['version']} is newer than this GeoSANE reads")
+    config = AutoencoderConfig.from_dict(record["autoencoder"], source)
+    weights_url = storage.join(folder, WEIGHTS)
+    weights = storage.read_bytes(weights_url)
+    expected = record.get("sha256", {}).get(WEIGHTS)  # autoencoders saved before hashes have none
+    found = hashlib.sha256(weights).hexdigest()
+    if expected and found != expected:
+        raise GeoSANEError(
+            f"{weights_url}: SHA-256 {found[:16]}... differs from {expected[:16]}... recorded in {CONFIG}: "
+            "the weights were changed or damaged since they were saved"
+        )
+    try:
+        state = load_safetensors(weights)
+    except SafetensorError as exc:
+        raise GeoSANEError(f"{weights_url}: corrupt weights ({exc})") from exc
+    return config, record.get("info", {}), state
 
 
 def num_parameters(model: nn.Module) -> int:

@@ -29,7 +29,7 @@ from geosane.bench.context import TrialContext
 from geosane.bench.held_out import check_held_out, held_out_problems
 from geosane.bench.initializations import build_initial_model
 from geosane.bench.pruning import prune_to
-from geosane.bench.results import summary_table, write_results
+from geosane.bench.results import summary_table, verdict, write_results
 from geosane.bench.runner import BenchRun, collection_of, run_bench
 from geosane.tasks import Distillation, TaskData, load_task, metric_name, score
 
@@ -53,5 +53,6 @@ __all__ = [
     "run_bench",
     "score",
     "summary_table",
+    "verdict",
     "write_results",
 ]

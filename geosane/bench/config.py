@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from torch import nn
 
+from geosane.autoencoder.registry import DEFAULT, is_shipped
 from geosane.config import load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.generation import GenerateConfig
@@ -71,8 +72,8 @@ class BenchConfig:
     """A benchmark sweep (``sweeps/bench-*.yaml``)."""
 
     name: str
-    autoencoder: str  # a trained autoencoder (run folder or final/), for `generated`
     tasks: list[BenchTask]
+    autoencoder: str = DEFAULT  # for `generated`: a run, its final/, or a shipped one
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     collection: str | None = None  # default: the autoencoder's training collection
     weight_decay: float = 0.01
@@ -163,7 +164,7 @@ class BenchConfig:
         ]
         return replace(
             self,
-            autoencoder=absolute(self.autoencoder),
+            autoencoder=self.autoencoder if is_shipped(self.autoencoder) else absolute(self.autoencoder),
             collection=self.collection and absolute(self.collection),
             data_root=self.data_root and absolute(self.data_root),
             tasks=tasks,

@@ -43,7 +43,8 @@ def held_out_problems(records: list[Any], task: BenchTask, data_root: str | None
 
 
 def check_held_out(config: BenchConfig, collection: dict[str, Any]) -> dict[str, Any]:
-    """Refuse a task flagged held out that the collection saw; what the collection does not record is returned.
+    """Refuse a task flagged held out that the collection saw (for a shipped autoencoder: its anchors and every model
+    its card says it learned); what the collection does not record is returned.
 
     Args:
         config: the sweep.
@@ -55,12 +56,17 @@ def check_held_out(config: BenchConfig, collection: dict[str, Any]) -> dict[str,
     Raises:
         GeoSANEError: a model trained on a test image of a held-out task (named, with the image).
     """
-    from geosane.collection import Collection
+    from geosane.autoencoder import registry
+    from geosane.collection import Collection, ModelRecord
 
     report: dict[str, Any] = {}
     if not collection["collection"]:
         return report
     records = Collection(collection["collection"], collection["version"]).records()
+    if registry.is_shipped(config.autoencoder):  # its anchors ship, not the collection it learned: the card lists it
+        shipped = {r.tags.get("shipped_from", r.id) for r in records}  # anchors ship in half precision
+        learned = registry.card(config.autoencoder)["collection"]["models"]
+        records += [r for r in map(ModelRecord.from_dict, learned) if r.id not in shipped]
     for task in config.tasks:
         if not task.held_out:
             continue

@@ -23,6 +23,7 @@ __all__ = [
     "plot_curves",
     "results_frame",
     "summary_table",
+    "verdict",
     "write_results",
 ]
 
@@ -157,6 +158,37 @@ def summary_table(table: Any) -> Any:
     return pd.DataFrame(rows)
 
 
+def verdict(summary: Any) -> str:
+    """What the sweep shows, in one line: per baseline, on how many tasks ``generated`` ends better, worse or level
+    (by the paired interval of the last epoch; with one seed there is no interval, so only signs are counted).
+
+    Args:
+        summary: :func:`summary_table`.
+
+    Returns:
+        One line.
+    """
+    if "generated" not in set(summary["initialization"]):
+        return "no generated models in this sweep"
+    counts: dict[str, dict[str, int]] = {}
+    single_seed = False
+    for _, row in summary[summary["initialization"] != "generated"].iterrows():
+        diff, ci = row["final_diff"], row["final_diff_ci"]
+        if math.isnan(diff):
+            continue
+        single_seed |= math.isnan(ci)
+        margin = 0.0 if math.isnan(ci) else ci
+        outcome = "better" if diff + margin < 0 else "worse" if diff - margin > 0 else "level"
+        tally = counts.setdefault(row["initialization"], {"better": 0, "worse": 0, "level": 0})
+        tally[outcome] += 1
+    parts = [
+        f"vs {init}: better on {c['better']}, worse on {c['worse']}, level on {c['level']} of {sum(c.values())}"
+        for init, c in counts.items()
+    ]
+    caveat = " (one seed: signs of differences, not claims)" if single_seed else " (95% paired intervals over seeds)"
+    return "generated, at the last epoch, " + "; ".join(parts) + caveat
+
+
 def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
     """The summary for people: per task, a table of scores and one of paired differences against ``generated``,
     with where the numbers come from.
@@ -196,6 +228,8 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         "split; every initialization from existing weights gets the same head rule, BatchNorm re-estimation and "
         "best-of-N choice on the selection split. Paired differences are per seed, initialization minus "
         "`generated`: an interval that excludes zero is the only claim made.",
+        "",
+        f"**{verdict(summary)}.**",
         "",
         f"- autoencoder: {config.autoencoder}",
         f"- collection: {info['collection']['collection']} at version {info['collection']['version']}",

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import tempfile
@@ -14,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from geosane.autoencoder import Autoencoder
 from geosane.bench.config import BenchConfig
 from geosane.bench.context import TrialContext
 from geosane.bench.held_out import check_held_out
@@ -22,6 +24,8 @@ from geosane.errors import GeoSANEError
 from geosane.tasks import FineTuning, Recipe, TaskData, load_task, metric_name, score
 
 __all__ = ["BenchRun", "collection_of", "fine_tune", "run_bench", "run_trial"]
+
+log = logging.getLogger(__name__)
 
 
 def fine_tune(
@@ -112,7 +116,6 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
 
 def collection_of(config: BenchConfig) -> dict[str, Any]:
     """The collection the sweep reads, pinned at its current version (every trial sees the same models)."""
-    from geosane.autoencoder import Autoencoder
     from geosane.collection import Collection
 
     url = config.collection
@@ -167,6 +170,9 @@ def run_bench(
     exists = tune.Tuner.can_restore(experiment)
     if exists and not resume:
         raise GeoSANEError(f"a sweep named {name} exists in {storage}: pass --resume to continue it, or another --name")
+    if resume and not exists:
+        log.info("nothing to resume at %s: starting the sweep %s afresh", experiment, name)
+    Autoencoder.load(config.autoencoder)  # a missing or damaged autoencoder fails here, before Ray starts
     collection = collection_of(config)
     held_out = check_held_out(config, collection)
     data = {

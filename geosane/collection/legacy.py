@@ -9,6 +9,9 @@ Read only: :class:`geosane.Collection` reads such a collection through this modu
 ``geosane collection migrate URL`` copies it into the table format, where it can grow. Nothing here was hashed
 when it was written, so the only check on what it reads is the model id itself (a hash of the whole state dict),
 which every export compares against.
+
+Also the other thing 0.1 did differently: ids hashed the tensors in the file's order. ``migrate`` rewrites them
+(:func:`rewrite_ids`) into the canonical order, keeping the old ones as aliases.
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ import torch
 from tqdm.auto import tqdm
 
 from geosane import storage
-from geosane.collection.records import ModelRecord, make_record
-from geosane.collection.rows import SCHEMA, TABLE, model_row, row_batch, table_schema
+from geosane.collection.records import ModelRecord, make_record, model_id
+from geosane.collection.rows import IDS_FOLLOW, ROWS_PER_FILE, SCHEMA, TABLE, model_row, row_batch, table_schema
 from geosane.collection.sources import ModelSource, content_sha256
 from geosane.errors import GeoSANEError
 from geosane.tokenizer import TokenizerConfig, tokenize
 
-__all__ = ["MANIFEST", "is_legacy", "migrate", "read_manifest", "read_parts", "write_first_layout"]
+__all__ = ["MANIFEST", "is_legacy", "migrate", "read_manifest", "read_parts", "rewrite_ids", "write_first_layout"]
 
 FORMAT = "geosane.collection"
 MANIFEST = "manifest.json"
@@ -188,3 +191,61 @@ def write_first_layout(
     manifest["models"] = [asdict(r) for r in records]
     (folder / MANIFEST).write_text(json.dumps(manifest))
     return records
+
+
+def rewrite_ids(collection: Any, progress: bool = True) -> int:
+    """Give every model of a table collection its canonical id (:func:`~geosane.collection.records.model_id`), in
+    one commit that rewrites every row; a changed model keeps its old id among its ``aliases``, so lookups by the
+    old id still work, and earlier versions still read as they were.
+
+    Args:
+        collection: the :class:`~geosane.collection.Collection`.
+        progress: show a progress bar.
+
+    Returns:
+        The number of ids rewritten (0: nothing to do, nothing committed).
+
+    Raises:
+        GeoSANEError: a model that does not read back (nothing is changed).
+    """
+    import lance
+
+    dataset = collection._required()
+    records = collection.records()
+    new_ids = {}
+    for record in tqdm(records, desc="ids", unit="model", disable=not progress):
+        canonical = model_id(collection.export(record))  # the export checks the weights against the old id
+        if canonical != record.id:
+            new_ids[record.id] = canonical
+    if not new_ids:
+        return 0
+
+    def rows() -> Iterator[pa.RecordBatch]:
+        for batch in dataset.to_batches(columns=SCHEMA.names, batch_size=1):
+            row = batch.to_pylist()[0]
+            record = json.loads(row["record"])
+            old = record["id"]
+            if old in new_ids:
+                record["id"], record["aliases"] = new_ids[old], [*record.get("aliases", []), old]
+                row["id"], row["record"] = record["id"], json.dumps(record)
+                row["record_sha256"] = storage.sha256(row["record"])
+            yield pa.RecordBatch.from_pylist([row], schema=batch.schema)
+
+    options = storage.object_store_options(collection.table_url)
+    schema = dataset.schema
+    fragments = lance.fragment.write_fragments(
+        pa.RecordBatchReader.from_batches(dataset.schema, rows()),
+        collection.table_url,
+        schema=schema,
+        max_rows_per_file=ROWS_PER_FILE,
+        storage_options=options,
+    )
+    lance.LanceDataset.commit(
+        collection.table_url,
+        lance.LanceOperation.Overwrite(schema, fragments),
+        read_version=dataset.version,
+        storage_options=options,
+        commit_message=f"ids rewritten in canonical order: {len(new_ids)} model(s){IDS_FOLLOW}"
+        + " ".join(new_ids.values()),
+    )
+    return len(new_ids)

@@ -10,9 +10,18 @@ import torch
 
 from geosane.collection.sources import ModelSource, content_sha256
 from geosane.errors import GeoSANEError
-from geosane.tokenizer import Scale, TokenizerConfig, Tokens
+from geosane.tokenizer import Scale, TokenizerConfig, Tokens, first_nonfinite
 
-__all__ = ["ID_LENGTH", "RECORD_TAGS", "ModelRecord", "make_record", "model_id", "parse_tags"]
+__all__ = [
+    "ID_LENGTH",
+    "RECORD_TAGS",
+    "ModelRecord",
+    "check_finite",
+    "make_record",
+    "model_id",
+    "ordered_id",
+    "parse_tags",
+]
 
 ID_LENGTH = 16
 
@@ -41,6 +50,7 @@ class ModelRecord:
     added: str = ""
     token_mean: float | None = None  # the model's Scale: mean and std of its real token values (None: not stored)
     token_std: float | None = None
+    aliases: list[str] = field(default_factory=list)  # ids the model had before (ordered_id, before a migration)
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelRecord:
@@ -54,8 +64,36 @@ RECORD_TAGS = ("name", "family", "task", "modality", "bands", "in_chans", "num_c
 
 
 def model_id(state_dict: dict[str, torch.Tensor]) -> str:
-    """Content hash of the weights: the same model always gets the same id."""
+    """Content hash of the weights in a canonical order (names sorted; each tensor's name, dtype, shape and bytes):
+    the same weights get the same id whatever file format or tensor order they came in."""
+    return content_sha256(dict(sorted(state_dict.items())))[:ID_LENGTH]
+
+
+def ordered_id(state_dict: dict[str, torch.Tensor]) -> str:
+    """The id GeoSANE 0.1 gave: the same hash in the file's own tensor order, so that a ``.pt`` and a
+    ``.safetensors`` of one model got two ids. Collections made then keep it until ``geosane collection migrate``
+    rewrites their ids (the old one stays, as an alias)."""
     return content_sha256(state_dict)[:ID_LENGTH]
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """Refuse weights with NaN or infinite values, naming the first such tensor: they would train the autoencoder
+    to NaN, and generate nothing that works.
+
+    Args:
+        state_dict: a model's weights.
+        where: what to call the model in the message (its file or URL).
+
+    Raises:
+        GeoSANEError: the first non-finite tensor, with how many of its values are not finite.
+    """
+    found = first_nonfinite(state_dict)
+    if found:
+        key, count, total = found
+        raise GeoSANEError(
+            f"{where}: tensor {key!r} has {count:,} non-finite value(s) (NaN or infinite) of {total:,}; "
+            "pass --allow-nonfinite (allow_nonfinite=True) to collect it anyway"
+        )
 
 
 def parse_tags(pairs: Iterable[str]) -> dict[str, str]:

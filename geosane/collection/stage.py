@@ -20,6 +20,7 @@ def collect(
     tags: dict[str, str] | None = None,
     progress: bool = True,
     create_bucket: bool = False,
+    allow_nonfinite: bool = False,
 ) -> tuple[list[ModelRecord], int]:
     """The collect stage: read the models that ``uris`` name, tokenize them and add them to the collection at ``out``
     in one commit.
@@ -32,6 +33,7 @@ def collect(
         tags: metadata for every model of the call.
         progress: show a progress bar.
         create_bucket: create the ``s3://`` bucket if it does not exist.
+        allow_nonfinite: keep models with NaN or infinite weights (refused by default: they train to NaN).
 
     Returns:
         The records of the models that were new, and how many models the sources named.
@@ -53,5 +55,6 @@ def collect(
         total=len(found),
         progress=progress,
         create_bucket=create_bucket,
+        allow_nonfinite=allow_nonfinite,
     )
     return added, len(found)

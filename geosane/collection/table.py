@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from geosane import storage
 from geosane.collection import legacy
 from geosane.collection import verify as checks
-from geosane.collection.records import ModelRecord, make_record, model_id
+from geosane.collection.records import ModelRecord, check_finite, make_record, model_id, ordered_id
 from geosane.collection.rows import (
     FORMAT,
     FORMAT_VERSION,
@@ -74,11 +74,13 @@ class Collection:
         self.table_url = storage.join(self.url, TABLE)
         self.pinned = version
         self.readable: list[int] | None = None  # set by verify: read only these fragments (the others are damaged)
+        self.damaged: list[str] = []  # the data files the last read had to leave out, each with its models
 
     # ----------------------------------------------------------------------------------------- reading
 
-    def dataset(self) -> Any:
-        """The Lance dataset at the pinned version (or the latest); None where there is no table."""
+    def dataset(self, check_latest: bool = True) -> Any:
+        """The Lance dataset at the pinned version (or the latest, refused if a newer one cannot be opened: see
+        :func:`~geosane.collection.verify.check_latest`); None where there is no table."""
         import lance
 
         options = storage.object_store_options(self.table_url)
@@ -86,13 +88,16 @@ class Collection:
             if not storage.exists(storage.join(self.table_url, "_versions")):
                 return None
             try:
-                return lance.dataset(self.table_url, version=self.pinned, storage_options=options)
+                dataset = lance.dataset(self.table_url, version=self.pinned, storage_options=options)
             except (OSError, ValueError) as exc:
                 if self.pinned is not None and "not found" in str(exc).lower():
                     raise GeoSANEError(
                         f"{self.url}: no version {self.pinned} (see `geosane collection versions`)"
                     ) from exc
                 raise
+        if self.pinned is None and check_latest:
+            checks.check_latest(self, dataset)
+        return dataset
 
     def _legacy(self) -> bool:
         return legacy.is_legacy(self.url)
@@ -135,9 +140,10 @@ class Collection:
         return None if dataset is None else dataset.version
 
     def versions(self) -> list[dict[str, Any]]:
-        """Every commit: its version, time and number of models."""
-        dataset = self._required()
+        """Every commit: its version, time and number of models (those still readable, when the newest is not)."""
+        dataset = self.dataset(check_latest=False)
         if dataset is None:
+            self._required()  # no collection here at all: say so
             return []
         with checks.named(self, "list versions of"):
             return [
@@ -164,13 +170,18 @@ class Collection:
             GeoSANEError: a data file cannot be read (named, with its models).
         """
         fragments = None if self.readable is None else [dataset.get_fragment(i) for i in self.readable]
+
+        def scan(chosen: list[Any] | None) -> pa.Table:
+            with checks.native_output_captured():  # a Rust panic prints its backtrace itself: keep it off the terminal
+                scanner = dataset.scanner(
+                    columns=["id", *columns], filter=where, with_row_address=True, fragments=chosen
+                )
+                return scanner.to_table()
+
         try:
-            scanner = dataset.scanner(
-                columns=["id", *columns], filter=where, with_row_address=True, fragments=fragments
-            )
-            table = scanner.to_table()
-        except Exception as exc:
-            raise GeoSANEError(checks.unreadable(self, dataset, exc)) from exc
+            table = scan(fragments)
+        except Exception as exc:  # a damaged data file damages its own model: read the others
+            table, self.damaged = checks.read_apart(self, dataset, scan, fragments, exc)
         table = table.sort_by("_rowaddr")
         ids = table.column("id").to_pylist()
         seen: set[str] = set()
@@ -196,9 +207,10 @@ class Collection:
         return records
 
     def record(self, model: str) -> ModelRecord:
-        """A model by id, unique id prefix, or unique name."""
+        """A model by id (or an id it had before a migration), unique id prefix, or unique name."""
         records = self.records()
-        matches = [r for r in records if r.id == model] or [r for r in records if r.id.startswith(model)]
+        matches = [r for r in records if r.id == model] or [r for r in records if model in r.aliases]
+        matches = matches or [r for r in records if r.id.startswith(model)]
         matches = matches or [r for r in records if r.name == model]
         if len(matches) == 1:
             return matches[0]
@@ -225,6 +237,8 @@ class Collection:
         hashes = [f"{part}_sha256" for part in parts]
         table = self.rows(dataset, columns + hashes, where=f"id = '{record.id}'")
         if table.num_rows == 0:
+            if self.damaged:  # it may be in a damaged file: say which
+                raise GeoSANEError(f"{self.url}: model {record.id} cannot be read; " + "; ".join(self.damaged))
             raise GeoSANEError(f"{self.url}: no model {record.id} in version {dataset.version}")
         address = table.column("_rowaddr")[0].as_py()
         with checks.named(self, "read", record.id, checks.data_files(self, dataset, address)):
@@ -304,12 +318,9 @@ class Collection:
         record = model if isinstance(model, ModelRecord) else self.record(model)
         tokens = self.tokens(record)
         state_dict = detokenize(tokens.tokens, tokens.layout, tokens.kept)
-        if model_id(state_dict) != record.id:
-            where = (
-                ""
-                if self.dataset() is not None
-                else f" (files {', '.join(legacy.part_urls(self.url, record.id).values())})"
-            )
+        if record.id not in (model_id(state_dict), ordered_id(state_dict)):  # ids of 0.1 followed the file's order
+            files = legacy.part_urls(self.url, record.id).values() if self.dataset() is None else []
+            where = f" (files {', '.join(files)})" if files else ""
             raise GeoSANEError(
                 f"{self.url}: model {record.id} rebuilds to different weights than were collected{where}; "
                 f"the collection is damaged: `geosane collection verify {self.url}` lists every bad model"
@@ -317,14 +328,8 @@ class Collection:
         return state_dict
 
     def verify(self, progress: bool = True) -> list[str]:
-        """Read and check every data file and every model (:func:`geosane.collection.verify.verify`).
-
-        Args:
-            progress: show a progress bar.
-
-        Returns:
-            One line per bad data file or model, naming the models and the files; empty when all is well.
-        """
+        """Read and check every data file and every model (:func:`geosane.collection.verify.verify`): one line per
+        bad data file or model, naming the models and the files; empty when all is well."""
         return checks.verify(self, progress)
 
     # ----------------------------------------------------------------------------------------- writing
@@ -379,6 +384,7 @@ class Collection:
         total: int | None = None,
         progress: bool = True,
         create_bucket: bool = False,
+        allow_nonfinite: bool = False,
     ) -> list[ModelRecord]:
         """Tokenize and store models in one commit; returns the records of the models that were new.
 
@@ -392,6 +398,7 @@ class Collection:
             total: how many sources there are, for the progress bar.
             progress: show a progress bar.
             create_bucket: create the ``s3://`` bucket if it does not exist.
+            allow_nonfinite: keep a model with NaN or infinite weights (refused by default, naming the tensor).
 
         Returns:
             The records of the models that were new (one already there is skipped).
@@ -412,7 +419,7 @@ class Collection:
         self._check_language(existing, config)
         if dataset is None:
             storage.ensure_bucket(self.url, create=create_bucket)
-        stored = set() if dataset is None else set(dataset.to_table(columns=["id"]).column("id").to_pylist())
+        stored = set() if dataset is None else {i for r in self.records() for i in (r.id, *r.aliases)}
         read_version = None if dataset is None else dataset.version
         added: list[ModelRecord] = []
         failure: list[BaseException] = []
@@ -420,9 +427,11 @@ class Collection:
         def rows() -> Iterator[pa.RecordBatch]:
             try:
                 for source in tqdm(sources, total=total, desc="collect", unit="model", disable=not progress):
+                    if not allow_nonfinite:
+                        check_finite(source.state_dict, source.uri)
                     tokens = tokenize(source.state_dict, config)
                     record = make_record(source, tokens, config, tags or {})
-                    if record.id in stored:
+                    if record.id in stored or ordered_id(source.state_dict) in stored:  # 0.1's ids too
                         log.info("%s: already in the collection as %s, skipped", source.uri, record.id)
                         continue
                     if not added and dataset is None:  # the table is made once there is a model to put in it
@@ -481,8 +490,11 @@ class Collection:
             )
 
     def migrate(self, progress: bool = True) -> int:
-        """Copy a collection in the first layout into the table format (:func:`geosane.collection.legacy.migrate`)."""
-        return legacy.migrate(self, progress)
+        """Bring a collection up to date: the first layout copied into the table format
+        (:func:`geosane.collection.legacy.migrate`), then ids that followed the file's tensor order rewritten in one
+        commit (:func:`geosane.collection.legacy.rewrite_ids`). Returns how many models changed."""
+        copied = legacy.migrate(self, progress) if self.dataset() is None else 0
+        return max(copied, legacy.rewrite_ids(self, progress))
 
     def __iter__(self) -> Iterator[ModelRecord]:
         return iter(self.records())

@@ -7,8 +7,13 @@ function takes the :class:`~geosane.collection.Collection` it checks (which call
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import sys
+import tempfile
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -16,7 +21,19 @@ from geosane import storage
 from geosane.collection.rows import COMMIT_MESSAGE, IDS_FOLLOW
 from geosane.errors import GeoSANEError
 
-__all__ = ["bad_fragment", "data_files", "mismatch", "named", "unreadable", "verify"]
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "bad_fragment",
+    "check_latest",
+    "data_files",
+    "mismatch",
+    "named",
+    "native_output_captured",
+    "read_apart",
+    "unreadable",
+    "verify",
+]
 
 
 @contextmanager
@@ -42,6 +59,94 @@ def named(collection: Any, action: str, model: str = "", files: list[str] | None
         in_files = f" (data file {', '.join(files)})" if files else ""
         detail = storage.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise GeoSANEError(f"cannot {action} {collection.url}:{where}{in_files}: {detail}") from exc
+
+
+@contextmanager
+def native_output_captured() -> Iterator[None]:
+    """Native libraries' own writes to the terminal (a Rust panic prints its message and backtrace on file descriptor
+    2 before Lance raises) go to the debug log instead; Python's exception carries what matters."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode(errors="replace").strip()
+            if text:
+                log.debug("native output while reading: %s", storage.redact(text))
+
+
+def read_apart(
+    collection: Any, dataset: Any, scan: Callable[[list[Any]], Any], fragments: list[Any] | None, error: Exception
+) -> tuple[Any, list[str]]:
+    """After a read of many data files failed: read them one by one, leave the damaged ones out (each named with its
+    models, in a warning), and return what the others hold.
+
+    Args:
+        collection: the collection.
+        dataset: its Lance dataset.
+        scan: the read, of a list of fragments.
+        fragments: the fragments the read was of (None: all).
+        error: what the read of all of them raised.
+
+    Returns:
+        The rows of the readable files, and one message per damaged file.
+
+    Raises:
+        GeoSANEError: no file could be read.
+    """
+    import pyarrow as pa
+
+    parts, damaged = [], []
+    for fragment in dataset.get_fragments() if fragments is None else fragments:
+        try:
+            parts.append(scan([fragment]))
+        except Exception as exc:
+            detail = storage.redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            damaged.append(bad_fragment(collection, fragment, detail))
+    if not parts:
+        raise GeoSANEError(unreadable(collection, dataset, error)) from error
+    for message in damaged:
+        log.warning("%s", message)
+    return pa.concat_tables(parts), damaged
+
+
+def check_latest(collection: Any, dataset: Any) -> None:
+    """Refuse a collection whose newest version cannot be opened: Lance falls back to the newest manifest it finds,
+    so a deleted manifest would silently roll the collection back. ``latest_version_hint.json`` names the newest.
+
+    Args:
+        collection: the collection.
+        dataset: the Lance dataset as opened (at its latest readable version).
+
+    Raises:
+        GeoSANEError: the hint names a newer version than the one opened, with what can still be read.
+    """
+    hint = storage.join(collection.table_url, "_versions", "latest_version_hint.json")
+    try:
+        newest = int(json.loads(storage.read_bytes(hint))["version"])
+    except Exception:  # no hint (older Lance, object stores that do not write one): nothing to compare
+        return
+    if newest <= dataset.version:
+        return
+    try:  # another writer may have committed since the dataset was opened: then the newer version opens
+        import lance
+
+        lance.dataset(collection.table_url, version=newest, storage_options=storage.object_store_options(hint))
+        return
+    except Exception:
+        pass
+    if newest > dataset.version:
+        readable = ", ".join(str(v["version"]) for v in dataset.versions())
+        raise GeoSANEError(
+            f"{collection.url}: version {newest} (named by {hint}) cannot be opened: its manifest is missing or "
+            f"damaged, and reading on would silently roll back to version {dataset.version}. Readable versions: "
+            f"{readable}; open one with --version N (`geosane collection versions {collection.url}`)"
+        )
 
 
 def data_files(collection: Any, dataset: Any, address: int) -> list[str]:
@@ -92,7 +197,8 @@ def bad_fragment(collection: Any, fragment: Any, detail: str) -> str:
     """
     files = ", ".join(storage.join(collection.table_url, "data", f.path) for f in fragment.data_files())
     try:
-        ids = sorted(set(fragment.to_table(columns=["id"]).column("id").to_pylist()))
+        with native_output_captured():
+            ids = sorted(set(fragment.to_table(columns=["id"]).column("id").to_pylist()))
     except Exception:  # the ids are damaged too: the commit that wrote the file lists them
         ids = committed_ids(collection, fragment)
     held = "model(s) " + ", ".join(ids) if ids else "models whose ids cannot be read either"
@@ -160,7 +266,8 @@ def verify(collection: Any, progress: bool = True) -> list[str]:
         checker.readable = []
         for fragment in dataset.get_fragments():
             try:
-                fragment.to_table()
+                with native_output_captured():
+                    fragment.to_table()
                 checker.readable.append(fragment.fragment_id)
             except Exception as exc:
                 problems.append(bad_fragment(collection, fragment, storage.redact(str(exc).splitlines()[0])))

@@ -62,10 +62,19 @@ def record_value(record: Any, key: str) -> str | None:
     return None if value is None else str(value)
 
 
+def matches(record: Any, key: str, value: str) -> bool:
+    """Whether a record's ``key`` is ``value``; a dataset named without options (``dataset=eurosat_rgb``) matches
+    every variant of it (``eurosat_rgb?classes=0-4``), since options only say which part of the data was used."""
+    found = record_value(record, key)
+    if key == "dataset" and "?" not in value and found is not None:
+        found = found.partition("?")[0]
+    return found == value
+
+
 def select_records(collection: Any, query: dict[str, str]) -> list[Any]:
     """The collection's records that match every key of ``query``; none is an error that says what exists."""
     records = collection.records()
-    chosen = [r for r in records if all(record_value(r, k) == v for k, v in query.items())]
+    chosen = [r for r in records if all(matches(r, k, v) for k, v in query.items())]
     if not chosen:
         existing = {k: sorted({v for r in records if (v := record_value(r, k)) is not None}) for k in query}
         listing = "; ".join(f"{k}: {', '.join(v[:12]) or 'none'}" for k, v in existing.items())

@@ -10,13 +10,14 @@ from typing import Any
 import torch
 
 from geosane.autoencoder import Autoencoder, Latents
+from geosane.errors import GeoSANEError
 from geosane.generation.anchors import Anchor, backbone_weights
 from geosane.generation.config import GenerateConfig
 from geosane.generation.prompt import Prompt, task_model
 from geosane.generation.ranking import TargetData, reestimate_batchnorm, selection_score
 from geosane.generation.sampling import sample_latents
 from geosane.tasks import load_backbone
-from geosane.tokenizer import detokenize, tokenize
+from geosane.tokenizer import detokenize, first_nonfinite, tokenize
 
 __all__ = ["Plan", "is_weight", "make_candidate", "make_ready", "run_candidates", "weight_distance"]
 
@@ -69,6 +70,12 @@ def make_candidate(plan: Plan, index: int) -> tuple[dict[str, torch.Tensor], dic
         latents, chosen = sample_latents(everyone, config.sampling, config.bandwidth, generator)
     tokens = tokenize(plan.anchors[chosen].state_dict, plan.autoencoder.tokenizer)  # its layout and kept tensors
     state_dict = detokenize(plan.autoencoder.decode(latents), tokens.layout, tokens.kept)
+    found = first_nonfinite(state_dict)
+    if found:  # a damaged autoencoder or anchor: say so rather than write weights that compute NaN
+        raise GeoSANEError(
+            f"candidate {index} decoded from {plan.anchors[chosen].name}: tensor {found[0]!r} has {found[1]:,} "
+            f"non-finite value(s) of {found[2]:,}; the autoencoder or the anchor is damaged"
+        )
     anchor = plan.anchors[chosen]
     weights, info = make_ready(plan, state_dict, index)
     return weights, {

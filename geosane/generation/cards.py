@@ -3,6 +3,7 @@ models with their cards, each file to a temporary name first."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
@@ -49,7 +50,7 @@ def base_card(
             "url": autoencoder_url,
             "settings": asdict(plan.autoencoder.config),
             "step": info.get("step"),
-            "trained_on": info.get("collection"),
+            "trained_on": info.get("train", {}).get("collection") or info.get("collection"),
         },
         "collection": collection,
         "anchors": [{"name": a.name, "fitted": a.fitted, **a.record} for a in plan.anchors],
@@ -185,8 +186,10 @@ def write_generated(generated: list[Generated], out: str) -> list[str]:
     written = []
     for item in generated:
         stem = storage.join(out, f"model-{item.card['rank']}")
-        storage.write_bytes(stem + ".safetensors", save(item.state_dict))
-        storage.write_bytes(stem + ".json", json.dumps(item.card, indent=1).encode())
+        weights = save(item.state_dict)
+        card = {**item.card, "weights_sha256": hashlib.sha256(weights).hexdigest()}  # what the card vouches for
+        storage.write_bytes(stem + ".safetensors", weights)
+        storage.write_bytes(stem + ".json", json.dumps(card, indent=1).encode())
         storage.write_bytes(stem + ".md", card_markdown(item.card).encode())
         written.append(stem + ".safetensors")
     return written

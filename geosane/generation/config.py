@@ -16,6 +16,9 @@ if TYPE_CHECKING:  # the command line reads these settings without loading torch
 __all__ = ["SAMPLINGS", "GenerateConfig", "Generated"]
 
 SAMPLINGS = ("joint", "token", "individual")
+#: Beyond this many spreads a kernel draws latents the decoder never saw: the weights are noise, not a model.
+MAX_BANDWIDTH = 10.0
+MAX_CANDIDATES = 1000
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,13 @@ class GenerateConfig:
             raise GeoSANEError(
                 f"need candidates >= 1 and 1 <= top_k <= candidates, got {self.candidates}, {self.top_k}"
             )
-        if self.bandwidth < 0:
-            raise GeoSANEError(f"bandwidth must be >= 0, got {self.bandwidth}")
+        if not 0 <= self.bandwidth <= MAX_BANDWIDTH:  # NaN fails both comparisons
+            raise GeoSANEError(
+                f"bandwidth must be a number between 0 and {MAX_BANDWIDTH:g} (in units of each latent dimension's "
+                f"spread), got {self.bandwidth}"
+            )
+        if self.candidates > MAX_CANDIDATES:
+            raise GeoSANEError(f"candidates must be at most {MAX_CANDIDATES}, got {self.candidates}")
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import field, replace
 from pathlib import Path
@@ -90,6 +91,17 @@ class TrainConfig:
             raise GeoSANEError(f"offload must be one of {OFFLOAD_DEVICES}, got {self.offload!r}")
         if self.offload == "nvme" and self.zero_stage != 3:
             raise GeoSANEError(f"offload 'nvme' needs zero_stage 3, got {self.zero_stage}")
+        if self.workers < 1:
+            raise GeoSANEError(f"workers must be >= 1 (Ray Train workers), got {self.workers}")
+        for name in ("lr", "weight_decay", "noise", "gamma", "temperature", "view_shift", "erase_probability"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise GeoSANEError(f"{name} must be a finite number >= 0, got {value}")
+        if self.lr == 0 or self.temperature == 0 or not 0 < self.val_fraction < 1:
+            raise GeoSANEError(
+                f"lr and temperature must be > 0 and val_fraction in (0, 1), got {self.lr}, {self.temperature}, "
+                f"{self.val_fraction}"
+            )
         if self.steps < 1 or self.checkpoint_every < 1 or self.log_every < 1:
             raise GeoSANEError("steps, checkpoint_every and log_every must be >= 1")
         if self.budget_minutes is not None and self.budget_minutes <= 0:

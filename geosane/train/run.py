@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from dataclasses import asdict, dataclass, replace
@@ -112,6 +113,13 @@ def training_plan(config: TrainConfig, run: str) -> dict[str, Any]:
         raise GeoSANEError(f"{collection.url}: no collection here")
     version = collection.version
     records = Collection(config.collection, version).records()
+    scales = {r.name: (r.token_mean, r.token_std) for r in records}
+    broken = [name for name, scale in scales.items() if not all(math.isfinite(v) for v in scale if v is not None)]
+    if broken:
+        raise GeoSANEError(
+            f"{collection.url}: {len(broken)} model(s) have non-finite weights (their scale is NaN or infinite), "
+            f"e.g. {', '.join(broken[:3])}; training on them gives NaN: collect without them"
+        )
     split = split_models(records, config.val_fraction, config.seed, config.holdout)
     return {
         "collection": config.collection,
@@ -209,6 +217,8 @@ def run_training(config: TrainConfig, progress: bool = True) -> Any:
     config.validate()
     config = replace(config, collection=storage.absolute(config.collection))  # the workers read it too
     run = storage.join(storage.absolute(config.storage), config.name)
+    if storage.within(run, config.collection):
+        raise GeoSANEError(f"--storage {config.storage} puts the run inside the collection {config.collection}")
     plan = training_plan(config, run)  # every refusal comes here, before Ray starts and before anything is written
     final = storage.join(run, "final", "config.json")
     if storage.exists(storage.join(run, SPLIT)) and storage.exists(final):

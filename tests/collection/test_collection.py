@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 
 from geosane import storage
-from geosane.collection import Collection, formats, sources
+from geosane.collection import Collection, collect, formats, model_id, sources
 from geosane.collection.legacy import write_first_layout
 from geosane.collection.sources import ModelSource
 from geosane.errors import GeoSANEError
@@ -364,8 +365,9 @@ def test_first_layout_is_read_and_migrated(tmp_path: Path) -> None:
     assert {p: p.read_bytes() for p in old_files} == old_files, "migrate leaves the old files as they were"
     migrated.add([source_of(timm_state("test_convnext", num_classes=3), "c")], progress=False)
     assert len(Collection(url).records()) == 3
-    with pytest.raises(GeoSANEError, match="already in the table format"):
-        migrated.migrate(progress=False)
+    version = Collection(url).version
+    assert migrated.migrate(progress=False) == 0  # a table with canonical ids: nothing to do, nothing committed
+    assert Collection(url).version == version
 
 
 # ------------------------------------------------------------------------------ buckets and credentials
@@ -389,6 +391,51 @@ def test_credentials_never_reach_a_message(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "SECRET-KEY-VALUE")
     with pytest.raises(GeoSANEError) as info:
         Collection("s3://somewhere/c").add([source_of(timm_state("test_resnet"))], progress=False)
-    message = str(info.value)
-    assert "127.0.0.1" in message and "SECRET" not in message
+    message = str(info.value)  # refused before any request, saying where credentials belong
+    assert "127.0.0.1" in message and "carries credentials" in message and "AWS_ACCESS_KEY_ID" in message
+    assert "SECRET-IN-URL" not in message and "SECRET-KEY-VALUE" not in message
     assert storage.redact("see https://a:b@host/x and s3://k:v@bucket") == "see https://***@host/x and s3://***@bucket"
+
+
+def test_one_model_has_one_id_whatever_its_file_format_or_order(tmp_path: Path) -> None:
+    """A ``.pt``, a ``.safetensors`` and a shuffled-order ``.pt`` of the same weights are one model."""
+    import random
+
+    from safetensors.torch import save_file
+
+    state = timm.create_model("test_resnet", num_classes=3).state_dict()
+    shuffled = list(state.items())
+    random.Random(0).shuffle(shuffled)
+    torch.save(state, tmp_path / "model.pt")
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+    torch.save(dict(shuffled), tmp_path / "shuffled.pt")
+    files = [str(tmp_path / n) for n in ("model.pt", "model.safetensors", "shuffled.pt")]
+    added, named = collect(files, str(tmp_path / "c"), token_size=64, progress=False)
+    assert named == 3 and len(added) == 1
+    assert added[0].id == model_id(dict(shuffled)) == model_id(state)
+
+
+def test_migrate_rewrites_ids_of_the_file_order_keeping_them_as_aliases(tmp_path: Path, monkeypatch) -> None:
+    """A collection of GeoSANE 0.1 (ids hashed in the file's order) gets canonical ids in one commit; the old id
+    still finds the model, exports stay bit-exact, the earlier version reads as it was, and collecting the same
+    model again adds nothing."""
+    from geosane.collection import records as record_module
+
+    url = str(tmp_path / "old")
+    monkeypatch.setattr(record_module, "model_id", record_module.ordered_id)  # collect as 0.1 did
+    collect(["timm:test_resnet?seed=0", "timm:test_resnet?seed=1"], url, token_size=64, progress=False)
+    monkeypatch.undo()
+    old = Collection(url)
+    before = {r.id: old.export(r) for r in old.records()}
+    version = old.version
+    assert old.migrate(progress=False) == 2
+    migrated = Collection(url)
+    assert migrated.version == version + 1
+    for old_id, state in before.items():
+        record = migrated.record(old_id)  # the old id is an alias
+        assert record.id == model_id(state) != old_id and record.aliases == [old_id]
+        assert_bit_exact(state, migrated.export(record))
+    assert {r.id for r in Collection(url, version).records()} == set(before)  # history kept
+    assert collect(["timm:test_resnet?seed=0"], url, progress=False)[0] == []
+    assert Collection(url).migrate(progress=False) == 0  # up to date: nothing committed
+    assert Collection(url).version == version + 1
