@@ -16,7 +16,7 @@ import warnings
 from dataclasses import asdict, fields
 from typing import Any, Sequence
 
-from geosane.config import add_options
+from geosane.config import add_options, version_number
 from geosane.errors import GeoSANEError
 from geosane.storage import RedactingFilter, check_endpoint, redact, refuse_output_inside
 from geosane.version import __version__
@@ -195,12 +195,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     anchors, decode into the prompt's weights, re-estimate BatchNorm on the target data, rank the candidates on
     its selection split and write the top k as safetensors with model cards (JSON, Markdown).
     """
+    from geosane.autoencoder.registry import resolve
     from geosane.generation import GenerateConfig, generate, write_generated
 
     names = [f.name for f in fields(GenerateConfig) if f.name != "prompt"]  # every setting is an option
     settings = {name: getattr(args, name) for name in names}
     refuse_output_inside(args.out, args.collection, args.autoencoder)
-    generated = generate(autoencoder_url(args), args.prompt, progress=not args.quiet, **settings)
+    generated = generate(resolve(args.autoencoder), args.prompt, progress=not args.quiet, **settings)
     for path, item in zip(write_generated(generated, args.out), generated, strict=True):
         selection = item.card["selection"]
         score = f"selection score {selection['score']:.4f}" if isinstance(selection, dict) else selection
@@ -248,6 +249,18 @@ def cmd_bench(args: argparse.Namespace) -> None:
         raise GeoSANEError(f"{len(info['failed'])} trial(s) failed; first: {info['failed'][0]}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve generation over HTTP (Ray Serve).
+
+    POST /generate (generate's settings as JSON), GET /jobs/ID, GET /jobs/ID/FILE; identical requests are
+    answered from storage. Runs until interrupted."""
+    from geosane.serve import ServeConfig, serve
+
+    config = ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
+    print(f"serving {config.autoencoder} at http://{config.host}:{config.port} (results in {config.storage})")
+    serve(config)
+
+
 def cmd_embed(args: argparse.Namespace) -> None:
     """Embed a collection's models and check what the latent space knows.
 
@@ -255,16 +268,17 @@ def cmd_embed(args: argparse.Namespace) -> None:
     k-nearest-neighbour accuracy of those labels against shuffled labels.
     """
     from geosane.autoencoder import Autoencoder
+    from geosane.autoencoder.registry import resolve
     from geosane.collection import Collection
     from geosane.embed import embed_collection, write_embeddings
 
     refuse_output_inside(args.out, args.collection, args.autoencoder)
-    autoencoder = Autoencoder.load(autoencoder_url(args))
+    autoencoder = Autoencoder.load(resolve(args.autoencoder))
     collection = args.collection or autoencoder.info.get("collection")
     if not collection:
-        raise GeoSANEError(f"{autoencoder_url(args)} names no collection: give --collection URL")
+        raise GeoSANEError(f"{resolve(args.autoencoder)} names no collection: give --collection URL")
     embeddings = embed_collection(autoencoder, Collection(collection), progress=not args.quiet)
-    info = {"autoencoder": autoencoder_url(args), "collection": collection}
+    info = {"autoencoder": resolve(args.autoencoder), "collection": collection}
     results = write_embeddings(embeddings, args.out, info)
     rows = [
         (label, f"{r['knn_accuracy']:.3f}", f"{r['shuffled_accuracy']:.3f}", str(r["k"]))
@@ -272,13 +286,6 @@ def cmd_embed(args: argparse.Namespace) -> None:
     ]
     print_table(("label", "kNN accuracy", "shuffled labels", "k"), rows)
     print(f"\nwrote {args.out}/umap.png, knn.json and embeddings.npz ({len(embeddings.ids)} models)")
-
-
-def autoencoder_url(args: argparse.Namespace) -> str:
-    """``--autoencoder``, or the shipped default when it was not given."""
-    from geosane.autoencoder.registry import DEFAULT
-
-    return args.autoencoder or DEFAULT
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
@@ -406,6 +413,12 @@ def add_bench(commands: Any) -> None:
     bench.add_argument("--out", default=None, metavar="DIR", help="results folder (default: STORAGE/NAME-results)")
 
 
+def add_serve(commands: Any) -> None:
+    from geosane.serve import ServeConfig
+
+    add_options(subcommand(commands, cmd_serve), ServeConfig, [f.name for f in fields(ServeConfig)])
+
+
 def add_embed(commands: Any) -> None:
     embed = subcommand(commands, cmd_embed)
     embed.add_argument("--autoencoder", default=None, metavar="URL", help=AUTOENCODER_HELP)
@@ -413,17 +426,6 @@ def add_embed(commands: Any) -> None:
         "--collection", default=None, metavar="URL", help="the models to embed (default: the autoencoder's collection)"
     )
     embed.add_argument("--out", required=True, metavar="DIR")
-
-
-def version_number(text: str) -> int:
-    """A collection version for ``--version``: versions count from 1."""
-    try:
-        number = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a version is a whole number >= 1, got {text!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"versions count from 1 (see `geosane collection versions URL`), got {number}")
-    return number
 
 
 def add_collection(commands: Any) -> None:
@@ -465,7 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, warnings only")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_collect, add_zoo, add_train, add_generate, add_bench, add_embed, add_collection):
+    for add in (add_collect, add_zoo, add_train, add_generate, add_bench, add_embed, add_serve, add_collection):
         add(commands)
     return parser
 

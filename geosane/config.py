@@ -24,7 +24,7 @@ import yaml
 
 from geosane.errors import GeoSANEError
 
-__all__ = ["add_options", "load_config", "option", "settings"]
+__all__ = ["add_options", "load_config", "option", "settings", "version_number"]
 
 T = TypeVar("T")
 
@@ -51,6 +51,17 @@ def option(
         A dataclass field.
     """
     return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+
+
+def version_number(text: str) -> int:
+    """A collection version for ``--version``: versions count from 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a version is a whole number >= 1, got {text!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"versions count from 1 (see `geosane collection versions URL`), got {number}")
+    return number
 
 
 def add_options(

@@ -67,7 +67,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def test_cluster_has_the_manifests_the_deployment_needs() -> None:
     names = {p.name for p in MANIFESTS}
-    assert {"raycluster.yaml", "rayjob-zoo.yaml", "rayjob-train.yaml", "rayjob-bench.yaml"} <= names
+    assert {"raycluster.yaml", "rayjob-zoo.yaml", "rayjob-train.yaml", "rayjob-bench.yaml", "rayservice.yaml"} <= names
     assert (ROOT / "cluster" / "Dockerfile").exists() and (ROOT / "cluster" / "README.md").exists()
 
 
@@ -84,7 +84,10 @@ def test_a_manifest_with_an_unknown_field_or_a_wrong_type_fails(validators: dict
 
 
 def clusters(manifest: dict[str, Any]) -> dict[str, Any]:
-    return manifest["spec"]["rayClusterSpec"] if manifest["kind"] == "RayJob" else manifest["spec"]
+    spec = manifest["spec"]
+    return {"RayJob": spec.get("rayClusterSpec"), "RayService": spec.get("rayClusterConfig")}.get(
+        manifest["kind"], spec
+    )
 
 
 def containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
@@ -185,3 +188,17 @@ def test_no_file_holds_a_credential(path: Path) -> None:
             for variable in container.get("env", []):
                 if re.search(r"SECRET|KEY|TOKEN|PASSWORD", variable["name"]):
                     assert "value" not in variable, f"{variable['name']} is set inline; take it from the Secret"
+
+
+def test_the_service_config_builds_the_geosane_application() -> None:
+    """The RayService's Serve config names GeoSANE's application builder, with settings it accepts."""
+    from geosane.errors import GeoSANEError
+    from geosane.serve import ServeConfig, application
+
+    serve_config = yaml.safe_load(load(ROOT / "cluster" / "rayservice.yaml")["spec"]["serveConfigV2"])
+    (app,) = serve_config["applications"]
+    assert app["import_path"] == "geosane.serve:application" and app["route_prefix"] == "/"
+    assert ServeConfig(**app["args"]).storage.startswith("s3://")
+    assert application(app["args"]) is not None  # binds without starting anything
+    with pytest.raises(GeoSANEError, match="unknown"):
+        application({**app["args"], "replica": 3})

@@ -18,7 +18,7 @@ from typing import Any
 
 from geosane.errors import GeoSANEError
 
-__all__ = ["DEFAULT", "PREFIX", "SHIPPED", "card", "file_hashes", "folder", "is_shipped", "names"]
+__all__ = ["DEFAULT", "PREFIX", "SHIPPED", "card", "file_hashes", "folder", "is_shipped", "names", "resolve"]
 
 PREFIX = "geosane:"
 #: What ``generate``, ``embed`` and ``bench`` use when no autoencoder is named.
@@ -31,6 +31,11 @@ ANCHORS = "anchors"
 def names() -> list[str]:
     """The shipped autoencoders, as ``geosane:NAME``."""
     return sorted(PREFIX + p.parent.name for p in SHIPPED.glob(f"*/{CARD}"))
+
+
+def resolve(url: str | None) -> str:
+    """``url``, or the shipped default (:data:`DEFAULT`) where none is given."""
+    return url or DEFAULT
 
 
 def is_shipped(url: str) -> bool:

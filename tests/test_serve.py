@@ -1,0 +1,125 @@
+"""Generation on demand: requests are checked at once (422 naming the field), queued within bounds (429), answered
+from storage when identical, and the served weights equal the library's for the same seed, over real HTTP on
+127.0.0.1 through Ray Serve."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load as load_safetensors
+
+import geosane
+from geosane.serve import GenerationService, ServeConfig, parse_request
+
+from .helpers import free_port
+
+REQUEST = {"prompt": "timm:test_resnet?num_classes=5", "candidates": 2, "seed": 3}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**REQUEST, "bandwidth": -1}, "bandwidth"),
+        ({**REQUEST, "bandwidth": "wide"}, "bandwidth"),
+        ({**REQUEST, "candidates": 10_000}, "candidates"),
+        ({**REQUEST, "sampling": "nearest"}, "sampling"),
+        ({**REQUEST, "colour": "red"}, "colour"),
+        ({"seed": 1}, "prompt"),
+        ({**REQUEST, "prompt": "timm:no_such_net"}, "prompt"),
+        ([1, 2], "(body)"),
+    ],
+)
+def test_a_bad_request_is_refused_naming_its_field(body, field) -> None:
+    status, answer = parse_request(body, max_candidates=16)
+    assert status == 422 and answer["field"] == field and answer["reason"]
+
+
+def test_a_good_request_becomes_the_generation_settings() -> None:
+    config = parse_request({**REQUEST, "bandwidth": 0}, max_candidates=16)  # an integer where a number is asked
+    assert config.prompt == REQUEST["prompt"] and config.bandwidth == 0.0 and config.candidates == 2
+
+
+def wait_done(service: GenerationService, job: str) -> dict:
+    for _ in range(600):
+        state = service.state(job)
+        if state["state"] in ("done", "failed"):
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"job {job} did not finish")
+
+
+def test_identical_requests_are_answered_from_storage_with_the_librarys_weights(tmp_path: Path) -> None:
+    service = GenerationService(ServeConfig(storage=str(tmp_path / "jobs")))
+    status, answer = service.submit(dict(REQUEST))
+    assert status == 202 and answer["state"] == "queued"
+    state = wait_done(service, answer["id"])
+    assert state["state"] == "done", state
+    served = load_safetensors(service.read(answer["id"], "model-1.safetensors"))
+    (expected,) = geosane.generate("geosane:small", REQUEST["prompt"], use_ray=False, candidates=2, seed=3)
+    assert served.keys() == expected.state_dict.keys()
+    assert all(bool((served[k] == expected.state_dict[k]).all()) for k in served)
+    again, cached = service.submit(dict(REQUEST))
+    assert again == 200 and cached["cached"] and cached["id"] == answer["id"]
+    assert service.counts["jobs_run"] == 1 and service.counts["cache_hits"] == 1
+    other = GenerationService(ServeConfig(storage=str(tmp_path / "jobs")))  # a new replica finds it in storage
+    assert other.submit(dict(REQUEST))[0] == 200
+    assert service.read(answer["id"], "../../etc/passwd") is None
+
+
+def test_a_full_queue_is_refused_with_429(tmp_path: Path, monkeypatch) -> None:
+    service = GenerationService(ServeConfig(storage=str(tmp_path / "jobs"), max_queue=1))
+    release = threading.Event()
+    monkeypatch.setattr(service, "run", lambda job, config: release.wait(30))
+    assert service.submit(dict(REQUEST))[0] == 202
+    assert service.submit(dict(REQUEST))[0] == 202  # the same job again: not a second one
+    status, answer = service.submit({**REQUEST, "seed": 4})
+    assert status == 429 and "queue is full" in answer["error"]
+    release.set()
+
+
+def http(method: str, url: str, body: dict | None = None) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_the_service_answers_over_http(ray_session, tmp_path: Path) -> None:
+    from ray import serve as ray_serve
+
+    from geosane.serve import serve
+
+    port = free_port()
+    serve(ServeConfig(storage=str(tmp_path / "jobs"), port=port), blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status, body = http("GET", f"{base}/healthz")
+        assert status == 200 and json.loads(body)["autoencoder"] == "geosane:small"
+        status, body = http("POST", f"{base}/generate", {**REQUEST, "bandwidth": -1})
+        assert status == 422 and json.loads(body).get("field") == "bandwidth", body
+        status, body = http("POST", f"{base}/generate", REQUEST)
+        assert status == 202
+        job = json.loads(body)["id"]
+        for _ in range(300):
+            state = json.loads(http("GET", f"{base}/jobs/{job}")[1])
+            if state["state"] in ("done", "failed"):
+                break
+            time.sleep(0.2)
+        assert state["state"] == "done", state
+        status, weights = http("GET", f"{base}/jobs/{job}/model-1.safetensors")
+        assert status == 200 and load_safetensors(weights)
+        card = json.loads(http("GET", f"{base}/jobs/{job}/model-1.json")[1])
+        assert card["seed"] == 3 and card["autoencoder"]["url"] == "geosane:small"
+        assert http("GET", f"{base}/jobs/{job}/nothing.bin")[0] == 404
+        assert json.loads(http("POST", f"{base}/generate", REQUEST)[1])["cached"] is True
+    finally:
+        ray_serve.shutdown()
