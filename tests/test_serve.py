@@ -123,3 +123,19 @@ def test_the_service_answers_over_http(ray_session, tmp_path: Path) -> None:
         assert json.loads(http("POST", f"{base}/generate", REQUEST)[1])["cached"] is True
     finally:
         ray_serve.shutdown()
+
+
+def test_a_job_cut_short_is_redone_and_a_finished_one_survives_its_replica(tmp_path: Path) -> None:
+    """A replica killed mid-job leaves files but no ``job.json``: the job is not done, and a new replica redoes it;
+    once done, any new replica serves it from storage."""
+    first = GenerationService(ServeConfig(storage=str(tmp_path / "jobs")))
+    job = first.job_id(parse_request(dict(REQUEST), 16))
+    folder = tmp_path / "jobs" / job
+    folder.mkdir(parents=True)
+    (folder / "model-1.safetensors").write_bytes(b"half a file")  # what a killed replica left
+    assert first.state(job)["state"] == "unknown" and first.read(job, "model-1.safetensors") is None
+    status, _ = first.submit(dict(REQUEST))
+    assert status == 202 and wait_done(first, job)["state"] == "done"
+    assert load_safetensors(first.read(job, "model-1.safetensors"))  # rewritten whole
+    replacement = GenerationService(ServeConfig(storage=str(tmp_path / "jobs")))
+    assert replacement.submit(dict(REQUEST))[0] == 200 and replacement.counts["jobs_run"] == 0
