@@ -91,6 +91,8 @@ def parse_request(body: Any, max_candidates: int) -> GenerateConfig | tuple[int,
             expected = str
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if value is None and defaults[name] is not None:
+            return request_error(name, "must not be null")
         if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
             return request_error(name, f"expected {expected.__name__}, got {type(value).__name__}")
         body = {**body, name: value}

@@ -29,6 +29,8 @@ REQUEST = {"prompt": "timm:test_resnet?num_classes=5", "candidates": 2, "seed": 
         ({**REQUEST, "bandwidth": "wide"}, "bandwidth"),
         ({**REQUEST, "candidates": 10_000}, "candidates"),
         ({**REQUEST, "sampling": "nearest"}, "sampling"),
+        ({**REQUEST, "bandwidth": None}, "bandwidth"),
+        ({**REQUEST, "seed": True}, "seed"),
         ({**REQUEST, "colour": "red"}, "colour"),
         ({"seed": 1}, "prompt"),
         ({**REQUEST, "prompt": "timm:no_such_net"}, "prompt"),
