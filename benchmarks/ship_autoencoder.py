@@ -264,9 +264,8 @@ def build(run: str, name: str, skip: list[str], max_mb: float) -> Path:
         "datasets": datasets_learned(records),
         "software": geosane.software_versions(),
     }
-    card["files"] = registry.file_hashes(staging)
     (staging / "CARD.md").write_text(card_markdown(card))
-    card["files"] = registry.file_hashes(staging)
+    card["files"] = registry.file_hashes(staging)  # every file but the card, CARD.md included
     (staging / registry.CARD).write_text(json.dumps(card, indent=1, default=str))
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     if size > max_mb * 1e6:

@@ -216,14 +216,11 @@ def cmd_bench(args: argparse.Namespace) -> None:
     table of every trial and epoch, a Markdown summary, convergence curves and TensorBoard logs. Tasks marked
     held_out are checked against the collection first.
     """
-    from geosane.autoencoder.registry import is_shipped
     from geosane.bench import BenchConfig, run_bench, verdict, write_results
 
     config = BenchConfig.from_yaml(args.config)
     name = args.name or config.name
-    refuse_output_inside(
-        args.out or args.storage, config.collection, None if is_shipped(config.autoencoder) else config.autoencoder
-    )
+    refuse_output_inside(args.out or args.storage, config.collection, config.autoencoder)
     results = run_bench(config, args.storage, name, resume=args.resume, progress=not args.quiet)
     out = args.out or f"{args.storage.rstrip('/')}/{name}-results"
     info = write_results(results, config, out, name)
@@ -273,12 +270,13 @@ def cmd_embed(args: argparse.Namespace) -> None:
     from geosane.embed import embed_collection, write_embeddings
 
     refuse_output_inside(args.out, args.collection, args.autoencoder)
-    autoencoder = Autoencoder.load(resolve(args.autoencoder))
+    url = resolve(args.autoencoder)
+    autoencoder = Autoencoder.load(url)
     collection = args.collection or autoencoder.info.get("collection")
     if not collection:
-        raise GeoSANEError(f"{resolve(args.autoencoder)} names no collection: give --collection URL")
+        raise GeoSANEError(f"{url} names no collection: give --collection URL")
     embeddings = embed_collection(autoencoder, Collection(collection), progress=not args.quiet)
-    info = {"autoencoder": resolve(args.autoencoder), "collection": collection}
+    info = {"autoencoder": url, "collection": collection}
     results = write_embeddings(embeddings, args.out, info)
     rows = [
         (label, f"{r['knn_accuracy']:.3f}", f"{r['shuffled_accuracy']:.3f}", str(r["k"]))

@@ -114,13 +114,21 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
     fine_tune(model, context, report, resume)
 
 
-def collection_of(config: BenchConfig) -> dict[str, Any]:
-    """The collection the sweep reads, pinned at its current version (every trial sees the same models)."""
+def collection_of(config: BenchConfig, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The collection the sweep reads, pinned at its current version (every trial sees the same models).
+
+    Args:
+        config: the sweep.
+        info: the autoencoder's ``info``, where it is loaded already.
+
+    Returns:
+        The collection's URL and version (both None where there is none).
+    """
     from geosane.collection import Collection
 
     url = config.collection
     if not url:
-        info = Autoencoder.load(config.autoencoder).info
+        info = Autoencoder.load(config.autoencoder).info if info is None else info
         url = info.get("collection") or info.get("train", {}).get("collection")
     if not url:
         return {"collection": None, "version": None}
@@ -172,8 +180,8 @@ def run_bench(
         raise GeoSANEError(f"a sweep named {name} exists in {storage}: pass --resume to continue it, or another --name")
     if resume and not exists:
         log.info("nothing to resume at %s: starting the sweep %s afresh", experiment, name)
-    Autoencoder.load(config.autoencoder)  # a missing or damaged autoencoder fails here, before Ray starts
-    collection = collection_of(config)
+    autoencoder = Autoencoder.load(config.autoencoder)  # a missing or damaged one fails here, before Ray starts
+    collection = collection_of(config, autoencoder.info)
     held_out = check_held_out(config, collection)
     data = {
         index: load_task(task.data, config.data_root, task.train_limit, task.selection_limit, task.test_limit)

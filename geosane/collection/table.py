@@ -75,12 +75,12 @@ class Collection:
         self.pinned = version
         self.readable: list[int] | None = None  # set by verify: read only these fragments (the others are damaged)
         self.damaged: list[str] = []  # the data files the last read had to leave out, each with its models
+        self.latest_checked: int | None = None  # the latest version already checked against the version hint
 
     # ----------------------------------------------------------------------------------------- reading
 
     def dataset(self, check_latest: bool = True) -> Any:
-        """The Lance dataset at the pinned version (or the latest, refused if a newer one cannot be opened: see
-        :func:`~geosane.collection.verify.check_latest`); None where there is no table."""
+        """The Lance dataset at the pinned version or the latest (:func:`.verify.check_latest`); None: no table."""
         import lance
 
         options = storage.object_store_options(self.table_url)
@@ -95,8 +95,9 @@ class Collection:
                         f"{self.url}: no version {self.pinned} (see `geosane collection versions`)"
                     ) from exc
                 raise
-        if self.pinned is None and check_latest:
-            checks.check_latest(self, dataset)
+        if self.pinned is None and check_latest and dataset.version != self.latest_checked:
+            checks.check_latest(self, dataset)  # once per version opened: every read opens the dataset
+            self.latest_checked = dataset.version
         return dataset
 
     def _legacy(self) -> bool:
@@ -490,9 +491,8 @@ class Collection:
             )
 
     def migrate(self, progress: bool = True) -> int:
-        """Bring a collection up to date: the first layout copied into the table format
-        (:func:`geosane.collection.legacy.migrate`), then ids that followed the file's tensor order rewritten in one
-        commit (:func:`geosane.collection.legacy.rewrite_ids`). Returns how many models changed."""
+        """Bring a collection up to date (:func:`.legacy.migrate` from the first layout, then
+        :func:`.legacy.rewrite_ids` for ids in the file's tensor order); returns how many models changed."""
         copied = legacy.migrate(self, progress) if self.dataset() is None else 0
         return max(copied, legacy.rewrite_ids(self, progress))
 

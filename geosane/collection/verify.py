@@ -133,20 +133,17 @@ def check_latest(collection: Any, dataset: Any) -> None:
         return
     if newest <= dataset.version:
         return
-    try:  # another writer may have committed since the dataset was opened: then the newer version opens
-        import lance
+    import lance
 
+    try:  # another writer may have committed since the dataset was opened: then the newer version opens
         lance.dataset(collection.table_url, version=newest, storage_options=storage.object_store_options(hint))
-        return
     except Exception:
-        pass
-    if newest > dataset.version:
         readable = ", ".join(str(v["version"]) for v in dataset.versions())
         raise GeoSANEError(
             f"{collection.url}: version {newest} (named by {hint}) cannot be opened: its manifest is missing or "
             f"damaged, and reading on would silently roll back to version {dataset.version}. Readable versions: "
             f"{readable}; open one with --version N (`geosane collection versions {collection.url}`)"
-        )
+        ) from None
 
 
 def data_files(collection: Any, dataset: Any, address: int) -> list[str]:

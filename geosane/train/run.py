@@ -113,8 +113,8 @@ def training_plan(config: TrainConfig, run: str) -> dict[str, Any]:
         raise GeoSANEError(f"{collection.url}: no collection here")
     version = collection.version
     records = Collection(config.collection, version).records()
-    scales = {r.name: (r.token_mean, r.token_std) for r in records}
-    broken = [name for name, scale in scales.items() if not all(math.isfinite(v) for v in scale if v is not None)]
+    scales = [(r.name, (r.token_mean, r.token_std)) for r in records]  # names repeat: every record is checked
+    broken = [name for name, scale in scales if not all(math.isfinite(v) for v in scale if v is not None)]
     if broken:
         raise GeoSANEError(
             f"{collection.url}: {len(broken)} model(s) have non-finite weights (their scale is NaN or infinite), "
