@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     from geosane.config import load_config
     from geosane.errors import GeoSANEError
     from geosane.generation import GenerateConfig, Generated, generate
-    from geosane.tokenizer import Layout, Scale, TokenizerConfig, Tokens, detokenize, tokenize
+    from geosane.scale import Scale
+    from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
     from geosane.train import TrainConfig, run_training
     from geosane.zoo import ZooConfig, run_zoo
 
@@ -67,7 +68,7 @@ EXPORTS = {
     "Autoencoder": "geosane.autoencoder",
     "AutoencoderConfig": "geosane.autoencoder",
     "Latents": "geosane.autoencoder",
-    "Scale": "geosane.tokenizer",
+    "Scale": "geosane.scale",
     "generate": "geosane.generation",
     "Generated": "geosane.generation",
     "GenerateConfig": "geosane.generation",

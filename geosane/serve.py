@@ -10,6 +10,9 @@ A job's id is a hash of everything its result depends on (autoencoder, its colle
 the seed), so an identical request is answered from storage without recomputing. Results are written to
 ``storage/<id>/`` file by file under temporary names, ``job.json`` last: a job is done exactly when its
 ``job.json`` is there, so a replica killed mid-job loses no finished result and a retried job redoes only its own.
+A replica keeps the fitted, encoded anchors of its last few generations (:class:`~geosane.generation.AnchorCache`):
+a request that changes only the sampling, bandwidth or candidate count encodes nothing again. Ray exports the
+service's metrics (:class:`Metrics`, and Ray Serve's own) to Prometheus.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import logging
 import posixpath
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -27,11 +31,12 @@ from geosane import storage
 from geosane.autoencoder.registry import DEFAULT
 from geosane.config import option
 from geosane.errors import GeoSANEError
-from geosane.generation import GenerateConfig
+from geosane.generation import AnchorCache, GenerateConfig
 
 __all__ = [
     "REQUEST_FIELDS",
     "GenerationService",
+    "Metrics",
     "ServeConfig",
     "application",
     "build_app",
@@ -58,6 +63,7 @@ class ServeConfig:
     gpus_per_replica: float = option(0.0, "GPUs each replica reserves")
     max_queue: int = option(8, "jobs queued or running per replica; more are refused with 429")
     max_candidates: int = option(16, "the most candidates one request may ask for")
+    anchor_cache: int = option(4, "generations whose fitted, encoded anchors a replica keeps for the next requests")
     host: str = option("127.0.0.1", "address the HTTP proxy listens on (0.0.0.0 in a cluster)")
     port: int = option(8000, "HTTP port")
 
@@ -113,6 +119,42 @@ def parse_request(body: Any, max_candidates: int) -> GenerateConfig | tuple[int,
     return config
 
 
+class Metrics:
+    """The service's own Prometheus metrics, exported by Ray's metrics agent beside Ray Serve's (requests and
+    latencies per route): requests by answer, generation jobs by outcome and their duration. Outside Ray (the
+    service used in-process), nothing is recorded."""
+
+    def __init__(self) -> None:
+        import sys
+
+        self.enabled = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        if self.enabled:
+            from ray.util.metrics import Counter, Histogram
+
+            self.requests = Counter("geosane_requests", "generation requests, by HTTP answer", tag_keys=("status",))
+            self.jobs = Counter("geosane_jobs", "generation jobs run, by outcome", tag_keys=("outcome",))
+            self.seconds = Histogram(
+                "geosane_job_seconds", "seconds a generation job took", boundaries=[1, 5, 15, 30, 60, 120, 300, 900]
+            )
+
+    def request(self, status: int) -> None:
+        """One request answered with ``status``."""
+        if self.enabled:
+            self.requests.inc(tags={"status": str(status)})
+
+    def job(self, outcome: str, seconds: float | None = None) -> None:
+        """One job finished (``done``, with its duration) or ``failed``.
+
+        Args:
+            outcome: ``done`` or ``failed``.
+            seconds: how long it took.
+        """
+        if self.enabled:
+            self.jobs.inc(tags={"outcome": outcome})
+            if seconds is not None:
+                self.seconds.observe(seconds)
+
+
 class GenerationService:
     """The service without HTTP: the autoencoder, a queue of jobs run one at a time, and the results in storage."""
 
@@ -125,7 +167,9 @@ class GenerationService:
         collection = self.autoencoder.info.get("collection")
         self.collection_version = Collection(collection).version if collection else None
         self.jobs: dict[str, dict[str, Any]] = {}  # this replica's queued, running and failed jobs
-        self.counts = {"requests": 0, "cache_hits": 0, "jobs_run": 0, "rejected": 0}
+        self.anchors = AnchorCache(config.anchor_cache)  # a new seed or bandwidth reuses the encoded anchors
+        self.counts = {"requests": 0, "cache_hits": 0, "jobs_run": 0, "rejected": 0, "anchor_cache_hits": 0}
+        self.metrics = Metrics()
         self.lock = threading.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1)  # one job at a time: it uses the replica's CPUs
 
@@ -147,6 +191,12 @@ class GenerationService:
         Returns:
             HTTP status and the answer.
         """
+        status, answer = self.answer(body)
+        self.metrics.request(status)
+        return status, answer
+
+    def answer(self, body: Any) -> tuple[int, dict[str, Any]]:
+        """:meth:`submit`'s answer."""
         with self.lock:
             self.counts["requests"] += 1
         parsed = parse_request(body, self.config.max_candidates)
@@ -180,7 +230,8 @@ class GenerationService:
         self.jobs[job] = {"state": "running"}
         try:
             settings = {k: v for k, v in asdict(config).items() if k != "prompt"}
-            generated = generate(self.autoencoder, config.prompt, use_ray=False, **settings)
+            started = time.perf_counter()
+            generated = generate(self.autoencoder, config.prompt, use_ray=False, cache=self.anchors, **settings)
             written = write_generated(generated, self.folder(job))
             stems = [posixpath.basename(w).removesuffix(".safetensors") for w in written]
             summary = {
@@ -193,10 +244,13 @@ class GenerationService:
             storage.write_bytes(storage.join(self.folder(job), JOB), json.dumps(summary, indent=1).encode())
             with self.lock:
                 self.counts["jobs_run"] += 1
+                self.counts["anchor_cache_hits"] = self.anchors.hits
                 self.jobs.pop(job, None)
+            self.metrics.job("done", time.perf_counter() - started)
         except Exception as exc:  # the job fails, the service does not
             log.exception("job %s failed", job)
             self.jobs[job] = {"state": "failed", "error": storage.redact(str(exc))}
+            self.metrics.job("failed")
 
     def state(self, job: str) -> dict[str, Any]:
         """A job's state: from storage when done, else from this replica."""

@@ -34,13 +34,17 @@ __all__ = [
     "Layout",
     "LayerEntry",
     "KeptEntry",
-    "Scale",
     "TokenizerConfig",
     "Tokens",
+    "block_tensors",
+    "block_valid",
+    "check_kept",
     "detokenize",
+    "fill_block",
     "first_nonfinite",
     "plan_layout",
     "prefix_mask",
+    "token_positions",
     "tokenize",
 ]
 
@@ -185,6 +189,23 @@ class Tokens:
         """``[N, T]`` booleans, True for real values."""
         return prefix_mask(self.valid, self.layout.token_size)
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the whole model."""
+        return len(self.tokens)
+
+    def rows(self, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tokens ``first..last-1``: values, positions and real values per token (as ``geosane.streaming`` reads).
+
+        Args:
+            first: the first token.
+            last: one past the last token.
+
+        Returns:
+            Values ``[k, T]``, positions ``[k, 3]`` and counts ``[k]``.
+        """
+        return self.tokens[first:last], self.positions[first:last], self.valid[first:last]
+
 
 def first_nonfinite(state_dict: dict[str, Any]) -> tuple[str, int, int] | None:
     """The first floating-point tensor with NaN or infinite values: its name, how many, of how many; None if none.
@@ -312,22 +333,98 @@ def plan_layout(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig 
     return Layout(config.token_size, config.mode, tuple(state_dict), tuple(layers), kept)
 
 
-def _layer_matrix(tokens: torch.Tensor, layer: LayerEntry, layout: Layout) -> torch.Tensor:
-    """A ``[rows, cols]`` view of the layer's values inside the token buffer (bias column included)."""
-    size = layout.token_size
-    block = tokens[layer.start : layer.start + layer.count]
-    if layout.mode == "dense":
+def _layer_matrix(block: torch.Tensor, layer: LayerEntry, mode: str) -> torch.Tensor:
+    """A ``[rows, cols]`` view of a layer's values inside its ``[count, T]`` block of tokens (bias column included)."""
+    if mode == "dense":
         return block.reshape(-1)[: layer.rows * layer.cols].view(layer.rows, layer.cols)
-    per_row = layer.count // layer.rows
-    return block.reshape(layer.rows, per_row * size)[:, : layer.cols]
+    return block.reshape(layer.rows, -1)[:, : layer.cols]
 
 
-def _padding(tokens: torch.Tensor, layer: LayerEntry, layout: Layout) -> torch.Tensor:
+def _padding(block: torch.Tensor, layer: LayerEntry, mode: str) -> torch.Tensor:
     """A view of the layer's padding: the tail of its last token (dense) or of each row's last token."""
-    block = tokens[layer.start : layer.start + layer.count]
-    if layout.mode == "dense":
+    if mode == "dense":
         return block.reshape(-1)[layer.rows * layer.cols :]
     return block.reshape(layer.rows, -1)[:, layer.cols :]
+
+
+def fill_block(block: torch.Tensor, layer: LayerEntry, mode: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Write one layer's weight (and bias) into its ``[count, T]`` block of tokens, padding zeroed: the one place
+    where values become tokens, for a whole model (:func:`tokenize`) and a layer at a time (``geosane.streaming``).
+
+    Args:
+        block: the layer's ``[count, T]`` float32 tokens, written in place.
+        layer: the layer.
+        mode: the tokenizer mode.
+        state_dict: the model's tensors.
+    """
+    matrix = _layer_matrix(block, layer, mode)
+    weight = state_dict[layer.name].detach().reshape(layer.rows, -1)
+    if layer.bias:
+        matrix[:, :-1].copy_(weight)
+        matrix[:, -1].copy_(state_dict[layer.bias].detach())
+    else:
+        matrix.copy_(weight)
+    _padding(block, layer, mode).zero_()
+
+
+def block_valid(layer: LayerEntry, layout: Layout) -> torch.Tensor:
+    """Real values per token of one layer's ``[count]`` tokens (a prefix of each token).
+
+    Args:
+        layer: the layer.
+        layout: the model's layout.
+
+    Returns:
+        ``[count]`` int64.
+    """
+    size = layout.token_size
+    if layout.mode == "dense":
+        valid = torch.full((layer.count,), size, dtype=torch.int64)
+        valid[-1] = layer.rows * layer.cols - (layer.count - 1) * size
+        return valid
+    per_row = layer.count // layer.rows
+    row_valid = torch.full((per_row,), size, dtype=torch.int64)
+    row_valid[-1] = layer.cols - (per_row - 1) * size
+    return row_valid.repeat(layer.rows)
+
+
+def block_tensors(block: torch.Tensor, layer: LayerEntry, mode: str) -> dict[str, torch.Tensor]:
+    """One layer's weight (and bias) rebuilt from its ``[count, T]`` block of tokens, in the layer's dtypes: the one
+    place where tokens become values again, for :func:`detokenize` and ``geosane.streaming``.
+
+    Args:
+        block: the layer's tokens (float32; padding is ignored).
+        layer: the layer.
+        mode: the tokenizer mode.
+
+    Returns:
+        ``{weight name: weight}``, with ``{bias name: bias}`` when the layer has one.
+    """
+    matrix = _layer_matrix(block, layer, mode)
+    weight = torch.empty(layer.shape, dtype=dtype_from_name(layer.dtype))
+    if not layer.bias:
+        weight.view(layer.rows, -1).copy_(matrix)
+        return {layer.name: weight}
+    weight.view(layer.rows, -1).copy_(matrix[:, :-1])
+    bias = torch.empty(layer.rows, dtype=dtype_from_name(layer.bias_dtype or "float32"))
+    return {layer.name: weight, layer.bias: bias.copy_(matrix[:, -1])}
+
+
+def token_positions(layout: Layout, first: int, last: int) -> torch.Tensor:
+    """``[last - first, 3]`` positions (global index, layer index, index within layer) of tokens ``first..last-1``.
+
+    Args:
+        layout: the model's layout.
+        first: the first token.
+        last: one past the last token.
+
+    Returns:
+        The positions, int64.
+    """
+    starts = torch.tensor([layer.start for layer in layout.layers], dtype=torch.int64)
+    index = torch.arange(first, last, dtype=torch.int64)
+    layer_index = torch.searchsorted(starts, index, right=True) - 1
+    return torch.stack([index, layer_index, index - starts[layer_index]], dim=1)
 
 
 def tokenize(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Tokens:
@@ -341,36 +438,33 @@ def tokenize(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = T
         Tokens, real values per token, positions, layout and kept tensors.
     """
     layout = plan_layout(state_dict, config)
-    size = config.token_size
     n = layout.num_tokens
-    tokens = torch.empty(n, size, dtype=torch.float32)
+    tokens = torch.empty(n, config.token_size, dtype=torch.float32)
     valid = torch.empty(n, dtype=torch.int64)  # real values per token; the mask is a prefix of this length
-    layer_index = torch.empty(n, dtype=torch.int64)
-    layer_start = torch.empty(n, dtype=torch.int64)
-    for index, layer in enumerate(layout.layers):
-        matrix = _layer_matrix(tokens, layer, layout)
-        weight = state_dict[layer.name].detach().reshape(layer.rows, -1)
-        if layer.bias:
-            matrix[:, :-1].copy_(weight)
-            matrix[:, -1].copy_(state_dict[layer.bias].detach())
-        else:
-            matrix.copy_(weight)
-        _padding(tokens, layer, layout).zero_()
+    for layer in layout.layers:
         span = slice(layer.start, layer.start + layer.count)
-        layer_index[span] = index
-        layer_start[span] = layer.start
-        if config.mode == "dense":
-            valid[span] = size
-            valid[layer.start + layer.count - 1] = layer.rows * layer.cols - (layer.count - 1) * size
-        else:
-            per_row = layer.count // layer.rows
-            row_valid = torch.full((per_row,), size, dtype=torch.int64)
-            row_valid[-1] = layer.cols - (per_row - 1) * size
-            valid[span] = row_valid.repeat(layer.rows)
-    global_index = torch.arange(n)
-    positions = torch.stack([global_index, layer_index, global_index - layer_start], dim=1)
+        fill_block(tokens[span], layer, config.mode, state_dict)
+        valid[span] = block_valid(layer, layout)
     kept = {entry.name: state_dict[entry.name] for entry in layout.kept}
-    return Tokens(tokens, valid, positions, layout, kept)
+    return Tokens(tokens, valid, token_positions(layout, 0, n), layout, kept)
+
+
+def check_kept(layout: Layout, kept: Mapping[str, torch.Tensor]) -> None:
+    """Refuse kept tensors that are missing or do not fit the layout, naming the first (shape and dtype).
+
+    Args:
+        layout: the model's layout.
+        kept: the tensors it keeps as they are.
+    """
+    for entry in layout.kept:
+        if entry.name not in kept:
+            raise GeoSANEError(f"kept tensor {entry.name!r} ({entry.reason}) is missing")
+        value = kept[entry.name]
+        if tuple(value.shape) != entry.shape or dtype_name(value.dtype) != entry.dtype:
+            raise GeoSANEError(
+                f"kept tensor {entry.name!r}: expected shape {entry.shape} {entry.dtype}, "
+                f"got {tuple(value.shape)} {dtype_name(value.dtype)}"
+            )
 
 
 def detokenize(
@@ -397,70 +491,8 @@ def detokenize(
         raise GeoSANEError(f"tokens have shape {tuple(tokens.shape)}, layout expects {expected}")
     tokens = tokens.to(torch.float32)
     kept = kept or {}
-    rebuilt: dict[str, torch.Tensor] = {}
+    check_kept(layout, kept)
+    rebuilt: dict[str, torch.Tensor] = {entry.name: kept[entry.name] for entry in layout.kept}
     for layer in layout.layers:
-        matrix = _layer_matrix(tokens, layer, layout)
-        weight = torch.empty(layer.shape, dtype=dtype_from_name(layer.dtype))
-        if layer.bias:
-            weight.view(layer.rows, -1).copy_(matrix[:, :-1])
-            bias = torch.empty(layer.rows, dtype=dtype_from_name(layer.bias_dtype or "float32"))
-            rebuilt[layer.bias] = bias.copy_(matrix[:, -1])
-        else:
-            weight.view(layer.rows, -1).copy_(matrix)
-        rebuilt[layer.name] = weight
-    for entry in layout.kept:
-        if entry.name not in kept:
-            raise GeoSANEError(f"kept tensor {entry.name!r} ({entry.reason}) is missing")
-        value = kept[entry.name]
-        if tuple(value.shape) != entry.shape or dtype_name(value.dtype) != entry.dtype:
-            raise GeoSANEError(
-                f"kept tensor {entry.name!r}: expected shape {entry.shape} {entry.dtype}, "
-                f"got {tuple(value.shape)} {dtype_name(value.dtype)}"
-            )
-        rebuilt[entry.name] = value
+        rebuilt.update(block_tensors(tokens[layer.start : layer.start + layer.count], layer, layout.mode))
     return {key: rebuilt[key] for key in layout.keys}
-
-
-# ------------------------------------------------------------------------------ standardization
-
-
-@dataclass(frozen=True)
-class Scale:
-    """The standardization rule, in this one place: a model's token values pass through the network as
-    ``(x - mean) / std``, with the mean and (unbiased) standard deviation of the model's real values. The collection
-    stores each model's scale (computed here at collect time), training windows carry their model's, and encoding a
-    model computes it; decoding restores the scale the encoder removed."""
-
-    mean: torch.Tensor  # 0-dimensional for one model; one per window ([B, 1, 1]) in a training batch
-    std: torch.Tensor
-
-    @classmethod
-    def of(cls, values: torch.Tensor, valid: torch.Tensor) -> Scale:
-        """The scale of ``values`` ``[..., T]`` whose first ``valid`` entries per token are real (float64 sums).
-
-        Args:
-            values: ``[..., T]`` token values.
-            valid: real values per token.
-
-        Returns:
-            The mean and the (unbiased) standard deviation of the real values.
-        """
-        rows, counts = values.reshape(-1, values.shape[-1]), valid.reshape(-1)
-        total = torch.zeros((), dtype=torch.float64, device=values.device)
-        squares, real = total.clone(), int(counts.sum())
-        for first in range(0, len(rows), ROWS_PER_PASS):
-            chunk = rows[first : first + ROWS_PER_PASS].double()
-            chunk = chunk * prefix_mask(counts[first : first + ROWS_PER_PASS], values.shape[-1])
-            total += chunk.sum()
-            squares += chunk.square().sum()
-        mean = total / max(real, 1)
-        variance = (squares - real * mean.square()) / (real - 1) if real > 1 else torch.ones_like(mean)
-        return cls(mean.float(), variance.clamp_min(0).sqrt().float().clamp_min(1e-8))
-
-    def apply(self, values: torch.Tensor) -> torch.Tensor:
-        """Values in standardized units."""
-        return (values - self.mean) / self.std
-
-    def restore(self, values: torch.Tensor) -> torch.Tensor:
-        """Standardized values back in the model's units."""
-        return values * self.std + self.mean

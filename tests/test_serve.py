@@ -74,6 +74,27 @@ def test_identical_requests_are_answered_from_storage_with_the_librarys_weights(
     assert service.read(answer["id"], "../../etc/passwd") is None
 
 
+def test_a_request_that_changes_only_the_sampling_reuses_the_encoded_anchors(tmp_path: Path, monkeypatch) -> None:
+    service = GenerationService(ServeConfig(storage=str(tmp_path / "jobs")))
+    encodes = []
+    encode = service.autoencoder.encode
+    monkeypatch.setattr(service.autoencoder, "encode", lambda tokens: encodes.append(1) or encode(tokens))
+    first = service.submit(dict(REQUEST))[1]["id"]
+    assert wait_done(service, first)["state"] == "done" and len(encodes) == 1  # the prompt, its one anchor
+    wider = {**REQUEST, "bandwidth": 0.2, "candidates": 3}
+    second = service.submit(dict(wider))[1]["id"]
+    assert wait_done(service, second)["state"] == "done"
+    assert len(encodes) == 1 and service.counts["anchor_cache_hits"] == 1  # nothing encoded again
+    served = load_safetensors(service.read(second, "model-1.safetensors"))
+    (expected,) = geosane.generate(
+        "geosane:small", REQUEST["prompt"], use_ray=False, candidates=3, seed=3, bandwidth=0.2
+    )
+    assert all(bool((served[k] == expected.state_dict[k]).all()) for k in served)  # the same weights as without
+    service.submit({**REQUEST, "seed": 4})  # another seed: another prompt initialization, encoded afresh
+    assert wait_done(service, service.job_id(parse_request({**REQUEST, "seed": 4}, 16)))["state"] == "done"
+    assert len(encodes) == 2
+
+
 def test_a_full_queue_is_refused_with_429(tmp_path: Path, monkeypatch) -> None:
     service = GenerationService(ServeConfig(storage=str(tmp_path / "jobs"), max_queue=1))
     release = threading.Event()
@@ -123,8 +144,84 @@ def test_the_service_answers_over_http(ray_session, tmp_path: Path) -> None:
         assert card["seed"] == 3 and card["autoencoder"]["url"] == "geosane:small"
         assert http("GET", f"{base}/jobs/{job}/nothing.bin")[0] == 404
         assert json.loads(http("POST", f"{base}/generate", REQUEST)[1])["cached"] is True
+        metrics = scrape_until(lambda text: 'outcome="done"' in text and 'status="422"' in text)
+        assert metric(metrics, "ray_geosane_jobs_total", 'outcome="done"') == 1.0
+        assert metric(metrics, "ray_geosane_requests_total", 'status="202"') == 1.0
+        assert metric(metrics, "ray_geosane_requests_total", 'status="200"') == 1.0  # the cached answer
+        assert metric(metrics, "ray_geosane_job_seconds_count", "") == 1.0
     finally:
         ray_serve.shutdown()
+
+
+def scrape_until(ready, seconds: float = 60) -> str:
+    """Ray's Prometheus endpoint on this node, read until ``ready(text)`` (the agent exports every few seconds)."""
+    import ray
+
+    url = f"http://127.0.0.1:{ray._private.worker._global_node.metrics_export_port}/metrics"
+    deadline = time.monotonic() + seconds
+    while True:
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        if ready(text) or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
+
+
+def metric(text: str, name: str, label: str) -> float:
+    """The sum of a metric's samples whose labels include ``label``."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") and label in line.partition("}")[0]
+    )
+
+
+def test_a_killed_replica_loses_no_finished_result(ray_session, tmp_path: Path) -> None:
+    """A finished job is served by the replica that replaces a killed one; the job the killed one was running is
+    not done (no ``job.json``) and is queued afresh when asked again, not answered from a half-written folder."""
+    import ray
+    from ray import serve as ray_serve
+
+    from geosane.serve import serve
+
+    port = free_port()
+    serve(ServeConfig(storage=str(tmp_path / "jobs"), port=port), blocking=False)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        finished = json.loads(http("POST", f"{base}/generate", REQUEST)[1])["id"]
+        wait_http(base, finished, ("done",))
+        slow = {"prompt": "timm:resnet50?num_classes=5", "seed": 1}
+        running = json.loads(http("POST", f"{base}/generate", slow)[1])["id"]
+        wait_http(base, running, ("running",))
+        (replica,) = [a for a in ray.util.list_named_actors(all_namespaces=True) if "Generator" in a["name"]]
+        ray.kill(ray.get_actor(replica["name"], namespace=replica["namespace"]), no_restart=True)
+        for _ in range(300):  # Serve starts a replacement
+            if http_or_none(f"{base}/healthz") == 200:
+                break
+            time.sleep(0.5)
+        assert http("GET", f"{base}/jobs/{running}")[0] == 404  # cut short: not done, whatever files it left
+        status, weights = http("GET", f"{base}/jobs/{finished}/model-1.safetensors")
+        assert status == 200 and load_safetensors(weights)
+        status, body = http("POST", f"{base}/generate", slow)
+        assert status == 202 and json.loads(body)["id"] == running and not json.loads(body).get("cached")
+    finally:
+        ray_serve.shutdown()
+
+
+def wait_http(base: str, job: str, states: tuple[str, ...]) -> None:
+    for _ in range(600):
+        state = json.loads(http("GET", f"{base}/jobs/{job}")[1]).get("state")
+        if state in states:
+            return
+        assert state != "failed"
+        time.sleep(0.1)
+    raise AssertionError(f"job {job} never reached {states}")
+
+
+def http_or_none(url: str) -> int | None:
+    try:
+        return http("GET", url)[0]
+    except OSError:  # the proxy is between replicas
+        return None
 
 
 def test_a_job_cut_short_is_redone_and_a_finished_one_survives_its_replica(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """GeoSANE's loss: ``gamma * NT-Xent(view1, view2) + (1 - gamma) * masked reconstruction error``.
 
-Reconstructions and targets arrive standardized (``geosane.tokenizer.Scale``), so the reconstruction term is the
+Reconstructions and targets arrive standardized (``geosane.scale.Scale``), so the reconstruction term is the
 masked, normalized MSE of the method; it counts real values only, never a token's padding.
 """
 
@@ -12,7 +12,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from geosane.tokenizer import Scale, prefix_mask
+from geosane.scale import Scale
+from geosane.tokenizer import prefix_mask
 
 __all__ = ["LossConfig", "geosane_loss", "masked_mse", "nt_xent", "training_losses"]
 

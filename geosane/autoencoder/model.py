@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 from torch import nn
@@ -31,17 +30,21 @@ from torch import nn
 from geosane import storage
 from geosane.autoencoder import registry
 from geosane.autoencoder.config import AutoencoderConfig
+from geosane.autoencoder.layers import PositionEmbedding, Transformer
 from geosane.errors import GeoSANEError
-from geosane.tokenizer import ROWS_PER_PASS, Layout, Scale, TokenizerConfig, Tokens, prefix_mask
+from geosane.scale import Scale
+from geosane.tokenizer import ROWS_PER_PASS, Layout, TokenizerConfig, Tokens, prefix_mask, token_positions
 from geosane.version import software_versions
 from geosane.views import cut_windows, halo_windows
+
+if TYPE_CHECKING:
+    from geosane.streaming import TokenReader
 
 __all__ = [
     "Autoencoder",
     "Latents",
     "normalized_error",
     "num_parameters",
-    "sinusoidal",
 ]
 
 FORMAT = "geosane.autoencoder"
@@ -76,66 +79,6 @@ def normalized_error(prediction: torch.Tensor, target: torch.Tensor, valid: torc
     return total / max(int(valid.sum()), 1)
 
 
-# ------------------------------------------------------------------------------ the network
-
-
-def sinusoidal(positions: torch.Tensor, dim: int) -> torch.Tensor:
-    """``[..., dim]`` sin/cos embedding of integer positions (any size: global indices reach millions).
-
-    Args:
-        positions: integer positions of any shape.
-        dim: embedding width.
-
-    Returns:
-        ``[..., dim]`` embeddings.
-    """
-    half = dim // 2
-    frequencies = torch.exp(-math.log(10_000.0) * torch.arange(half, device=positions.device) / half)
-    angles = positions.to(torch.float32).unsqueeze(-1) * frequencies
-    embedding = torch.cat([angles.sin(), angles.cos()], dim=-1)
-    return nn.functional.pad(embedding, (0, dim - 2 * half))
-
-
-class PositionEmbedding(nn.Module):
-    """Sum of the sinusoidal embeddings of the three position coordinates."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dim = dim
-
-    def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        return sum(sinusoidal(positions[..., i], self.dim) for i in range(positions.shape[-1]))  # type: ignore[return-value]
-
-
-class Transformer(nn.Module):
-    """Pre-LayerNorm transformer blocks (non-causal attention, 4x GELU MLP) and a final LayerNorm.
-
-    Each block is built on its own, not deep-copied as ``nn.TransformerEncoder`` does: copies start from equal
-    weights, and under DeepSpeed's ``zero.Init`` a copy of a partitioned parameter is empty.
-    """
-
-    def __init__(self, config: AutoencoderConfig, blocks: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(
-                config.d_model,
-                config.heads,
-                dim_feedforward=4 * config.d_model,
-                dropout=config.dropout,
-                activation="gelu",
-                batch_first=True,
-                norm_first=True,
-            )
-            for _ in range(blocks)
-        )
-        self.norm = nn.LayerNorm(config.d_model)
-
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            hidden = layer(hidden)
-        return self.norm(hidden)
-
-
 @dataclass
 class Latents:
     """A model in the latent space: one vector per token, the tokens' positions, and the scale decoding restores.
@@ -144,8 +87,27 @@ class Latents:
     """
 
     values: torch.Tensor  # [N, latent_dim] float32
-    positions: torch.Tensor  # [N, 3] int64
+    positions: torch.Tensor | Layout  # [N, 3] int64, or the layout they follow (24 bytes a token not held)
     scale: Scale
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of the whole model."""
+        return len(self.values)
+
+    def rows(self, first: int, last: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latents ``first..last-1``, their positions, and zero counts (latents have no padding to mask).
+
+        Args:
+            first: the first token.
+            last: one past the last token.
+
+        Returns:
+            Values, positions and counts, read as :meth:`Autoencoder.decode_rows` reads any latents.
+        """
+        positions = self.positions
+        positions = token_positions(positions, first, last) if isinstance(positions, Layout) else positions[first:last]
+        return self.values[first:last], positions, torch.zeros(last - first, dtype=torch.int64)
 
 
 class Autoencoder(nn.Module):
@@ -232,13 +194,14 @@ class Autoencoder(nn.Module):
     # -------------------------------------------------------------------------- whole models
 
     @torch.no_grad()
-    def encode(self, tokens: Tokens, network: Callable[..., Any] | None = None) -> Latents:
+    def encode(self, tokens: Tokens | TokenReader, network: Callable[..., Any] | None = None) -> Latents:
         """A whole model's tokens (any length) -> one latent per token, in halo windows.
 
-        ``network`` runs the window passes: this module (the default) or the DeepSpeed engine around it in training.
+        ``tokens`` is a tokenized model, or a :class:`~geosane.streaming.TokenReader` that builds the rows each group
+        of windows needs from the state dict (no whole copy of the tokens; the same latents to the bit).
 
         Args:
-            tokens: a whole model, tokenized with :attr:`tokenizer`.
+            tokens: a whole model, tokenized with :attr:`tokenizer`, or read from its state dict.
             network: what runs the window passes: this module (default) or the DeepSpeed engine around it.
 
         Returns:
@@ -248,21 +211,24 @@ class Autoencoder(nn.Module):
             GeoSANEError: tokens of another size or mode than this autoencoder's.
         """
         self.check_layout(tokens.layout)
-        scale = Scale.of(tokens.tokens, tokens.valid)
+        n = tokens.num_tokens
+        scale = Scale.of_rows(lambda first, last: tokens.rows(first, last)[::2], n)
         run = network or self
 
         def step(windows: dict[str, torch.Tensor]) -> torch.Tensor:
             values = scale.apply(windows["tokens"]) * prefix_mask(windows["valid"], self.config.token_size)
             return run(*self.on_device(values, windows["positions"]), part="encoder")
 
-        values = self.in_halo_windows(tokens.tokens, tokens.positions, tokens.valid, step, self.config.latent_dim)
-        return Latents(values, tokens.positions, scale)
+        values = torch.empty(n, self.config.latent_dim)
+        self.in_halo_windows(tokens.rows, n, step, lambda first, block: values[first : first + len(block)].copy_(block))
+        return Latents(values, tokens.positions if isinstance(tokens, Tokens) else tokens.layout, scale)
 
     @torch.no_grad()
     def decode(self, latents: Latents, network: Callable[..., Any] | None = None) -> torch.Tensor:
         """Latents -> ``[N, token_size]`` token values at the scale of the encoded model, in halo windows.
 
-        ``geosane.detokenize(decoded, layout, kept)`` turns them into a state dict (padding values are ignored).
+        ``geosane.detokenize(decoded, layout, kept)`` turns them into a state dict (padding values are ignored);
+        :meth:`decode_rows` hands them out a group of windows at a time instead.
 
         Args:
             latents: a whole model in the latent space (from :meth:`encode`, or sampled around it).
@@ -271,14 +237,35 @@ class Autoencoder(nn.Module):
         Returns:
             ``[N, token_size]`` token values.
         """
+        out = torch.empty(latents.num_tokens, self.config.token_size)
+        self.decode_rows(latents, lambda first, block: out[first : first + len(block)].copy_(block), network)
+        return out
+
+    @torch.no_grad()
+    def decode_rows(
+        self,
+        latents: Any,
+        write: Callable[[int, torch.Tensor], Any],
+        network: Callable[..., Any] | None = None,
+    ) -> None:
+        """Decode a group of windows at a time and hand each group's rows, in the model's units and in order, to
+        ``write(first_row, values)`` (a :class:`~geosane.streaming.TokenWriter` puts them straight into a model).
+
+        Args:
+            latents: :class:`Latents`, or anything with ``num_tokens``, ``scale`` and ``rows(first, last)`` (latents
+                drawn around an anchor a group at a time, ``geosane.generation.sampling``).
+            write: takes ``(first_row, [k, token_size] values)``.
+            network: what runs the window passes (default: this module).
+        """
         run = network or self
+        std, mean = latents.scale.std.cpu(), latents.scale.mean.cpu()
 
         def step(windows: dict[str, torch.Tensor]) -> torch.Tensor:
             return run(*self.on_device(windows["tokens"], windows["positions"]), part="decoder")
 
-        unused = torch.zeros(1, dtype=torch.int64).expand(len(latents.values))  # latents have no padding to mask
-        decoded = self.in_halo_windows(latents.values, latents.positions, unused, step, self.config.token_size)
-        return decoded.mul_(latents.scale.std.cpu()).add_(latents.scale.mean.cpu())
+        self.in_halo_windows(
+            latents.rows, latents.num_tokens, step, lambda first, block: write(first, block.mul_(std).add_(mean))
+        )
 
     def reconstruction_error(self, tokens: Tokens, network: Callable[..., Any] | None = None) -> float:
         """:func:`normalized_error` of ``decode(encode(tokens))``: the held-out metric training reports.
@@ -326,44 +313,39 @@ class Autoencoder(nn.Module):
 
     def in_halo_windows(
         self,
-        values: torch.Tensor,
-        positions: torch.Tensor,
-        valid: torch.Tensor,
+        read: Callable[[int, int], tuple[torch.Tensor, ...]],
+        num_tokens: int,
         step: Callable[[dict[str, torch.Tensor]], torch.Tensor],
-        width: int,
-    ) -> torch.Tensor:
-        """Run ``step`` over the halo windows of a ``[N, D]`` sequence, ``batch_tokens`` at a time, and keep each
-        window's core outputs: ``[N, width]`` float32 on the CPU, written in place (no list of chunks to join).
+        write: Callable[[int, torch.Tensor], Any],
+    ) -> None:
+        """Run ``step`` over the halo windows of a sequence, ``batch_tokens`` at a time, and hand each group's core
+        outputs to ``write`` in order: only one group's inputs and outputs are alive at once.
 
         Args:
-            values: ``[N, D]`` tokens or latents.
-            positions: their ``[N, 3]`` positions.
-            valid: real values per token (zeros for latents).
+            read: ``read(first, last)`` gives rows ``first..last-1``: values, positions and real values per token.
+            num_tokens: the sequence's length.
             step: one pass of windows ``{"tokens", "positions", "valid"}`` to outputs ``[B, W, width]``.
-            width: values per output row.
-
-        Returns:
-            ``[N, width]`` float32 on the CPU.
+            write: takes ``(first_row, [k, width] float32 outputs on the CPU)``, rows ``first_row..first_row+k-1``.
         """
         config = self.config
         core, halo = config.core_tokens, config.halo_tokens
         length = core + 2 * halo
-        n = len(values)
-        out = torch.empty(n, width)
-        starts, cores = halo_windows(n, core, halo)
-        arrays = values.detach().cpu().numpy(), positions.cpu().numpy(), valid.cpu().numpy()
+        starts, cores = halo_windows(num_tokens, core, halo)
         per_pass = max(1, config.batch_tokens // length)
         offsets = torch.arange(core)
         for first in range(0, len(starts), per_pass):
             start, kept = starts[first : first + per_pass], cores[first : first + per_pass]
-            windows = {k: torch.from_numpy(v) for k, v in cut_windows(*arrays, start, length).items()}
+            low, high = int(start[0]), min(int(start[-1]) + length, num_tokens)  # the rows these windows cover
+            values, positions, valid = (part.detach().cpu().numpy() for part in read(low, high))
+            windows = {
+                k: torch.from_numpy(v) for k, v in cut_windows(values, positions, valid, start - low, length).items()
+            }
             outputs = step(windows).float().cpu()
             rows = torch.from_numpy(kept)[:, None] + offsets  # the cores' token indices ...
             columns = torch.from_numpy(kept - start)[:, None] + offsets  # ... and where they sit in their windows
-            inside = rows < n
+            inside = rows < num_tokens
             window = torch.arange(len(start))[:, None].expand_as(rows)
-            out[rows[inside]] = outputs[window[inside], columns[inside]]
-        return out
+            write(int(kept[0]), outputs[window[inside], columns[inside]])  # the cores tile: consecutive rows
 
     # -------------------------------------------------------------------------- storage
 

@@ -67,8 +67,8 @@ def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
     from geosane.generation import make_ready
 
     index = chosen_anchor(plan)
-    weights, info = make_ready(plan, plan.anchors[index].state_dict, 0)
-    return index, weights, info
+    model, info = make_ready(plan, plan.anchors[index].state_dict, 0)
+    return index, model.state_dict(), info
 
 
 def chosen_anchor(plan: Any) -> int:
@@ -103,9 +103,9 @@ def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
     from geosane.generation.candidates import is_weight, run_candidates, weight_distance
 
     results, _ = run_candidates(plan, False, use_ray=False)
-    weights, info = max(results, key=lambda r: r[1].get("selection_score", 0.0))
+    model, info = max(results, key=lambda r: r[1].get("selection_score", 0.0))
     anchor = next(a for a in plan.anchors if a.name == info["anchor"])
-    generated = backbone_weights(weights)
+    generated = backbone_weights(model.state_dict())
     distances = {
         key: weight_distance({key: generated[key]}, {key: value})
         for key, value in anchor.state_dict.items()
@@ -174,13 +174,13 @@ def decoded_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     """The best anchor through the autoencoder without noise: what encoding and decoding alone do to it."""
     from geosane.generation import make_ready, weight_distance
     from geosane.generation.anchors import backbone_weights
-    from geosane.tokenizer import detokenize, tokenize
+    from geosane.tokenizer import detokenize
 
     index = chosen_anchor(plan)
-    chosen = plan.anchors[index]
-    tokens = tokenize(chosen.state_dict, plan.autoencoder.tokenizer)
-    rebuilt = detokenize(plan.autoencoder.decode(plan.latents(index)), tokens.layout, tokens.kept)
-    weights, info = make_ready(plan, rebuilt, 0)
+    chosen, reader = plan.anchors[index], plan.reader(index)
+    rebuilt = detokenize(plan.autoencoder.decode(plan.latents(index)), reader.layout, reader.kept)
+    model, info = make_ready(plan, rebuilt, 0)
+    weights = model.state_dict()
     distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
     what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(plan.anchors)} anchor(s)"
     return weights, notes(what, info, distance=distance)
@@ -198,7 +198,8 @@ def noised_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     chosen = plan.anchors[index]
     shaped = {k: v for k, v in distances.items() if k in chosen.state_dict}
     generator = torch.Generator().manual_seed(plan.config.seed)
-    weights, info = make_ready(plan, noise_like(chosen.state_dict, shaped, generator), 0)
+    model, info = make_ready(plan, noise_like(chosen.state_dict, shaped, generator), 0)
+    weights = model.state_dict()
     distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
     what = (
         f"{chosen.name} plus Gaussian noise at the generated model's per-tensor distance (normalized "
@@ -211,7 +212,8 @@ def soup_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     """The uniform average of the anchors' weights (a uniform model soup), made ready as every other one."""
     from geosane.generation import make_ready
 
-    weights, info = make_ready(plan, soup_of([a.state_dict for a in plan.anchors]), 0)
+    model, info = make_ready(plan, soup_of([a.state_dict for a in plan.anchors]), 0)
+    weights = model.state_dict()
     return weights, notes(f"uniform average of {len(plan.anchors)} anchor(s)", info)
 
 

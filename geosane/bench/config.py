@@ -15,7 +15,16 @@ from geosane.errors import GeoSANEError
 from geosane.generation import GenerateConfig
 from geosane.tasks import Distillation
 
-__all__ = ["INITIALIZATIONS", "SPECIALISTS", "Asha", "BenchConfig", "BenchTask", "Initialization"]
+__all__ = [
+    "INITIALIZATIONS",
+    "SPECIALISTS",
+    "VARIANT_SETTINGS",
+    "Asha",
+    "BenchConfig",
+    "BenchTask",
+    "Initialization",
+    "parse_initialization",
+]
 
 #: An initialization builds a trial's model from its :class:`~geosane.bench.context.TrialContext` and says where the
 #: model came from (recorded with the results).
@@ -25,6 +34,43 @@ Initialization = Callable[[Any], tuple[nn.Module, dict[str, Any]]]
 #: against full registries (importing ``geosane.bench.config`` runs ``geosane.bench`` first).
 INITIALIZATIONS: dict[str, Initialization] = {}
 SPECIALISTS: dict[str, Initialization] = {}
+
+
+#: Generation settings an initialization's name may change (``generated?bandwidth=0.2&search_steps=3``), so that one
+#: sweep measures each setting against the same baselines, seeds and intervals.
+VARIANT_SETTINGS = ("sampling", "bandwidth", "candidates", "search_steps", "search_lr")
+
+
+def parse_initialization(name: str) -> tuple[str, dict[str, Any]]:
+    """An initialization's registered name and the generation settings it changes (only ``generated`` takes any).
+
+    Args:
+        name: ``generated?bandwidth=0.2&candidates=8``, or a plain name.
+
+    Returns:
+        The registered name and the typed settings.
+
+    Raises:
+        GeoSANEError: settings on another initialization, an unknown setting, or a value generation refuses.
+    """
+    base, _, query = name.partition("?")
+    if not query:
+        return base, {}
+    if base != "generated":
+        raise GeoSANEError(f"{name!r}: only generated takes settings (generated?bandwidth=0.2)")
+    defaults = GenerateConfig(prompt="timm:resnet18")
+    options: dict[str, Any] = {}
+    for part in query.split("&"):
+        key, sep, value = part.partition("=")
+        if key not in VARIANT_SETTINGS or not sep:
+            raise GeoSANEError(f"{name!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(VARIANT_SETTINGS)}")
+        kind = type(getattr(defaults, key))
+        try:
+            options[key] = kind(value)
+        except ValueError as exc:
+            raise GeoSANEError(f"{name!r}: {key} must be a {kind.__name__}, got {value!r}") from exc
+    replace(defaults, data="checked", **options).validate()
+    return base, options
 
 
 @settings
@@ -123,7 +169,10 @@ class BenchConfig:
             raise GeoSANEError(f"{where}: seeds is empty")
         for index, task in enumerate(self.tasks):
             key = f"{where}: tasks[{index}]"
-            unknown = [i for i in task.initializations if i not in INITIALIZATIONS]
+            try:
+                unknown = [i for i in task.initializations if parse_initialization(i)[0] not in INITIALIZATIONS]
+            except GeoSANEError as exc:
+                raise GeoSANEError(f"{key}.initializations: {exc}") from None
             if unknown:
                 raise GeoSANEError(f"{key}.initializations: unknown {unknown}; known: {', '.join(INITIALIZATIONS)}")
             if not timm.is_model(task.arch):
@@ -146,6 +195,9 @@ class BenchConfig:
                 raise GeoSANEError(
                     f"{key}.initializations: no specialist for {task.data}; there is one for {', '.join(SPECIALISTS)}"
                 )
+            searched = [i for i in task.initializations if parse_initialization(i)[1].get("search_steps")]
+            if searched and kind != "classification":
+                raise GeoSANEError(f"{key}.initializations: {searched[0]} searches on a classification loss")
             for init in ("pruned", "distilled", "foundation"):
                 if init in task.initializations and kind != "classification":
                     raise GeoSANEError(f"{key}.initializations: {init} is for classification, {task.data} is {kind}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ class TrialContext:
     lr: float  # the trial's learning rate (one of the task's grid)
     collection: str | None = None  # URL of the collection, read at ``version``
     version: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # generation settings of a variant (generated?KEY=VALUE)
 
     def prompt_uri(self) -> str:
         """The task's architecture as a generation prompt: its bands, classes and size options."""
@@ -49,6 +50,7 @@ class TrialContext:
             "data": self.data.spec,
             "data_root": self.config.data_root,
             "seed": self.seed,
+            **self.options,
         }
 
     def generation_plan(self, **changes: Any) -> Any:

@@ -14,11 +14,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable
 
 from torch import nn
 
-from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, Initialization
+from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, Initialization, parse_initialization
 from geosane.bench.context import TrialContext, load_into
 from geosane.bench.pruning import prune_to
 from geosane.errors import GeoSANEError
@@ -41,13 +42,14 @@ def build_initial_model(name: str, context: TrialContext) -> tuple[nn.Module, di
     """The model initialization ``name`` builds for a trial, with its notes (source, parameters).
 
     Args:
-        name: a registered initialization.
+        name: a registered initialization, ``generated`` with settings of its own (``generated?bandwidth=0.2``).
         context: the trial's task, data, seed and collection.
 
     Returns:
         The model, and notes (``source``, ``parameters``).
     """
-    model, notes = INITIALIZATIONS[name](context)
+    base, options = parse_initialization(name)
+    model, notes = INITIALIZATIONS[base](replace(context, options=options))
     return model, {**notes, "parameters": parameters(model)}
 
 
@@ -71,9 +73,10 @@ def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
             model, "detection", {k.removeprefix("detector.backbone.body."): v for k, v in best.state_dict.items()}
         )
     selection = best.card["selection"]
+    changed = "".join(f", {k}={v}" for k, v in context.options.items())  # a variant's own settings
     return model, {
-        "source": f"generated from {len(best.card['anchors'])} anchor(s) ({settings['anchors']}), candidate "
-        f"{best.card['candidate']} of {context.config.candidates}",
+        "source": f"generated from {len(best.card['anchors'])} anchor(s) ({settings['anchors']}{changed}), "
+        f"candidate {best.card['candidate']} of {settings['candidates']}",
         "selection": selection["score"] if isinstance(selection, dict) else None,
         "distance": best.card["distance_to_anchor"],
     }
@@ -167,7 +170,8 @@ def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
         plan = context.generation_plan(anchors=f"id={record.id}")
         what = f"collection model {record.name} (recorded {recorded_score(record):.3f} on {record.tags.get('dataset')}"
         what += f"; {plan.anchors[0].fitted})"
-    weights, info = make_ready(plan, plan.anchors[0].state_dict, 0)
+    model, info = make_ready(plan, plan.anchors[0].state_dict, 0)
+    weights = model.state_dict()
     return context.ready_model(plan, weights), {"source": what, "selection": info.get("selection_score")}
 
 

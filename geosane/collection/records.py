@@ -10,7 +10,8 @@ import torch
 
 from geosane.collection.sources import ModelSource, content_sha256
 from geosane.errors import GeoSANEError
-from geosane.tokenizer import Scale, TokenizerConfig, Tokens, first_nonfinite
+from geosane.scale import Scale
+from geosane.tokenizer import TokenizerConfig, Tokens, first_nonfinite
 
 __all__ = [
     "ID_LENGTH",

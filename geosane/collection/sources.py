@@ -223,7 +223,7 @@ def load_timm(uri: str) -> ModelSource:
             f"{uri}: pretrained file {options['pretrained']} does not fit {name} "
             f"(in_chans={in_chans}, num_classes={num_classes}): {str(exc).splitlines()[0]}"
         ) from exc
-    state_dict = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state_dict = {k: v.detach() for k, v in model.state_dict().items()}  # the model's own tensors: no second copy
     if options.get("pretrained"):
         check_fit(uri, name, state_dict, weights.state_dict)
     return ModelSource(

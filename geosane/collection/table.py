@@ -55,7 +55,8 @@ from geosane.collection.rows import (
 )
 from geosane.collection.sources import ModelSource
 from geosane.errors import GeoSANEError
-from geosane.tokenizer import Layout, Scale, TokenizerConfig, Tokens, detokenize, tokenize
+from geosane.scale import Scale
+from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
 from geosane.version import software_versions
 
 __all__ = ["Collection"]
@@ -305,8 +306,7 @@ class Collection:
         return decode_tokens(parts, layout, self._kept(record, parts["kept"]))
 
     def scale(self, model: str | ModelRecord) -> Scale:
-        """The model's :class:`~geosane.autoencoder.Scale`: as stored at collect time, or computed from its tokens
-        for a model collected before scales were stored."""
+        """The model's :class:`~geosane.scale.Scale`, as collected (or from its tokens, for older collections)."""
         record = model if isinstance(model, ModelRecord) else self.record(model)
         if record.token_mean is None or record.token_std is None:
             tokens = self.tokens(record)

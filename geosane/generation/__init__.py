@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one mo
     from geosane.generation.prompt import Prompt, build_prompt, head_keys
     from geosane.generation.ranking import RANKINGS, reestimate_batchnorm
     from geosane.generation.sampling import sample_latents
-    from geosane.generation.stage import generate, prepare
+    from geosane.generation.stage import AnchorCache, generate, prepare
 
 #: Public name -> the module that defines it.
 EXPORTS = {
@@ -31,7 +31,7 @@ EXPORTS = {
         ("adapt_input", "backbone_weights", "band_mapped_input", "fit_to_prompt", "parse_query"),
         "geosane.generation.anchors",
     ),
-    **dict.fromkeys(("generate", "prepare"), "geosane.generation.stage"),
+    **dict.fromkeys(("AnchorCache", "generate", "prepare"), "geosane.generation.stage"),
     **dict.fromkeys(("Plan", "make_ready", "weight_distance"), "geosane.generation.candidates"),
     **dict.fromkeys(("RANKINGS", "reestimate_batchnorm"), "geosane.generation.ranking"),
     **dict.fromkeys(("sample_latents",), "geosane.generation.sampling"),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator, Mapping
 
 import torch
 
@@ -19,9 +21,11 @@ from geosane.generation.ranking import TargetData
 
 __all__ = [
     "Anchor",
+    "WeightsOnDisk",
     "adapt_input",
     "backbone_weights",
     "band_mapped_input",
+    "collection_url",
     "find_anchors",
     "fit_to_prompt",
     "keeps_head",
@@ -39,9 +43,47 @@ class Anchor:
     """A model in the prompt's shapes, and how it got there."""
 
     name: str
-    state_dict: dict[str, torch.Tensor]
+    state_dict: Mapping[str, torch.Tensor]  # in memory, or on disk once encoded (:class:`WeightsOnDisk`)
     fitted: str  # "as is", "cropped", "stem adapted", ...
     record: dict[str, Any] = field(default_factory=dict)
+
+
+class WeightsOnDisk(Mapping[str, torch.Tensor]):
+    """An anchor's weights once it is encoded: in a temporary safetensors file, read a tensor at a time (memory-mapped).
+    Its candidates need them only for the tensors that are not tokenized and for their distance to it, so a large
+    anchor need not stay in memory beside the model being decoded. Shipped to another process (a Ray task), it is a
+    plain dict again."""
+
+    def __init__(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        from safetensors.torch import save_file
+
+        self.folder = tempfile.TemporaryDirectory(prefix="geosane-anchor-")  # removed with this object
+        self.path = Path(self.folder.name) / "weights.safetensors"
+        seen: set[int] = set()
+        tensors = {}
+        for key, value in state_dict.items():  # a file holds each tensor once: tied tensors are copied apart
+            pointer = value.untyped_storage().data_ptr()
+            tensors[key] = value.contiguous() if pointer not in seen and value.is_contiguous() else value.clone()
+            seen.add(pointer)
+        save_file(tensors, str(self.path))
+        self.names = dict.fromkeys(state_dict)  # in order
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        if key not in self.names:
+            raise KeyError(key)
+        with safe_open(str(self.path), framework="pt") as weights:
+            return weights.get_tensor(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return dict, (dict(self.items()),)
 
 
 def parse_query(text: str) -> dict[str, str]:
@@ -207,6 +249,21 @@ def backbone_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     }
 
 
+def collection_url(config: GenerateConfig, autoencoder: Autoencoder) -> str | None:
+    """Where query anchors come from: ``--collection``, else the collection the autoencoder names.
+
+    Args:
+        config: the generation's settings.
+        autoencoder: the autoencoder (its ``info`` may name the collection it learned, or ships anchors).
+
+    Returns:
+        The collection's URL, or None.
+    """
+    return (
+        config.collection or autoencoder.info.get("collection") or autoencoder.info.get("train", {}).get("collection")
+    )
+
+
 def find_anchors(
     config: GenerateConfig, prompt: Prompt, autoencoder: Autoencoder, target_bands: list[str] | None = None
 ) -> tuple[list[Anchor], dict[str, Any] | None]:
@@ -230,7 +287,7 @@ def find_anchors(
     if config.anchors == "prompt":
         return [Anchor(prompt.arch, prompt.state_dict, "the prompt itself")], None
     query = parse_query(config.anchors)
-    url = config.collection or autoencoder.info.get("collection") or autoencoder.info.get("train", {}).get("collection")
+    url = collection_url(config, autoencoder)
     if not url:
         raise GeoSANEError("anchors from a query need a collection (--collection URL); the autoencoder names none")
     if not Collection(url).exists():

@@ -95,6 +95,8 @@ def candidate_card(info: dict[str, Any], plan: Plan) -> dict[str, Any]:
         }
     else:
         card["selection"] = f"not ranked: no selection score for {plan.config.task} heads"
+    if "search" in info:  # the latent search's labelled images and time (geosane.generation.search)
+        card["search"] = {**info["search"], "split": f"{target.name} selection"}
     return card
 
 

@@ -19,6 +19,7 @@ SAMPLINGS = ("joint", "token", "individual")
 #: Beyond this many spreads a kernel draws latents the decoder never saw: the weights are noise, not a model.
 MAX_BANDWIDTH = 10.0
 MAX_CANDIDATES = 1000
+MAX_SEARCH_STEPS = 100
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class GenerateConfig:
     )
     data_root: str | None = option(None, "data root (default: $GEOSANE_DATA, then ../shared/data)", metavar="DIR")
     seed: int = option(0, "seeds the prompt, the sampling and the new heads")
+    search_steps: int = option(
+        0, "gradient steps for each candidate's latents on the selection split's loss, through the decoder (needs data)"
+    )
+    search_lr: float = option(0.05, "the latent search's step, in units of each latent dimension's spread")
 
     def validate(self) -> None:
         """Refuse a sampling, candidate count or bandwidth that cannot work, naming it."""
@@ -64,6 +69,16 @@ class GenerateConfig:
             )
         if self.candidates > MAX_CANDIDATES:
             raise GeoSANEError(f"candidates must be at most {MAX_CANDIDATES}, got {self.candidates}")
+        if not 0 <= self.search_steps <= MAX_SEARCH_STEPS or not 0 < self.search_lr <= MAX_BANDWIDTH:
+            raise GeoSANEError(
+                f"search_steps must be between 0 and {MAX_SEARCH_STEPS} and search_lr a number in (0, "
+                f"{MAX_BANDWIDTH:g}], got {self.search_steps} and {self.search_lr}"
+            )
+        if self.search_steps and (self.data is None or self.task != "classification"):
+            raise GeoSANEError(
+                "search_steps needs target data (--data) and a classification task: it follows the "
+                "selection split's loss"
+            )
 
 
 @dataclass

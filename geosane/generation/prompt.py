@@ -16,7 +16,9 @@ __all__ = ["Prompt", "build_prompt", "head_keys", "task_model"]
 
 @dataclass
 class Prompt:
-    """The prompt architecture as built: timm name, its options, the freshly built model and its state dict."""
+    """The prompt architecture as built: timm name, its options and its state dict (its shapes only, as meta tensors,
+    once :func:`~geosane.generation.prepare` has fitted the anchors: the prompt's own weights live on as an anchor
+    where the prompt is one)."""
 
     uri: str
     arch: str

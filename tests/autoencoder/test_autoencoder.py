@@ -14,7 +14,8 @@ import geosane
 from geosane.autoencoder import Autoencoder, AutoencoderConfig, normalized_error, num_parameters, sinusoidal
 from geosane.autoencoder.losses import LossConfig, training_losses
 from geosane.errors import GeoSANEError
-from geosane.tokenizer import Scale, TokenizerConfig, Tokens, prefix_mask, tokenize
+from geosane.scale import Scale
+from geosane.tokenizer import TokenizerConfig, Tokens, prefix_mask, tokenize
 from geosane.views import halo_windows
 
 

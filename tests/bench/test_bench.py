@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+import geosane
 from geosane.autoencoder import Autoencoder, AutoencoderConfig
 from geosane.bench import (
     INITIALIZATIONS,
@@ -418,7 +419,7 @@ def test_the_bench_refuses_to_call_a_seen_task_held_out(workspace: dict[str, str
 # ------------------------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("name", ["bench-small.yaml", "bench-demo.yaml", "bench-geosane.yaml"])
+@pytest.mark.parametrize("name", ["bench-small.yaml", "bench-demo.yaml", "bench-geosane.yaml", "bench-search.yaml"])
 def test_committed_sweeps_validate(name: str, shared: Path) -> None:
     # the paper-scale sweep names datasets that are not on this machine: its names are checked, not its data
     config = BenchConfig.from_yaml(SWEEPS / name, check_data=name != "bench-geosane.yaml")
@@ -434,6 +435,12 @@ BAD = {
     "unknown initialization": ("  initializations: [scratch, magic]\n", "tasks[0].initializations: unknown ['magic']"),
     "unknown architecture": ("  arch: resnet9000\n", "tasks[0].arch: unknown timm architecture 'resnet9000'"),
     "no specialist": ("  initializations: [specialist]\n", "no specialist for eurosat_ms"),
+    "unknown generation setting": (
+        '  initializations: ["generated?colour=red"]\n',  # quoted: in a [...] list, YAML reads ? itself
+        "tasks[0].initializations: 'generated.colour=red': 'colour=red' is not KEY=VALUE",
+    ),
+    "settings on a baseline": ('  initializations: ["anchor?bandwidth=1"]\n', "only generated takes settings"),
+    "a refused setting": ('  initializations: ["generated?bandwidth=-1"]\n', "bandwidth must be a number between 0"),
 }
 
 
@@ -447,6 +454,29 @@ def test_invalid_sweeps_are_rejected_naming_the_key(case: str, tmp_path: Path, d
     path.write_text(f"name: bad\nautoencoder: x\ndata_root: {data_root}\ntasks:\n-\n" + body)
     with pytest.raises(GeoSANEError, match=message.replace("[", r"\[").replace("]", r"\]")):
         BenchConfig.from_yaml(path)
+
+
+def test_a_generated_variant_generates_with_its_own_settings(workspace: dict[str, str], data_root: str) -> None:
+    """``generated?KEY=VALUE`` is generation with that setting changed, and nothing else: the same weights as the API
+    gives with it, and its notes say which."""
+    from geosane.bench import load_task
+
+    spec = TASKS["eurosat_ms"]
+    config = config_for(workspace, data_root, [spec])
+    data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
+    context = TrialContext(config, spec, data, seed=0, lr=spec.lrs[0], collection=workspace["collection"])
+    model, notes = build_initial_model("generated?bandwidth=0.3&candidates=3", context)
+    assert "bandwidth=0.3, candidates=3" in notes["source"] and notes["source"].endswith("of 3")
+    settings = {**context.generation_settings(), "bandwidth": 0.3, "candidates": 3}
+    (expected,) = geosane.generate(config.autoencoder, context.prompt_uri(), use_ray=False, **settings)
+    assert all(torch.equal(v, expected.state_dict[k]) for k, v in model.state_dict().items())
+    default, _ = build_initial_model("generated", context)
+    assert any(not torch.equal(v, default.state_dict()[k]) for k, v in model.state_dict().items())
+    cloud = BenchTask(
+        data="cloudmask", arch="test_resnet", initializations=["generated?search_steps=2"], epochs=1, lr=1
+    )
+    with pytest.raises(GeoSANEError, match="generated.search_steps=2 searches on a classification loss"):
+        BenchConfig(name="x", autoencoder="x", tasks=[cloud], data_root=data_root).validate()
 
 
 def test_pruning_and_distillation_are_for_classification(tmp_path: Path, data_root: str) -> None:

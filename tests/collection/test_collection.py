@@ -199,7 +199,7 @@ def test_records_name_problems(tmp_path: Path) -> None:
 
 
 def test_each_model_stores_its_scale_and_older_collections_still_have_one(tmp_path: Path) -> None:
-    from geosane.tokenizer import Scale
+    from geosane.scale import Scale
 
     collection = Collection(str(tmp_path / "c"))
     record = collection.add([source_of(timm_state("test_resnet"))], progress=False)[0]

@@ -15,12 +15,17 @@ from geosane.collection import Collection, sources
 from geosane.errors import GeoSANEError
 from geosane.generation import (
     RANKINGS,
+    make_ready,
     parse_query,
+    prepare,
     reestimate_batchnorm,
     sample_latents,
     write_generated,
 )
-from geosane.tokenizer import Scale, TokenizerConfig
+from geosane.scale import Scale
+from geosane.tokenizer import TokenizerConfig, detokenize, tokenize
+
+from ..helpers import assert_bit_exact
 
 TOKEN_SIZE = 230
 PROMPTS = ["vit_small_patch16_224", "swin_tiny_patch4_window7_224", "resnet18", "mobilenetv3_large_100"]
@@ -82,7 +87,7 @@ def test_sampling_stays_with_one_anchor_per_candidate() -> None:
     anchors = [Latents(base + a, positions, Scale(torch.tensor(float(a)), torch.tensor(1.0))) for a in (0, 10)]
     generator = torch.Generator().manual_seed(0)
     joint, chosen = sample_latents(anchors, "joint", 0.0, generator)
-    assert torch.equal(joint.values, anchors[chosen].values) and joint.scale is anchors[chosen].scale
+    assert torch.equal(joint.latents().values, anchors[chosen].values) and joint.scale is anchors[chosen].scale
     token, _ = sample_latents(anchors, "token", 0.0, generator)
     offset = (token.values - base).round()  # 0 or 10 per token, the same for all of a token's dimensions
     assert (offset == offset[:, :1]).all() and set(offset[:, 0].tolist()) == {0.0, 10.0}
@@ -90,8 +95,87 @@ def test_sampling_stays_with_one_anchor_per_candidate() -> None:
     offset = (individual.values - base).round()
     assert (offset != offset[:, :1]).any() and set(offset.flatten().tolist()) == {0.0, 10.0}
     spread, chosen = sample_latents(anchors, "joint", 0.5, generator)
-    moved = spread.values - anchors[chosen].values  # the kernel: about half of each dimension's spread
+    moved = spread.latents().values - anchors[chosen].values  # the kernel: about half of each dimension's spread
     assert 0.3 < float(moved.std() / base.std()) < 0.7
+
+
+@pytest.mark.parametrize("rows", [1, 5, 1023, 1025, 3000])
+@pytest.mark.parametrize("width", [1, 3, 16])
+def test_a_joint_draw_read_in_pieces_is_one_draw(rows: int, width: int) -> None:
+    """The noise comes a block of rows at a time as decoding reads (forward, overlapping, and once from the start
+    again), and is the one ``randn(N, D)`` of the candidate's generator."""
+    positions = torch.zeros(rows, 3, dtype=torch.int64)
+    anchor = Latents(torch.randn(rows, width), positions, Scale(torch.tensor(0.0), torch.tensor(1.0)))
+    reference = torch.Generator().manual_seed(5)
+    torch.randint(1, (1,), generator=reference)  # sample_latents picks the anchor first
+    spread = anchor.values.std(dim=0) if rows > 1 else torch.ones(width)
+    expected = anchor.values + torch.randn(rows, width, generator=reference) * spread * 0.2
+    draw, _ = sample_latents([anchor], "joint", 0.2, torch.Generator().manual_seed(5))
+    lengths = torch.Generator().manual_seed(7)
+    pieces, first = [], 0
+    while first < rows:
+        last = min(rows, first + int(torch.randint(1, 700, (1,), generator=lengths)))
+        low = max(0, first - 4)
+        pieces.append(draw.rows(low, last)[0][first - low :])
+        first = last
+    assert torch.equal(torch.cat(pieces), expected)
+    assert torch.equal(draw.rows(0, rows)[0], expected)
+
+
+def test_generation_streams_the_weights_of_the_whole_model_path(autoencoder: str) -> None:
+    """Encoding from the weights, drawing as decoding reads and decoding into the task model give, to the bit, what
+    tokenize -> encode -> one draw -> decode -> detokenize -> load gives."""
+    settings = {"candidates": 2, "top_k": 2, "seed": 4, "bandwidth": 0.3}
+    generated = geosane.generate(autoencoder, "timm:test_vit?num_classes=10", **settings)
+    plan, _ = prepare(autoencoder, "timm:test_vit?num_classes=10", **settings)
+    tokens = tokenize(plan.anchors[0].state_dict, plan.autoencoder.tokenizer)
+    latents = plan.autoencoder.encode(tokens)
+    for index, candidate in enumerate(generated):
+        generator = torch.Generator().manual_seed(4 * 1_000_003 + index)
+        torch.randint(1, (1,), generator=generator)  # the candidate's anchor: there is one
+        drawn, _ = sample_latents([latents], "joint", 0.3, generator)
+        weights = detokenize(plan.autoencoder.decode(drawn.latents()), tokens.layout, tokens.kept)
+        model, _ = make_ready(plan, weights, candidate.card["candidate"])
+        assert_bit_exact(model.state_dict(), candidate.state_dict)
+
+
+def test_decoding_with_gradients_is_decoding() -> None:
+    """The latent search's decoder pass (all windows in one batch, autograd on) computes what ``decode`` does."""
+    from geosane.generation.search import decode_with_grad
+
+    torch.manual_seed(0)
+    autoencoder = Autoencoder(AutoencoderConfig.named("tiny", token_size=23, window=16, batch_tokens=64)).eval()
+    torch.manual_seed(1)
+    latents = autoencoder.encode(tokenize(timm.create_model("test_resnet").state_dict(), autoencoder.tokenizer))
+    values = latents.values.clone().requires_grad_(True)
+    decoded = decode_with_grad(autoencoder, latents, values)
+    assert torch.allclose(decoded, autoencoder.decode(latents), atol=1e-5, rtol=1e-4)
+    (gradient,) = torch.autograd.grad(decoded.square().sum(), [values])
+    assert gradient.abs().sum() > 0 and all(p.grad is None for p in autoencoder.parameters())
+
+
+def test_a_latent_search_follows_the_selection_loss(autoencoder: str, shared: Path) -> None:
+    """A few steps lower the loss that ranks candidates and move the weights; the card records the labelled images
+    and the time it spent; without target data it is refused."""
+    settings = {"anchors": "prompt", "data": "eurosat_rgb", "data_root": str(shared / "data"), "seed": 2}
+    (plain,) = geosane.generate(autoencoder, "timm:test_resnet?num_classes=10", candidates=1, **settings)
+    (searched,) = geosane.generate(
+        autoencoder, "timm:test_resnet?num_classes=10", candidates=1, search_steps=3, search_lr=0.02, **settings
+    )
+    search = searched.card["search"]
+    assert search["steps"] == 3 and search["images"] == len(load_selection(settings)) and search["seconds"] > 0
+    assert search["loss"][1] < search["loss"][0]
+    assert any(not torch.equal(v, plain.state_dict[k]) for k, v in searched.state_dict.items())
+    assert "search" not in plain.card
+    with pytest.raises(GeoSANEError, match="search_steps needs target data"):
+        geosane.generate(autoencoder, "timm:test_resnet?num_classes=10", search_steps=2)
+
+
+def load_selection(settings: dict) -> torch.Tensor:
+    plan, _ = prepare(
+        geosane.Autoencoder(AutoencoderConfig(token_size=TOKEN_SIZE)), "timm:test_resnet?num_classes=10", **settings
+    )
+    return plan.target.selection_x
 
 
 def test_anchors_from_a_query_and_the_card(autoencoder: str, collection: Collection, tmp_path: Path) -> None:

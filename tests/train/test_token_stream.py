@@ -9,7 +9,8 @@ import pytest
 
 from geosane.collection import Collection, ModelRecord, sources
 from geosane.errors import GeoSANEError
-from geosane.tokenizer import Scale, TokenizerConfig
+from geosane.scale import Scale
+from geosane.tokenizer import TokenizerConfig
 from geosane.train import lineage, split_models, window_dataset, windows_per_model_for
 from geosane.views import ViewConfig, windows_per_pass
 
