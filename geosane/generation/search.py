@@ -25,7 +25,7 @@ from geosane.streaming import TokenReader
 from geosane.tokenizer import block_tensors
 from geosane.views import halo_windows
 
-__all__ = ["decode_with_grad", "search_latents"]
+__all__ = ["Features", "decode_with_grad", "nearest_mean_loss", "search_latents"]
 
 #: Temperature of the nearest-class-mean logits (negative squared distances over the features' mean square).
 TEMPERATURE = 0.1
@@ -91,8 +91,23 @@ def selection_loss(model: torch.nn.Module, weights: dict[str, torch.Tensor], pla
     if plan.head_kept:
         return F.cross_entropy(functional_call(model, weights, (x,)), y)
     features = functional_call(Features(model), {f"model.{k}": v for k, v in weights.items()}, (x,))
+    return nearest_mean_loss(features, y, target.num_classes)
+
+
+def nearest_mean_loss(features: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy of a nearest-class-mean classifier: class means from the even samples, scored on the odd ones
+    by their negative squared distances (scaled by :data:`TEMPERATURE` and the mean distance).
+
+    Args:
+        features: ``[B, F]`` features.
+        y: ``[B]`` labels.
+        num_classes: classes.
+
+    Returns:
+        The loss, differentiable with respect to the features.
+    """
     fit = torch.arange(len(y)) % 2 == 0
-    one_hot = F.one_hot(y[fit], target.num_classes).float()  # [fit, C]
+    one_hot = F.one_hot(y[fit], num_classes).float()  # [fit, C]
     counts = one_hot.sum(0)
     means = (one_hot.T @ features[fit]) / counts.clamp_min(1)[:, None]
     distances = torch.cdist(features[~fit], means).square()
