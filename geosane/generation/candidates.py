@@ -143,10 +143,7 @@ def make_ready(
         # a new task head learns its own statistics in fine-tuning; the backbone's must fit the target's images now
         network = model if config.task == "classification" else model.backbone
         info["batchnorm_layers"] = reestimate_batchnorm(network, plan.target.unlabeled)  # type: ignore[arg-type]
-        if config.task in ("classification", "segmentation"):
-            info["selection_score"], info["predictions"] = selection_score(
-                model, plan.target, plan.head_kept, config.task
-            )
+        info["selection_score"], info["predictions"] = selection_score(model, plan.target, plan.head_kept, config.task)
     return model.eval(), info
 
 

@@ -87,14 +87,11 @@ def candidate_card(info: dict[str, Any], plan: Plan) -> dict[str, Any]:
         f"re-estimated in train mode on {len(target.unlabeled)} unlabeled {target.name} train images "
         f"({info['batchnorm_layers']} layers)"
     )
-    if "selection_score" in info:
-        card["selection"] = {
-            "score": info["selection_score"],
-            "ranked_by": RANKINGS["segmentation" if plan.config.task == "segmentation" else plan.head_kept],
-            "split": f"{target.name} selection ({len(target.selection_x)} samples)",
-        }
-    else:
-        card["selection"] = f"not ranked: no selection score for {plan.config.task} heads"
+    card["selection"] = {
+        "score": info["selection_score"],
+        "ranked_by": RANKINGS[plan.config.task if plan.config.task != "classification" else plan.head_kept],
+        "split": f"{target.name} selection ({len(target.selection_x)} samples)",
+    }
     if "search" in info:  # the latent search's labelled images and time (geosane.generation.search)
         card["search"] = {**info["search"], "split": f"{target.name} selection"}
     return card

@@ -4,7 +4,7 @@ images, and a score on the target's *selection* split (never its test split)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -13,7 +13,15 @@ from geosane.errors import GeoSANEError
 from geosane.generation.config import GenerateConfig
 from geosane.generation.prompt import Prompt
 
-__all__ = ["RANKINGS", "TargetData", "load_target", "reestimate_batchnorm", "selection_score"]
+__all__ = [
+    "RANKINGS",
+    "TargetData",
+    "box_chips",
+    "load_target",
+    "pixel_score",
+    "reestimate_batchnorm",
+    "selection_score",
+]
 
 BATCHNORM_IMAGES = 512  # unlabeled target images that re-estimate BatchNorm statistics
 
@@ -124,6 +132,8 @@ RANKINGS = {
     True: "selection-split accuracy of the decoded classifier",
     False: "selection-split accuracy of a nearest-class-mean classifier on the features (new head)",
     "segmentation": "selection-split mIoU of a per-pixel nearest-class-mean classifier on the backbone's features",
+    "detection": "selection-split mIoU (background and object classes, boxes filled) of a per-pixel nearest-class-mean "
+    "classifier on the backbone's features, over chips of its input size",
 }
 
 
@@ -142,21 +152,25 @@ def selection_score(
 ) -> tuple[float, torch.Tensor]:
     """How a candidate ranks (``RANKINGS``): a classifier's accuracy on the selection split when its classifier was
     decoded; with a new head, a nearest-class-mean classifier on its features (half the split fits, half scores);
-    segmentation, whose heads are always new: the same per pixel on the backbone's levels, scored as mIoU.
+    segmentation and detection, whose heads are always new: the same per pixel on the backbone's levels, scored as
+    mIoU (detection: boxes filled as masks, on chips of the backbone's input size).
 
     Args:
         model: a candidate task model.
         target: the target data.
         head_kept: whether its classifier was decoded.
-        task: ``classification`` or ``segmentation``.
+        task: ``classification``, ``segmentation`` or ``detection``.
 
     Returns:
         The score, and the predictions it scored (to compare candidates' predictions with each other).
     """
-    y = target.selection_y
-    model.eval()
+    y, images = target.selection_y, target.selection_x
+    task_model: Any = model.eval()  # a task model (geosane.tasks.create_model)
     if task == "segmentation":
-        return segmentation_score(model, target)
+        return pixel_score(task_model.backbone, images, y, target.num_classes)
+    if task == "detection":  # a new detector has no mAP before training: how well its features find the boxes
+        x, masks = box_chips(cast(list, images), y, task_model.detector.transform.fixed_size[0])  # its input size
+        return pixel_score(task_model.backbone, x, masks, target.num_classes + 1)
     forward: Any = model  # a timm classifier
     batches = target.selection_x.split(128)
     if head_kept:
@@ -168,24 +182,77 @@ def selection_score(
     return float((predicted == y[~fit]).float().mean()), predicted
 
 
-def segmentation_score(model: nn.Module, target: TargetData) -> tuple[float, torch.Tensor]:
+def pixel_score(
+    backbone: nn.Module, x: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> tuple[float, torch.Tensor]:
     """Per-pixel nearest class mean on every backbone level upsampled to the finest: even chips fit, odd chips
-    score (mIoU over the classes present)."""
+    score (a single chip: top half, bottom half), as mIoU over the classes present; label 255 is ignored.
+
+    Args:
+        backbone: a timm ``features_only`` backbone.
+        x: chips ``[N, C, H, W]``.
+        labels: their per-pixel classes ``[N, H, W]``.
+        num_classes: classes, background included where there is one.
+
+    Returns:
+        The mIoU, and the predicted classes of the scored pixels.
+    """
     import torch.nn.functional as F
     from torchmetrics.functional.classification import multiclass_jaccard_index
 
     from geosane.tasks import backbone_features
 
-    backbone: Any = model.backbone  # every segmentation model names its timm feature extractor so
-    levels = backbone_features(backbone, target.selection_x)
+    levels = backbone_features(backbone, x)
     size = levels[0].shape[-2:]
     features = torch.cat([F.interpolate(f, size=size, mode="bilinear", align_corners=False) for f in levels], 1)
-    labels = F.interpolate(target.selection_y[:, None].float(), size=size, mode="nearest")[:, 0].long()
-    chips = torch.arange(len(labels)) % 2 == 0
-    fit = chips[:, None, None].expand_as(labels).reshape(-1)
+    labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0].long()
+    if len(labels) > 1:
+        fit = (torch.arange(len(labels)) % 2 == 0)[:, None, None].expand_as(labels).reshape(-1)
+    else:  # one chip: its top half fits, its bottom half scores
+        fit = (torch.arange(size[0]) < size[0] // 2)[None, :, None].expand_as(labels).reshape(-1)
     pixels, y = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), labels.reshape(-1)
-    predicted = nearest_class_mean(pixels, y, fit, target.num_classes)
+    known = y != 255  # ignored pixels (padding) neither fit nor score
+    predicted = nearest_class_mean(pixels[known], y[known], fit[known], num_classes)
     value = multiclass_jaccard_index(
-        predicted, y[~fit], target.num_classes, average="none", ignore_index=255, zero_division=float("nan")
+        predicted, y[known][~fit[known]], num_classes, average="none", ignore_index=255, zero_division=float("nan")
     )
     return float(value.nanmean()), predicted
+
+
+def box_chips(images: list[torch.Tensor], targets: list[Any], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Detection images cut into ``size``-pixel chips at their own resolution, with per-pixel masks: 0 outside the
+    boxes, an object's class (1, 2, ...) inside its box, 255 where a chip runs past a small image (padding). Chips
+    cover each image edge to edge and overlap where its side is not a multiple of ``size``.
+
+    Args:
+        images: ``[C, H, W]`` images of any sizes.
+        targets: per image, ``[K, 4]`` boxes (one class) or ``{"boxes", "labels"}``.
+        size: the chips' side.
+
+    Returns:
+        The chips ``[N, C, size, size]`` and their masks ``[N, size, size]``.
+    """
+    from geosane.tasks import detection_target
+
+    chips, masks = [], []
+    for image, target in zip(images, targets, strict=True):
+        boxes = detection_target(target)
+        height, width = image.shape[-2:]
+        mask = torch.zeros(max(height, size), max(width, size), dtype=torch.long)
+        mask[height:], mask[:, width:] = 255, 255
+        for box, label in zip(boxes["boxes"].round().long().tolist(), boxes["labels"].tolist(), strict=True):
+            mask[max(box[1], 0) : box[3], max(box[0], 0) : box[2]] = label
+        padded = torch.zeros(image.shape[0], *mask.shape)
+        padded[:, :height, :width] = image
+        for top in corners(mask.shape[0], size):
+            for left in corners(mask.shape[1], size):
+                chips.append(padded[:, top : top + size, left : left + size])
+                masks.append(mask[top : top + size, left : left + size])
+    return torch.stack(chips), torch.stack(masks)
+
+
+def corners(length: int, size: int) -> list[int]:
+    """Where chips of ``size`` start along a side of ``length`` (at least ``size``): the fewest that cover it,
+    spread evenly from edge to edge."""
+    count = -(-length // size)
+    return [round(i * (length - size) / max(count - 1, 1)) for i in range(count)]

@@ -8,7 +8,7 @@ generation, zoo or bench).
 
 from geosane.tasks.data import TaskData, load_task
 from geosane.tasks.fine_tune import Distillation, FineTuning, Recipe, batch_loss
-from geosane.tasks.metrics import metric_name, parameters, score, score_samples
+from geosane.tasks.metrics import detection_target, metric_name, parameters, score, score_samples
 from geosane.tasks.models import (
     TASKS,
     DetectionModel,
@@ -30,6 +30,7 @@ __all__ = [
     "backbone_features",
     "batch_loss",
     "create_model",
+    "detection_target",
     "load_backbone",
     "load_task",
     "metric_name",

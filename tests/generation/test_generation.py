@@ -280,18 +280,15 @@ def test_generated_backbones_plug_into_task_models_on_real_data(
     autoencoder: str, task: str, dataset: str, in_chans: int, shared: Path
 ) -> None:
     """The generated backbone under a new task head; BatchNorm re-estimated on the target's real images (NEON's come
-    in different sizes); segmentation candidates rank by a per-pixel nearest-class-mean mIoU on the selection split,
-    detection candidates are not ranked, and the card says so."""
+    in different sizes); segmentation and detection candidates rank by a per-pixel nearest-class-mean mIoU on the
+    selection split (detection: its boxes filled, on chips), and the card says so."""
     data = geosane.datasets.get(dataset, str(shared / "data"))
     (generated,) = geosane.generate(
         autoencoder, f"timm:test_resnet?in_chans={in_chans}", task=task, data=dataset, data_root=str(shared / "data")
     )
     card = generated.card
     assert card["task"] == task and "re-estimated in train mode" in card["batchnorm"]
-    if task == "segmentation":
-        assert card["selection"]["ranked_by"] == RANKINGS["segmentation"] and 0 <= card["selection"]["score"] <= 1
-    else:
-        assert card["selection"] == "not ranked: no selection score for detection heads"
+    assert card["selection"]["ranked_by"] == RANKINGS[task] and 0 < card["selection"]["score"] <= 1
     model = generated.model
     assert model.training is False
     samples = data.load("test", limit=1)
