@@ -2,7 +2,7 @@
 metrics on test splits, against the baselines that separate the latent space from copying (the bench's own: the
 selection-best anchor, it decoded without noise, it plus noise at the generated model's distance, the anchors' soup).
 
-    .venv/bin/python benchmarks/generation_quality.py --autoencoder out/runs/small [--seeds 0 1 2]
+    .venv/bin/python benchmarks/generation_quality.py --autoencoder out/runs/small [--seeds 0 1 2 3 4]
     .venv/bin/python benchmarks/generation_quality.py --autoencoder out/runs/bench \
         --data eurosat_rgb?classes=0-4 --anchors dataset=eurosat_rgb?classes=0-4 --out ...
 
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--autoencoder", required=True)
     parser.add_argument("--data", default="eurosat_rgb", help="(a)'s dataset: the zoo's own (eurosat_rgb?classes=0-4)")
     parser.add_argument("--anchors", default="dataset=eurosat_rgb", help="the anchor query of (a) and (b)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generation-quality.json"))
     args = parser.parse_args()
 
@@ -144,26 +144,44 @@ def main() -> None:
         "ms_test": ms.load("test"),
     }
     rows_rgb, rows_ms = [], []
-    for seed in args.seeds:
+    for seed in args.seeds:  # saved after every seed: a run cut short keeps the seeds it finished
         rows_rgb.append(rgb_experiment(args, seed, data))
         print("(a) eurosat_rgb", {k: round(v, 3) if isinstance(v, float) else v for k, v in rows_rgb[-1].items()})
         rows_ms.append(multispectral_experiment(args, seed, data))
         print("(b) eurosat_ms ", {k: round(v, 3) if isinstance(v, float) else v for k, v in rows_ms[-1].items()})
+        result = {
+            "benchmark": "generation-quality",
+            "autoencoder": args.autoencoder,
+            "data": args.data,
+            "anchors": args.anchors,
+            "arch": ARCH,
+            "train_images": TRAIN_IMAGES,
+            "test_images": TEST_IMAGES,
+            "seeds": [row["seed"] for row in rows_rgb],
+            "summary": summarize(rows_rgb, rows_ms, data["classes"]),
+            "eurosat_rgb": rows_rgb,
+            "eurosat_ms": rows_ms,
+        }
+        save(result, args.out)
+    for key, value in result["summary"].items():
+        print(f"{key}: {value}")
+
+
+def summarize(rows_rgb: list[dict], rows_ms: list[dict], classes: int) -> dict:
+    """Mean, std (ddof=1) and 95% interval over seeds of every figure, and each baseline's and setting's paired
+    difference against the generated model by seed."""
+    from geosane.bench.results import interval as t_interval
 
     def interval(rows: list[dict], key: str) -> dict:
-        from geosane.bench.results import interval as t_interval
-
         mean, std, half = t_interval([r[key] for r in rows])
         return {"mean": round(mean, 4), "std": round(std, 4), "ci95": round(half, 4)}
 
     def paired(rows: list[dict], key: str, reference: str) -> dict:
-        from geosane.bench.results import interval as t_interval
-
         mean, _, half = t_interval([r[key] - r[reference] for r in rows])
         return {"mean": round(mean, 4), "ci95": round(half, 4), "excludes_zero": bool(abs(mean) > half)}
 
     names = ["generated", "anchor", "decoded", "noised", "soup"]
-    summary = {
+    return {
         **{f"a_{n}_epoch0": interval(rows_rgb, f"{n}_epoch0") for n in names},
         "a_random_bn_reestimated_epoch0": interval(rows_rgb, "random_bn_reestimated_epoch0"),
         **{f"a_{n}_epoch1": interval(rows_rgb, f"{n}_epoch1_lr0.001") for n in names},
@@ -172,30 +190,17 @@ def main() -> None:
         **{f"b_{n}_linear_probe": interval(rows_ms, f"{n}_linear_probe") for n in [*names, "random"]},
         **{
             f"{part}_{n}_minus_generated": paired(rows, f"{n}{suffix}", f"generated{suffix}")
-            for part, rows, suffix in (("a_epoch0", rows_rgb, "_epoch0"), ("b_probe", rows_ms, "_linear_probe"))
+            for part, rows, suffix in (
+                ("a_epoch0", rows_rgb, "_epoch0"),
+                ("a_epoch1", rows_rgb, "_epoch1_lr0.001"),
+                ("b_probe", rows_ms, "_linear_probe"),
+            )
             for n in names[1:]
         },
         **{f"a_{n}_epoch0": interval(rows_rgb, f"{n}_epoch0") for n in VARIANTS},
         **{f"a_epoch0_{n}_minus_generated": paired(rows_rgb, f"{n}_epoch0", "generated_epoch0") for n in VARIANTS},
-        "chance": round(1 / data["classes"], 4),
+        "chance": round(1 / classes, 4),
     }
-    for key, value in summary.items():
-        print(f"{key}: {value}")
-    save(
-        {
-            "benchmark": "generation-quality",
-            "autoencoder": args.autoencoder,
-            "data": args.data,
-            "anchors": args.anchors,
-            "arch": ARCH,
-            "train_images": TRAIN_IMAGES,
-            "test_images": TEST_IMAGES,
-            "summary": summary,
-            "eurosat_rgb": rows_rgb,
-            "eurosat_ms": rows_ms,
-        },
-        args.out,
-    )
 
 
 if __name__ == "__main__":

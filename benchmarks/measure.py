@@ -58,5 +58,7 @@ def save(result: dict, out: str | Path) -> None:
     }
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    temporary = path.with_name(path.name + ".tmp")  # a run stopped while writing leaves the previous result
+    temporary.write_text(json.dumps(result, indent=2) + "\n")
+    temporary.replace(path)
     print(f"saved {path}")
