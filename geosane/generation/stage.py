@@ -171,6 +171,16 @@ def generate(
         config.candidates,
         config.sampling,
     )
+    lineages = {a.record.get("tags", {}).get("lineage") or a.record.get("id") or a.name for a in plan.anchors}
+    if config.sampling != "joint" and len(lineages) > 1:
+        log.warning(
+            "%s sampling mixes %d anchors of %d lineages (or untagged models): units of independently trained models "
+            "do not line up, and such mixes scored near chance on EuroSAT (README, 'How good it is'); use joint "
+            "sampling, or anchors of one lineage",
+            config.sampling,
+            len(plan.anchors),
+            len(lineages),
+        )
     results, executor = run_candidates(plan, progress, use_ray)
     ranked = sorted(results, key=lambda r: -r[1].get("selection_score", 0.0)) if plan.target else results
     card = {

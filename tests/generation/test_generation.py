@@ -178,6 +178,24 @@ def load_selection(settings: dict) -> torch.Tensor:
     return plan.target.selection_x
 
 
+def test_token_sampling_across_lineages_warns(
+    autoencoder: str, collection: Collection, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tokens of independently trained models do not line up (such mixes score near chance): mixing anchors of two
+    lineages says so in the log; one anchor, or joint sampling, does not."""
+    settings = {"anchors": "dataset=eurosat_rgb", "collection": collection.url, "candidates": 1}
+    with caplog.at_level("WARNING", logger="geosane.generation.stage"):
+        geosane.generate(autoencoder, "timm:test_resnet?num_classes=10", sampling="token", **settings)
+    assert "token sampling mixes 2 anchors of 2 lineages" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="geosane.generation.stage"):
+        geosane.generate(autoencoder, "timm:test_resnet?num_classes=10", **settings)
+        geosane.generate(
+            autoencoder, "timm:test_resnet?num_classes=10", sampling="token", **{**settings, "anchors": "seed=0"}
+        )
+    assert "mixes" not in caplog.text
+
+
 def test_anchors_from_a_query_and_the_card(autoencoder: str, collection: Collection, tmp_path: Path) -> None:
     generated = geosane.generate(
         autoencoder,
