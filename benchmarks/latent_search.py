@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 import torch
-from scipy import stats
 
 import geosane
+from geosane.bench.results import interval as t_interval
 from geosane.generation import prepare, reestimate_batchnorm
 from geosane.generation.search import Features, nearest_mean_loss
 from geosane.tasks import load_task
@@ -66,10 +66,8 @@ def weight_steps(model: torch.nn.Module, plan: object, steps: int, lr: float) ->
 
 
 def interval(values: list[float]) -> list[float]:
-    """The 95% t-interval of the mean."""
-    mean, half = statistics.mean(values), 0.0
-    if len(values) > 1:
-        half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    """The 95% t-interval of the mean (the bench's, :func:`geosane.bench.results.interval`), as [low, high]."""
+    mean, _, half = t_interval(values)
     return [round(mean - half, 4), round(mean + half, 4)]
 
 
