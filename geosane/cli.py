@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from typing import Any, Sequence
 
 from geosane.config import add_options, version_number
@@ -254,8 +254,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from geosane.serve import ServeConfig, serve
 
     config = ServeConfig(**{f.name: getattr(args, f.name) for f in fields(ServeConfig)})
-    print(f"serving {config.autoencoder} at http://{config.host}:{config.port} (results in {config.storage})")
-    serve(config)
+    serve(replace(config, data=tuple(args.data or ()), prompt_weights=tuple(args.prompt_weights or ())))
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
@@ -414,7 +413,9 @@ def add_bench(commands: Any) -> None:
 def add_serve(commands: Any) -> None:
     from geosane.serve import ServeConfig
 
-    add_options(subcommand(commands, cmd_serve), ServeConfig, [f.name for f in fields(ServeConfig)])
+    lists = {"action": "append", "default": None}  # repeated: --data a=npz:A --data b=imagefolder:B
+    flags = {"data": lists, "prompt_weights": lists}
+    add_options(subcommand(commands, cmd_serve), ServeConfig, [f.name for f in fields(ServeConfig)], flags=flags)
 
 
 def add_embed(commands: Any) -> None:

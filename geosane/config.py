@@ -17,16 +17,39 @@ import dataclasses
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar, dataclass_transform
+from typing import Annotated, Any, Sequence, TypeVar, dataclass_transform
 
 import pydantic
 import yaml
 
 from geosane.errors import GeoSANEError
 
-__all__ = ["add_options", "load_config", "option", "settings", "version_number"]
+__all__ = ["MAX_SEED", "Seed", "add_options", "check_seed", "load_config", "option", "settings", "version_number"]
 
 T = TypeVar("T")
+
+#: Seeds are what NumPy, PyTorch and Ray Tune all take: 0 to 2^63-1.
+MAX_SEED = 2**63 - 1
+#: A seed in a settings class: YAML outside 0 to 2^63-1 is an error naming the line.
+Seed = Annotated[int, pydantic.Field(ge=0, le=MAX_SEED)]
+
+
+def check_seed(seed: Any, where: str = "seed") -> int:
+    """``seed`` if it is a whole number from 0 to 2^63-1 (what every random generator here takes).
+
+    Args:
+        seed: the value given.
+        where: how to name it in the message (it starts the message, so a service can name the field).
+
+    Returns:
+        The seed.
+
+    Raises:
+        GeoSANEError: anything else, naming ``where``.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GeoSANEError(f"{where} must be a whole number from 0 to 2^63-1, got {seed!r}")
+    return seed
 
 
 @dataclass_transform()

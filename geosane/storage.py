@@ -102,23 +102,24 @@ def holder(url: str) -> str | None:
     return None
 
 
-def refuse_output_inside(out: str, *roots: str | None) -> None:
+def refuse_output_inside(out: str, *roots: str | None, flag: str = "--out") -> None:
     """Refuse an output folder inside a collection or a run (those named, and any local one found above ``out``):
     the rule ``collection export`` follows, for every verb that writes.
 
     Args:
         out: where a verb would write.
         *roots: collections and runs it reads (None: none).
+        flag: the option that named ``out``, for the message.
 
     Raises:
         GeoSANEError: naming the collection or run ``out`` lies in.
     """
     for root in filter(None, roots):
         if within(absolute(out), absolute(root)):
-            raise GeoSANEError(f"--out {out} is inside {root}; write elsewhere")
+            raise GeoSANEError(f"{flag} {out} is inside {root}; write elsewhere")
     inside = holder(out)
     if inside:
-        raise GeoSANEError(f"--out {out} is inside {inside}; write elsewhere")
+        raise GeoSANEError(f"{flag} {out} is inside {inside}; write elsewhere")
 
 
 def within(url: str, root: str) -> bool:
@@ -208,6 +209,7 @@ def atomic_open(url: str) -> Iterator[IO[bytes]]:
     Readers never see a half-written file: they see the old file, or the new one complete.
     """
     with errors_named(url, "write"):
+        ensure_bucket(url)  # s3fs would create a missing bucket; only `collect --create-bucket` may
         fs, path = filesystem(url)
         parent = posixpath.dirname(path)
         if parent:
@@ -240,6 +242,7 @@ def write_bytes(url: str, data: bytes) -> None:
 def upload(folder: str | Path, url: str) -> None:
     """Copy a local folder's files to ``url`` (any fsspec URL; a local path too)."""
     with errors_named(url, "write"):
+        ensure_bucket(url)
         fs, path = filesystem(url)
         fs.put(str(folder).rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
 

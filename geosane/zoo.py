@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import torch
 
-from geosane.config import load_config, settings
+from geosane.config import Seed, load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.storage import absolute
 
@@ -57,7 +57,7 @@ class ZooConfig:
     name: str
     groups: list[ZooGroup]
     search: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    seed: Seed = 0
     cpus_per_trial: float = 1
     gpus_per_trial: float = 0
     max_concurrent: int = 0  # 0: as many as resources allow

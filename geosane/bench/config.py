@@ -10,7 +10,7 @@ from typing import Any, Callable
 from torch import nn
 
 from geosane.autoencoder.registry import DEFAULT, is_shipped
-from geosane.config import load_config, settings
+from geosane.config import Seed, load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.generation import GenerateConfig
 from geosane.tasks import Distillation
@@ -92,7 +92,7 @@ class BenchTask:
     train_limit: int | None = None
     test_limit: int | None = None
     selection_limit: int | None = 500
-    seeds: list[int] | None = None  # this task's seeds (default: the sweep's): fewer where a trial is expensive
+    seeds: list[Seed] | None = None  # this task's seeds (default: the sweep's): fewer where a trial is expensive
 
     @property
     def name(self) -> str:
@@ -120,7 +120,7 @@ class BenchConfig:
     name: str
     tasks: list[BenchTask]
     autoencoder: str = DEFAULT  # for `generated`: a run, its final/, or a shipped one
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    seeds: list[Seed] = field(default_factory=lambda: [0, 1, 2])
     collection: str | None = None  # default: the autoencoder's training collection
     weight_decay: float = 0.01
     flips: bool = True  # the augmentation every initialization gets

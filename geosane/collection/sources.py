@@ -25,6 +25,7 @@ import torch
 from geosane import storage
 from geosane.collection import pretrained
 from geosane.collection.formats import SUFFIXES, bundle_name, channels_last, guess_in_chans, read_model_file
+from geosane.config import check_seed
 from geosane.errors import GeoSANEError
 
 __all__ = [
@@ -192,10 +193,10 @@ def load_timm(uri: str) -> ModelSource:
         seed = int(options.get("seed", 0))
     except ValueError as exc:
         raise GeoSANEError(f"{uri}: in_chans, num_classes and seed must be integers ({exc})") from exc
-    if in_chans < 1 or num_classes < 0 or seed < 0:
+    check_seed(seed, f"{uri}: seed")
+    if in_chans < 1 or num_classes < 0:
         raise GeoSANEError(
-            f"{uri}: in_chans must be >= 1, num_classes and seed >= 0 "
-            f"(got in_chans={in_chans}, num_classes={num_classes}, seed={seed})"
+            f"{uri}: in_chans must be >= 1 and num_classes >= 0 (got in_chans={in_chans}, num_classes={num_classes})"
         )
     sizes = timm_sizes(uri)
     torch.manual_seed(seed)

@@ -9,12 +9,13 @@ Owns the registry (``registry``), one module per dataset, the written-down split
 """
 
 from geosane.datasets.base import SPLITS, Dataset, Samples, data_root
-from geosane.datasets.registry import REGISTRY, get, list_datasets, parse_spec
+from geosane.datasets.registry import REGISTRY, accepted_options, get, list_datasets, parse_spec
 from geosane.datasets.training import excluded_keys, training_ids, training_keys
 
 __all__ = [
     "REGISTRY",
     "SPLITS",
+    "accepted_options",
     "Dataset",
     "Samples",
     "data_root",

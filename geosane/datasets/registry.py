@@ -14,7 +14,7 @@ from geosane.datasets.torchgeo_sets import DIOR, RESISC45, BigEarthNet
 from geosane.datasets.user import IMAGEFOLDER, NPZ, ImageFolderDataset, NpzDataset
 from geosane.errors import GeoSANEError
 
-__all__ = ["REGISTRY", "get", "list_datasets", "parse_spec"]
+__all__ = ["REGISTRY", "accepted_options", "get", "list_datasets", "parse_spec"]
 
 REGISTRY: dict[str, type[Dataset]] = {
     cls.name: cls
@@ -38,6 +38,11 @@ def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
             raise GeoSANEError(f"dataset {spec!r}: expected NAME[?option=value&...], got option {part!r}")
         options[key] = value
     return name, options
+
+
+def accepted_options(name: str) -> set[str]:
+    """The options a registered dataset takes (its constructor's keywords, less the data root)."""
+    return set(inspect.signature(REGISTRY[name].__init__).parameters) - {"self", "root"}
 
 
 def get(spec: str, root: str | None = None, **options) -> Dataset:
@@ -64,8 +69,7 @@ def get(spec: str, root: str | None = None, **options) -> Dataset:
         raise GeoSANEError(
             f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or npz:PATH, imagefolder:DIR"
         )
-    accepted = set(inspect.signature(REGISTRY[name].__init__).parameters) - {"self", "root"}
-    unknown = sorted(set(parsed) - accepted)
+    unknown = sorted(set(parsed) - accepted_options(name))
     if unknown:  # checked here: a TypeError raised inside a constructor is not the user's option
         raise GeoSANEError(f"dataset {spec!r}: {name} takes no option(s) {', '.join(unknown)}")
     return REGISTRY[name](data_root(root), **parsed, **options)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from geosane.config import option
+from geosane.config import check_seed, option
 from geosane.errors import GeoSANEError
 
 if TYPE_CHECKING:  # the command line reads these settings without loading torch
@@ -55,7 +55,8 @@ class GenerateConfig:
     search_lr: float = option(0.05, "the latent search's step, in units of each latent dimension's spread")
 
     def validate(self) -> None:
-        """Refuse a sampling, candidate count or bandwidth that cannot work, naming it."""
+        """Refuse a sampling, candidate count, bandwidth or seed that cannot work, naming it."""
+        check_seed(self.seed)
         if self.sampling not in SAMPLINGS:
             raise GeoSANEError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
         if self.candidates < 1 or not 1 <= self.top_k <= self.candidates:

@@ -10,7 +10,7 @@ from typing import Any
 
 from geosane.autoencoder import AutoencoderConfig
 from geosane.autoencoder.losses import LossConfig
-from geosane.config import load_config, option, settings
+from geosane.config import Seed, load_config, option, settings
 from geosane.errors import GeoSANEError
 
 __all__ = ["OFFLOAD_DEVICES", "TrainConfig", "deepspeed_config", "nvme_folder", "resume_key"]
@@ -62,7 +62,7 @@ class TrainConfig:
     gamma: float = LossConfig.gamma
     temperature: float = LossConfig.temperature
     max_failures: int = 1
-    seed: int = 0
+    seed: Seed = 0
     # what neither trains nor validates, reported apart: {family: [convnext, vision_transformer]} (YAML only)
     holdout: dict[str, list[str]] = field(default_factory=dict)
 

@@ -1,0 +1,87 @@
+"""What a request may ask for: generation's settings with every bad field named in a 422, and only what the service
+offers (registered datasets and its allow-lists), never a server path, before anything on the server is looked at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from geosane.errors import GeoSANEError
+from geosane.serve import ServeConfig, parse_request
+
+REQUEST = {"prompt": "timm:test_resnet?num_classes=5", "candidates": 2, "seed": 3}
+SERVICE = ServeConfig()
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**REQUEST, "bandwidth": -1}, "bandwidth"),
+        ({**REQUEST, "bandwidth": "wide"}, "bandwidth"),
+        ({**REQUEST, "candidates": 10_000}, "candidates"),
+        ({**REQUEST, "sampling": "nearest"}, "sampling"),
+        ({**REQUEST, "bandwidth": None}, "bandwidth"),
+        ({**REQUEST, "seed": True}, "seed"),
+        ({**REQUEST, "seed": 2**70}, "seed"),
+        ({**REQUEST, "seed": -1}, "seed"),
+        ({**REQUEST, "colour": "red"}, "colour"),
+        ({**REQUEST, "collection": "/srv/collection"}, "collection"),
+        ({**REQUEST, "data_root": "/srv"}, "data_root"),
+        ({"seed": 1}, "prompt"),
+        ({**REQUEST, "prompt": "timm:no_such_net"}, "prompt"),
+        ({**REQUEST, "prompt": "/srv/model.safetensors"}, "prompt"),
+        ([1, 2], "(body)"),
+    ],
+)
+def test_a_bad_request_is_refused_naming_its_field(body, field) -> None:
+    status, answer = parse_request(body, SERVICE)
+    assert status == 422 and answer["field"] == field and answer["reason"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({**REQUEST, "prompt": "timm:test_resnet?pretrained=/etc/hostname"}, "prompt"),
+        ({**REQUEST, "prompt": "timm:test_resnet?pretrained=/no/such/file.safetensors"}, "prompt"),
+        ({**REQUEST, "prompt": "timm:test_resnet?num_classes=../../etc"}, "prompt"),
+        ({**REQUEST, "prompt": "timm:test_resnet?seed=2"}, "prompt"),
+        ({**REQUEST, "data": "imagefolder:/etc"}, "data"),
+        ({**REQUEST, "data": "imagefolder:/no/such/folder"}, "data"),
+        ({**REQUEST, "data": "npz:/etc/hostname"}, "data"),
+        ({**REQUEST, "data": "npz:/no/such/file.npz"}, "data"),
+        ({**REQUEST, "data": "/etc"}, "data"),
+        ({**REQUEST, "data": "eurosat_rgb?download=true"}, "data"),
+        ({**REQUEST, "data": "eurosat_rgb?classes=/etc/x"}, "data"),
+        ({**REQUEST, "prompt_weights": "/etc/hostname"}, "prompt_weights"),
+    ],
+)
+def test_a_request_naming_a_server_path_is_refused_without_a_look(body, field) -> None:
+    """Whether the path exists or not, the answer is the same 422, and it tells nothing of the server's files."""
+    status, answer = parse_request(body, SERVICE)
+    assert status == 422 and answer["field"] == field
+    assert "hostname" not in answer["reason"] and "not found" not in answer["reason"]
+    assert "passwd" not in answer["reason"] and "ssl" not in answer["reason"]  # no listing of /etc
+
+
+def test_offered_names_stand_for_what_the_service_was_started_with(tmp_path: Path) -> None:
+    np.savez(tmp_path / "mine.npz", x=np.zeros((4, 3, 8, 8), np.float32), y=np.zeros(4, np.int64))
+    config = ServeConfig(data=(f"mine=npz:{tmp_path / 'mine.npz'}",), prompt_weights=("imagenet=/srv/w.safetensors",))
+    settings = parse_request({**REQUEST, "data": "mine", "prompt_weights": "imagenet"}, config)
+    assert settings.data == f"npz:{tmp_path / 'mine.npz'}" and settings.prompt_weights == "/srv/w.safetensors"
+    registered = parse_request({**REQUEST, "data": "eurosat_rgb?classes=5-9"}, config)
+    assert registered.data == "eurosat_rgb?classes=5-9" and registered.prompt_weights is None
+    status, answer = parse_request({**REQUEST, "prompt_weights": "other"}, config)
+    assert status == 422 and "imagenet" in answer["reason"]
+
+
+def test_a_good_request_becomes_the_generation_settings() -> None:
+    config = parse_request({**REQUEST, "bandwidth": 0}, SERVICE)  # an integer where a number is asked
+    assert config.prompt == REQUEST["prompt"] and config.bandwidth == 0.0 and config.candidates == 2
+
+
+@pytest.mark.parametrize("entry", ["mine", "=npz:/x", "a b=npz:/x"])
+def test_an_allow_list_entry_must_be_name_equals_value(entry) -> None:
+    with pytest.raises(GeoSANEError, match="NAME=VALUE"):
+        ServeConfig(data=(entry,)).offered("data")
