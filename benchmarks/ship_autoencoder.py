@@ -37,6 +37,7 @@ The training is budget-fitted, so a rebuild is not bit-identical. It passes when
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import statistics
@@ -267,6 +268,8 @@ def build(run: str, name: str, skip: list[str], max_mb: float) -> Path:
     (staging / "CARD.md").write_text(card_markdown(card))
     card["files"] = registry.file_hashes(staging)  # every file but the card, CARD.md included
     (staging / registry.CARD).write_text(json.dumps(card, indent=1, default=str))
+    card_hash = hashlib.sha256((staging / registry.CARD).read_bytes()).hexdigest()
+    (staging / registry.CARD_HASH).write_text(f"{card_hash}  {registry.CARD}\n")
     size = sum(p.stat().st_size for p in staging.rglob("*") if p.is_file())
     if size > max_mb * 1e6:
         raise SystemExit(f"{staging}: {size / 1e6:.1f} MB, over the {max_mb:g} MB a shipped set may take")

@@ -187,3 +187,92 @@ def test_generated_cards_carry_the_hash_of_their_weights(tmp_path) -> None:
 def test_library_callers_get_the_same_checks() -> None:
     with pytest.raises(GeoSANEError, match="bandwidth"):
         geosane.generate("geosane:small", PROMPT, bandwidth=float("nan"))
+
+
+def bench_with_prompt_weights(tmp_path: Path, weights: Path) -> Path:
+    config = tmp_path / "bench.yaml"
+    config.write_text(
+        "name: prompt-weights\nseeds: [0]\ntasks:\n"
+        "  - {data: eurosat_rgb, arch: test_resnet, initializations: [prompt], epochs: 1, lr: 0.001, "
+        f"prompt_weights: {weights}}}\n"
+    )
+    return config
+
+
+@pytest.mark.parametrize("weights", ["missing", "another architecture", "code-carrying pickle"])
+def test_a_bench_checks_its_prompt_weights_before_ray(weights, shared, tmp_path, capsys) -> None:
+    import pickle
+
+    import timm
+    import torch
+
+    path = tmp_path / "weights.safetensors"
+    if weights == "another architecture":
+        save_file(timm.create_model("test_vit", num_classes=10).state_dict(), path)
+    elif weights == "code-carrying pickle":
+        path = tmp_path / "weights.pt"
+
+        class Payload:
+            def __reduce__(self):
+                return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+        torch.save({"conv.weight": torch.zeros(1), "payload": Payload()}, path, pickle_protocol=pickle.HIGHEST_PROTOCOL)
+    config = bench_with_prompt_weights(tmp_path, path)
+    status, output = run(["bench", "--config", str(config), "--storage", str(tmp_path / "runs")], capsys)
+    assert status == 2 and "tasks[0].prompt_weights" in output and str(path.name) in output, output
+    assert not (tmp_path / "pwned").exists() and not (tmp_path / "runs").exists()
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_a_bench_takes_prompt_weights_that_fit(shared, tmp_path) -> None:
+    import timm
+
+    from geosane.bench import BenchConfig
+
+    path = tmp_path / "weights.safetensors"
+    save_file(timm.create_model("test_resnet", num_classes=7).state_dict(), path)
+    assert BenchConfig.from_yaml(bench_with_prompt_weights(tmp_path, path)).tasks[0].prompt_weights == str(path)
+
+
+@pytest.mark.parametrize("seed", [str(2**70), "-1"])
+def test_seeds_outside_0_to_2_63_are_refused_on_every_path(seed, tmp_path, capsys) -> None:
+    status, output = run(["generate", "--prompt", PROMPT, "--seed", seed, "--out", str(tmp_path / "g")], capsys)
+    assert status == 2 and "seed must be a whole number from 0 to 2^63-1" in output and "Traceback" not in output
+    status, output = run(["collect", f"{PROMPT}&seed={seed}", "--out", str(tmp_path / "c")], capsys)
+    assert status == 2 and "seed must be a whole number from 0 to 2^63-1" in output
+    for name, text in [
+        ("bench", "name: x\nseeds: [SEED]\ntasks: []\n"),
+        ("zoo", "name: x\ngroups: []\nseed: SEED\n"),
+        ("train", "collection: c\nstorage: s\nname: x\nseed: SEED\n"),
+    ]:
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(text.replace("SEED", seed))
+        argv = {
+            "bench": ["bench", "--config", str(config), "--storage", str(tmp_path / "runs")],
+            "zoo": ["zoo", "--config", str(config), "--out", str(tmp_path / "z")],
+            "train": ["train", "--config", str(config), "--collection", "c", "--storage", str(tmp_path / "r")],
+        }[name]
+        status, output = run(argv, capsys)
+        assert status == 2 and "seed" in output and "line" in output and "Traceback" not in output, (name, output)
+    assert not any((tmp_path / d).exists() for d in ("g", "c", "runs", "z", "r"))
+
+
+def test_no_verb_but_collect_create_bucket_creates_a_bucket(s3_server, tmp_path, capsys) -> None:
+    import boto3
+
+    from geosane import storage
+    from geosane.serve import ServeConfig, resolved
+
+    buckets = boto3.client("s3", endpoint_url=s3_server)
+    status, output = run(["generate", "--prompt", PROMPT, "--candidates", "1", "--out", "s3://no-bucket-g/g"], capsys)
+    assert status == 2 and "bucket no-bucket-g does not exist" in output
+    with pytest.raises(GeoSANEError, match="bucket no-bucket-s does not exist"):
+        resolved(ServeConfig(storage="s3://no-bucket-s/jobs"))
+    with pytest.raises(GeoSANEError, match="bucket no-bucket-w does not exist"):
+        storage.write_bytes("s3://no-bucket-w/x.json", b"{}")
+    names = [b["Name"] for b in buckets.list_buckets()["Buckets"]]
+    assert not {"no-bucket-g", "no-bucket-s", "no-bucket-w"} & set(names)
+    status, _ = run(["collect", PROMPT, "--out", "s3://made-by-collect/c", "--create-bucket"], capsys)
+    assert status == 0 and "made-by-collect" in [b["Name"] for b in buckets.list_buckets()["Buckets"]]

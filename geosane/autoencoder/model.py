@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import torch
@@ -392,6 +393,8 @@ class Autoencoder(nn.Module):
             model.info = {**model.info, "url": url, "card": str(path / registry.CARD)}
             model.info["collection"] = str(path / registry.ANCHORS)  # anchors ship; the collection it learned does not
             return model
+        if step is None and registry.is_shipped_folder(url):  # a shipped one by path: the same checks as by name
+            registry.check_files(Path(url), url)
         if step is not None:
             from geosane.autoencoder import checkpoints
 

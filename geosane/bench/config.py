@@ -23,6 +23,7 @@ __all__ = [
     "BenchConfig",
     "BenchTask",
     "Initialization",
+    "check_prompt_weights",
     "parse_initialization",
 ]
 
@@ -71,6 +72,30 @@ def parse_initialization(name: str) -> tuple[str, dict[str, Any]]:
             raise GeoSANEError(f"{name!r}: {key} must be a {kind.__name__}, got {value!r}") from exc
     replace(defaults, data="checked", **options).validate()
     return base, options
+
+
+def check_prompt_weights(task: BenchTask, key: str, data_root: str | None) -> None:
+    """A task's ``prompt_weights`` as a trial would read them, before Ray starts: there, safe to read (no pickled
+    code) and loading strictly into the task's architecture for its bands and classes.
+
+    Args:
+        task: the task.
+        key: how to name it in messages.
+        data_root: where its data lies.
+
+    Raises:
+        GeoSANEError: naming the key and what is wrong.
+    """
+    from geosane import datasets
+    from geosane.collection.sources import load_timm
+
+    data = datasets.get(task.data, data_root)
+    options = {"in_chans": data.in_chans, "num_classes": data.num_classes, **task.model_kwargs}
+    text = "&".join(f"{k}={','.join(map(str, v)) if isinstance(v, list | tuple) else v}" for k, v in options.items())
+    try:
+        load_timm(f"timm:{task.arch}?{text}&pretrained={task.prompt_weights}")
+    except GeoSANEError as exc:
+        raise GeoSANEError(f"{key}.prompt_weights: {exc}") from None
 
 
 @settings
@@ -201,6 +226,9 @@ class BenchConfig:
             for init in ("pruned", "distilled", "foundation"):
                 if init in task.initializations and kind != "classification":
                     raise GeoSANEError(f"{key}.initializations: {init} is for classification, {task.data} is {kind}")
+            if task.prompt_weights:
+                check_prompt_weights(task, key, self.data_root)
+
 
     def resolved(self) -> BenchConfig:
         """This sweep with every local path absolute: Tune runs each trial in its own folder."""

@@ -17,6 +17,7 @@ Also the other thing 0.1 did differently: ids hashed the tensors in the file's o
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,6 +36,8 @@ from geosane.errors import GeoSANEError
 from geosane.tokenizer import TokenizerConfig, tokenize
 
 __all__ = ["MANIFEST", "is_legacy", "migrate", "read_manifest", "read_parts", "rewrite_ids", "write_first_layout"]
+
+log = logging.getLogger(__name__)
 
 FORMAT = "geosane.collection"
 MANIFEST = "manifest.json"
@@ -196,14 +199,16 @@ def write_first_layout(
 def rewrite_ids(collection: Any, progress: bool = True) -> int:
     """Give every model of a table collection its canonical id (:func:`~geosane.collection.records.model_id`), in
     one commit that rewrites every row; a changed model keeps its old id among its ``aliases``, so lookups by the
-    old id still work, and earlier versions still read as they were.
+    old id still work, and earlier versions still read as they were. Rows that turn out to hold one model (0.1 gave
+    a ``.pt`` and a ``.safetensors`` of the same weights two ids) become one row, the first, with every old id of
+    the others among its aliases.
 
     Args:
         collection: the :class:`~geosane.collection.Collection`.
         progress: show a progress bar.
 
     Returns:
-        The number of ids rewritten (0: nothing to do, nothing committed).
+        The number of models whose id changed, a merged model once (0: nothing to do, nothing committed).
 
     Raises:
         GeoSANEError: a model that does not read back (nothing is changed).
@@ -212,21 +217,33 @@ def rewrite_ids(collection: Any, progress: bool = True) -> int:
 
     dataset = collection._required()
     records = collection.records()
-    new_ids = {}
+    canonical = {}  # old id -> canonical id
     for record in tqdm(records, desc="ids", unit="model", disable=not progress):
-        canonical = model_id(collection.export(record))  # the export checks the weights against the old id
-        if canonical != record.id:
-            new_ids[record.id] = canonical
-    if not new_ids:
+        canonical[record.id] = model_id(collection.export(record))  # the export checks the weights against the id
+    changed = {canonical[old] for old in canonical if canonical[old] != old}
+    if not changed:
         return 0
+    aliases: dict[str, list[str]] = {}  # canonical id -> every id its rows had, in table order
+    for record in records:
+        known = aliases.setdefault(canonical[record.id], [])
+        known += [a for a in (*record.aliases, record.id) if a != canonical[record.id] and a not in known]
+    merged = len(records) - len(aliases)
+    if merged:
+        log.warning(
+            "%s: %d row(s) held a model another row holds; merged, their ids kept as aliases", collection.url, merged
+        )
+    written: set[str] = set()
 
     def rows() -> Iterator[pa.RecordBatch]:
         for batch in dataset.to_batches(columns=SCHEMA.names, batch_size=1):
             row = batch.to_pylist()[0]
             record = json.loads(row["record"])
-            old = record["id"]
-            if old in new_ids:
-                record["id"], record["aliases"] = new_ids[old], [*record.get("aliases", []), old]
+            new = canonical[record["id"]]
+            if new in written:  # another row of a model already written: its ids live on as aliases
+                continue
+            written.add(new)
+            if record["id"] != new or record.get("aliases", []) != aliases[new]:
+                record["id"], record["aliases"] = new, aliases[new]
                 row["id"], row["record"] = record["id"], json.dumps(record)
                 row["record_sha256"] = storage.sha256(row["record"])
             yield pa.RecordBatch.from_pylist([row], schema=batch.schema)
@@ -245,7 +262,7 @@ def rewrite_ids(collection: Any, progress: bool = True) -> int:
         lance.LanceOperation.Overwrite(schema, fragments),
         read_version=dataset.version,
         storage_options=options,
-        commit_message=f"ids rewritten in canonical order: {len(new_ids)} model(s){IDS_FOLLOW}"
-        + " ".join(new_ids.values()),
+        commit_message=f"ids rewritten in canonical order: {len(changed)} model(s){IDS_FOLLOW}"
+        + " ".join(sorted(changed)),
     )
-    return len(new_ids)
+    return len(changed)

@@ -89,13 +89,21 @@ class Collection:
             if not storage.exists(storage.join(self.table_url, "_versions")):
                 return None
             try:
-                dataset = lance.dataset(self.table_url, version=self.pinned, storage_options=options)
-            except (OSError, ValueError) as exc:
+                with checks.native_output_captured():  # a damaged manifest's Rust panic prints a backtrace itself
+                    dataset = lance.dataset(self.table_url, version=self.pinned, storage_options=options)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except BaseException as exc:  # a damaged manifest can make Lance's Rust code panic (a BaseException)
                 if self.pinned is not None and "not found" in str(exc).lower():
                     raise GeoSANEError(
                         f"{self.url}: no version {self.pinned} (see `geosane collection versions`)"
                     ) from exc
+                panicked = type(exc).__name__ == "PanicException"
+                if self.pinned is None and (panicked or isinstance(exc, (OSError, ValueError))):
+                    raise GeoSANEError(checks.newest_damaged(self, exc)) from None
                 raise
+        if dataset.version < 1:  # versions count from 1: a zeroed manifest reads as an empty version 0
+            raise GeoSANEError(checks.newest_damaged(self, ValueError("its manifest reads as version 0")))
         if self.pinned is None and check_latest and dataset.version != self.latest_checked:
             checks.check_latest(self, dataset)  # once per version opened: every read opens the dataset
             self.latest_checked = dataset.version
@@ -492,9 +500,11 @@ class Collection:
 
     def migrate(self, progress: bool = True) -> int:
         """Bring a collection up to date (:func:`.legacy.migrate` from the first layout, then
-        :func:`.legacy.rewrite_ids` for ids in the file's tensor order); returns how many models changed."""
+        :func:`.legacy.rewrite_ids` for ids in the file's tensor order, merging rows of one model); returns how many
+        models it wrote: every model of the table for a copied first layout, else those whose id changed."""
         copied = legacy.migrate(self, progress) if self.dataset() is None else 0
-        return max(copied, legacy.rewrite_ids(self, progress))
+        rewritten = legacy.rewrite_ids(self, progress)
+        return len(self.records()) if copied else rewritten
 
     def __iter__(self) -> Iterator[ModelRecord]:
         return iter(self.records())

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -29,8 +31,11 @@ __all__ = [
     "data_files",
     "mismatch",
     "named",
+    "newest_committed",
+    "newest_damaged",
     "native_output_captured",
     "read_apart",
+    "readable_versions",
     "unreadable",
     "verify",
 ]
@@ -117,33 +122,121 @@ def read_apart(
 
 def check_latest(collection: Any, dataset: Any) -> None:
     """Refuse a collection whose newest version cannot be opened: Lance falls back to the newest manifest it finds,
-    so a deleted manifest would silently roll the collection back. ``latest_version_hint.json`` names the newest.
+    so a lost manifest would silently roll the collection back. The newest version is named by
+    ``latest_version_hint.json`` and by the transaction files (Lance writes each, named by the version it read,
+    before its manifest), so a manifest lost with its hint (an incomplete copy) is found too.
 
     Args:
         collection: the collection.
         dataset: the Lance dataset as opened (at its latest readable version).
 
     Raises:
-        GeoSANEError: the hint names a newer version than the one opened, with what can still be read.
+        GeoSANEError: a newer version is named but cannot be opened, with the versions that can.
     """
-    hint = storage.join(collection.table_url, "_versions", "latest_version_hint.json")
-    try:
-        newest = int(json.loads(storage.read_bytes(hint))["version"])
-    except Exception:  # no hint (older Lance, object stores that do not write one): nothing to compare
-        return
-    if newest <= dataset.version:
-        return
     import lance
 
-    try:  # another writer may have committed since the dataset was opened: then the newer version opens
-        lance.dataset(collection.table_url, version=newest, storage_options=storage.object_store_options(hint))
-    except Exception:
-        readable = ", ".join(str(v["version"]) for v in dataset.versions())
-        raise GeoSANEError(
-            f"{collection.url}: version {newest} (named by {hint}) cannot be opened: its manifest is missing or "
-            f"damaged, and reading on would silently roll back to version {dataset.version}. Readable versions: "
-            f"{readable}; open one with --version N (`geosane collection versions {collection.url}`)"
-        ) from None
+    hint = storage.join(collection.table_url, "_versions", "latest_version_hint.json")
+    named: list[tuple[int, str]] = []
+    try:
+        named.append((int(json.loads(storage.read_bytes(hint))["version"]), hint))
+    except Exception:  # no hint (older Lance, object stores that do not write one): the transactions still tell
+        pass
+    committed = newest_committed(collection)
+    if committed:
+        named.append(committed)
+    if not named or max(named)[0] <= dataset.version:
+        return
+    newest, source = max(named)
+    options = storage.object_store_options(collection.table_url)
+    for attempt in range(6):  # a writer may be between its transaction file and its manifest: give it a moment
+        try:  # another writer may have committed since the dataset was opened: then the newer version opens
+            lance.dataset(collection.table_url, version=newest, storage_options=options)
+            return
+        except Exception:
+            if source == hint or attempt == 5:
+                break
+            time.sleep(0.5)
+    readable = ", ".join(map(str, readable_versions(collection)))
+    where = (
+        f"named by {source}"
+        if source == hint
+        else f"begun by {source}; if a writer died mid-commit, nothing was lost and removing that file lets you go on"
+    )
+    raise GeoSANEError(
+        f"{collection.url}: version {newest} cannot be opened ({where}): its manifest is missing or damaged, and "
+        f"reading on would silently roll back to version {dataset.version}. Readable versions: {readable}; open one "
+        "with --version N"
+    ) from None
+
+
+def newest_committed(collection: Any) -> tuple[int, str] | None:
+    """The newest version a commit was begun for, and its transaction file (``<read version>-<uuid>.txn``).
+
+    Args:
+        collection: the collection.
+
+    Returns:
+        (version, file URL), or None where there are no transaction files.
+    """
+    folder = storage.join(collection.table_url, "_transactions")
+    try:
+        fs, path = storage.filesystem(folder)
+        names = [posixpath.basename(n) for n in fs.ls(path, detail=False)]
+    except (FileNotFoundError, GeoSANEError):
+        return None
+    begun = [(int(n.split("-", 1)[0]) + 1, n) for n in names if n.endswith(".txn") and n.split("-", 1)[0].isdigit()]
+    if not begun:
+        return None
+    version, name = max(begun)
+    return version, storage.join(folder, name)
+
+
+#: Lance names version N's manifest 2^64-1-N (newest first in a listing); tables of older Lance name it N.
+INVERTED = 2**64 - 1
+
+
+def readable_versions(collection: Any) -> list[int]:
+    """The versions whose manifests open, oldest first (what ``--version N`` can still read)."""
+    import lance
+
+    folder = storage.join(collection.table_url, "_versions")
+    fs, path = storage.filesystem(folder)
+    versions = []
+    for name in (posixpath.basename(n) for n in fs.ls(path, detail=False)):
+        stem = name.removesuffix(".manifest")
+        if name.endswith(".manifest") and stem.isdigit():
+            versions.append(INVERTED - int(stem) if int(stem) > 2**63 else int(stem))
+    readable = []
+    for version in sorted(versions):
+        try:
+            with native_output_captured():
+                lance.dataset(
+                    collection.table_url, version=version, storage_options=storage.object_store_options(folder)
+                )
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # noqa: BLE001 (a damaged manifest can make Lance's Rust code panic)
+            continue
+        readable.append(version)
+    return readable
+
+
+def newest_damaged(collection: Any, error: BaseException) -> str:
+    """The message for a newest manifest that exists but cannot be read, with the versions that can.
+
+    Args:
+        collection: the collection.
+        error: what opening it raised.
+
+    Returns:
+        The message.
+    """
+    detail = storage.redact(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    readable = ", ".join(map(str, readable_versions(collection))) or "none"
+    return (
+        f"{collection.url}: the newest version cannot be opened ({detail}): its manifest is damaged. "
+        f"Readable versions: {readable}; open one with --version N"
+    )
 
 
 def data_files(collection: Any, dataset: Any, address: int) -> list[str]:

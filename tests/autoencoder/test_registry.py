@@ -121,3 +121,36 @@ def test_the_bench_checks_held_out_tasks_against_everything_the_shipped_autoenco
     seen = config("eurosat_rgb")  # classes 0-4 of its test split were learned by the zoo models behind it
     with pytest.raises(GeoSANEError, match="trained on its test"):
         check_held_out(seen, collection_of(seen))
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        ("delete an anchor", "models.lance"),
+        ("add an anchor", "extra.lance"),
+        ("flip a byte of the card", "card.json"),
+        ("lose the card's hash", "card.sha256"),
+        ("change the weights' hash in config.json", "config.json"),
+    ],
+)
+def test_a_shipped_autoencoder_loaded_by_path_gets_every_check(damage: str, named: str, tmp_path: Path) -> None:
+    """Loaded by its folder's path, a shipped autoencoder is checked as by name: every file its card lists, no
+    other file, and the card itself against its own hash; the error names the file that differs."""
+    folder = tmp_path / "small"
+    shutil.copytree(registry.folder(registry.DEFAULT), folder)
+    geosane.Autoencoder.load(str(folder))  # intact: loads
+    if damage == "delete an anchor":
+        next(p for p in sorted((folder / "anchors").rglob("*")) if p.is_file() and "data" in p.parts).unlink()
+    elif damage == "add an anchor":
+        (folder / "anchors" / "extra.lance").write_bytes(b"x")
+    elif damage == "flip a byte of the card":
+        text = (folder / "card.json").read_text()
+        (folder / "card.json").write_text(text.replace('"small"', '"smalL"', 1))
+    elif damage == "lose the card's hash":
+        (folder / "card.sha256").unlink()
+    else:
+        config = json.loads((folder / "config.json").read_text())
+        config["sha256"]["model.safetensors"] = "0" * 64
+        (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(GeoSANEError, match=named):
+        geosane.Autoencoder.load(str(folder))

@@ -439,3 +439,53 @@ def test_migrate_rewrites_ids_of_the_file_order_keeping_them_as_aliases(tmp_path
     assert collect(["timm:test_resnet?seed=0"], url, progress=False)[0] == []
     assert Collection(url).migrate(progress=False) == 0  # up to date: nothing committed
     assert Collection(url).version == version + 1
+
+
+def test_migrate_merges_rows_of_one_model_keeping_every_old_id(tmp_path: Path, monkeypatch) -> None:
+    """0.1 gave a ``.safetensors`` and a ``.pt`` of the same weights (in another tensor order) two ids: migrated,
+    they are one row of the canonical id, both old ids find it, and the count is the models written."""
+    import random
+
+    from safetensors.torch import save_file
+
+    from geosane.collection import records as record_module
+
+    state = timm_state("test_resnet", num_classes=3)
+    shuffled = list(state.items())
+    random.Random(0).shuffle(shuffled)
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp_path / "model.safetensors")
+    torch.save(dict(shuffled), tmp_path / "model.pt")
+    url = str(tmp_path / "old")
+    monkeypatch.setattr(record_module, "model_id", record_module.ordered_id)  # collect as 0.1 did
+    files = [str(tmp_path / "model.safetensors"), str(tmp_path / "model.pt"), "timm:test_vit?num_classes=3"]
+    collect(files, url, token_size=64, progress=False)
+    monkeypatch.undo()
+    old_ids = [r.id for r in Collection(url).records()]
+    assert len(old_ids) == 3  # the one model twice, under two ids
+    assert Collection(url).migrate(progress=False) == 2  # two models got their canonical ids
+    migrated = Collection(url)
+    ids = [r.id for r in migrated.records()]
+    assert len(ids) == len(set(ids)) == 2 and model_id(state) in ids
+    for old_id in old_ids[:2]:
+        assert migrated.record(old_id).id == model_id(state)  # both old ids are aliases of the one row
+    assert_bit_exact(dict(sorted(state.items())), dict(sorted(migrated.export(model_id(state)).items())))
+    assert Collection(url).migrate(progress=False) == 0
+
+
+def test_a_first_layout_migration_counts_what_it_wrote(tmp_path: Path, monkeypatch) -> None:
+    import random
+
+    from geosane.collection import records as record_module
+
+    state = timm_state("test_resnet", num_classes=3)
+    shuffled = list(state.items())
+    random.Random(1).shuffle(shuffled)
+    url = str(tmp_path / "old")
+    monkeypatch.setattr(record_module, "model_id", record_module.ordered_id)  # ids as 0.1 gave them
+    written = write_first_layout(url, {"a": state, "a-shuffled": dict(shuffled), "b": timm_state("test_vit")}, 64)
+    monkeypatch.undo()
+    assert len({r.id for r in written}) == 3
+    count = Collection(url).migrate(progress=False)
+    records = Collection(url).records()
+    assert count == len(records) == 2
+    assert all(Collection(url).record(r.id).id == model_id(state) for r in written[:2])

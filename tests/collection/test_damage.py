@@ -91,3 +91,40 @@ def test_a_lost_newest_manifest_is_an_error_not_a_roll_back(two_models, capfd) -
     assert status == 0 and first.id in output and second.id not in output
     with pytest.raises(geosane.GeoSANEError, match="cannot be opened"):  # nothing is added on top of a lost version
         geosane.collect(["timm:test_resnet?seed=2"], url, progress=False)
+
+
+def test_a_newest_manifest_lost_with_its_hint_is_found_from_its_transaction(two_models, capfd) -> None:
+    """An incomplete copy lost the newest manifest and ``latest_version_hint.json``: the newest version's
+    transaction file still says that it was committed, so reading on is an error, not a roll-back."""
+    url, (first, second) = two_models
+    versions = Path(url, "models.lance", "_versions")
+    sorted(versions.glob("*.manifest"))[0].unlink()
+    (versions / "latest_version_hint.json").unlink()
+    for argv in (["collection", "ls", url], ["collection", "verify", url]):
+        status, output = cli(argv, capfd)
+        assert status == 2 and "version 3 cannot be opened" in output and "Readable versions: 1, 2" in output
+        assert "_transactions" in output and ".txn" in output
+    status, output = cli(["collection", "ls", url, "--version", "2"], capfd)
+    assert status == 0 and first.id in output and second.id not in output
+    with pytest.raises(geosane.GeoSANEError, match="cannot be opened"):
+        geosane.collect(["timm:test_resnet?seed=2"], url, progress=False)
+
+
+@pytest.mark.parametrize("how", ["middle", "zeros", "truncation"])
+def test_a_damaged_newest_manifest_lists_the_readable_versions(how, two_models, capfd) -> None:
+    url, (first, second) = two_models
+    newest = sorted(Path(url, "models.lance", "_versions").glob("*.manifest"))[0]
+    data = bytearray(newest.read_bytes())
+    if how == "middle":
+        data[len(data) // 3 : len(data) // 3 + 200] = b"\xff" * 200
+    elif how == "zeros":
+        data[: len(data) - 16] = bytes(len(data) - 16)
+    else:
+        data = data[: len(data) // 2] + data[-16:]
+    newest.write_bytes(bytes(data))
+    for argv in (["collection", "ls", url], ["collection", "versions", url], ["collection", "verify", url]):
+        status, output = cli(argv, capfd)
+        assert status == 2 and "newest version cannot be opened" in output, output
+        assert "Readable versions: 1, 2;" in output and "panicked" not in output and "Traceback" not in output
+    status, output = cli(["collection", "ls", url, "--version", "2"], capfd)
+    assert status == 0 and first.id in output and second.id not in output
