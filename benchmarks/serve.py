@@ -120,7 +120,7 @@ def main() -> None:
         "latency_p95_s": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
         "cache_hits": sum(cached for _, cached, _ in outcomes),
         "failed": sum(failed for _, _, failed in outcomes),
-        "jobs_run": health["jobs_run"],
+        "jobs_run": health["jobs_started"],
         "peak_ray_rss_bytes": peak[0],
         "cli_runs_timed": len(cli_seconds),
         "cli_mean_s": statistics.mean(cli_seconds),

@@ -190,8 +190,11 @@ def test_no_file_holds_a_credential(path: Path) -> None:
                     assert "value" not in variable, f"{variable['name']} is set inline; take it from the Secret"
 
 
-def test_the_service_config_builds_the_geosane_application() -> None:
-    """The RayService's Serve config names GeoSANE's application builder, with settings it accepts."""
+def test_the_service_config_builds_the_geosane_application(s3_server: str) -> None:
+    """The RayService's Serve config names GeoSANE's application builder, with settings it accepts; its storage's
+    bucket must exist (here on a local S3 server), as on the cluster."""
+    import boto3
+
     from geosane.errors import GeoSANEError
     from geosane.serve import ServeConfig, application
 
@@ -199,6 +202,10 @@ def test_the_service_config_builds_the_geosane_application() -> None:
     (app,) = serve_config["applications"]
     assert app["import_path"] == "geosane.serve:application" and app["route_prefix"] == "/"
     assert ServeConfig(**app["args"]).storage.startswith("s3://")
+    bucket = app["args"]["storage"].removeprefix("s3://").split("/")[0]
+    with pytest.raises(GeoSANEError, match=f"bucket {bucket} does not exist"):
+        application(app["args"])  # checked before anything binds
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
     assert application(app["args"]) is not None  # binds without starting anything
     with pytest.raises(GeoSANEError, match="unknown"):
         application({**app["args"], "replica": 3})

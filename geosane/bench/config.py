@@ -229,7 +229,6 @@ class BenchConfig:
             if task.prompt_weights:
                 check_prompt_weights(task, key, self.data_root)
 
-
     def resolved(self) -> BenchConfig:
         """This sweep with every local path absolute: Tune runs each trial in its own folder."""
         from geosane.storage import absolute

@@ -29,6 +29,7 @@ from geosane.config import check_seed
 from geosane.errors import GeoSANEError
 
 __all__ = [
+    "TIMM_SIZE_OPTIONS",
     "ModelSource",
     "content_sha256",
     "find",

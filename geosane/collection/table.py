@@ -81,29 +81,12 @@ class Collection:
     # ----------------------------------------------------------------------------------------- reading
 
     def dataset(self, check_latest: bool = True) -> Any:
-        """The Lance dataset at the pinned version or the latest (:func:`.verify.check_latest`); None: no table."""
-        import lance
-
-        options = storage.object_store_options(self.table_url)
+        """The Lance dataset at the pinned version or the latest (:func:`.verify.open_table`, then
+        :func:`.verify.check_latest`); None: no table."""
         with checks.named(self, "open"):
             if not storage.exists(storage.join(self.table_url, "_versions")):
                 return None
-            try:
-                with checks.native_output_captured():  # a damaged manifest's Rust panic prints a backtrace itself
-                    dataset = lance.dataset(self.table_url, version=self.pinned, storage_options=options)
-            except (KeyboardInterrupt, SystemExit):
-                raise
-            except BaseException as exc:  # a damaged manifest can make Lance's Rust code panic (a BaseException)
-                if self.pinned is not None and "not found" in str(exc).lower():
-                    raise GeoSANEError(
-                        f"{self.url}: no version {self.pinned} (see `geosane collection versions`)"
-                    ) from exc
-                panicked = type(exc).__name__ == "PanicException"
-                if self.pinned is None and (panicked or isinstance(exc, (OSError, ValueError))):
-                    raise GeoSANEError(checks.newest_damaged(self, exc)) from None
-                raise
-        if dataset.version < 1:  # versions count from 1: a zeroed manifest reads as an empty version 0
-            raise GeoSANEError(checks.newest_damaged(self, ValueError("its manifest reads as version 0")))
+            dataset = checks.open_table(self, self.pinned)
         if self.pinned is None and check_latest and dataset.version != self.latest_checked:
             checks.check_latest(self, dataset)  # once per version opened: every read opens the dataset
             self.latest_checked = dataset.version

@@ -33,6 +33,7 @@ __all__ = [
     "named",
     "newest_committed",
     "newest_damaged",
+    "open_table",
     "native_output_captured",
     "read_apart",
     "readable_versions",
@@ -118,6 +119,43 @@ def read_apart(
     for message in damaged:
         log.warning("%s", message)
     return pa.concat_tables(parts), damaged
+
+
+def open_table(collection: Any, version: int | None) -> Any:
+    """Lance's dataset at ``version`` (None: the newest), with the errors a user can act on: no such version, or a
+    newest manifest that is damaged (named with the versions that still read). A damaged manifest can make Lance's
+    Rust code panic, which prints a backtrace itself (kept off the terminal) and raises a BaseException.
+
+    Args:
+        collection: the collection.
+        version: the version to open.
+
+    Returns:
+        The dataset.
+
+    Raises:
+        GeoSANEError: no such version, or the newest cannot be read.
+    """
+    import lance
+
+    try:
+        with native_output_captured():
+            dataset = lance.dataset(
+                collection.table_url,
+                version=version,
+                storage_options=storage.object_store_options(collection.table_url),
+            )
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001 (a Rust panic is a BaseException)
+        if version is not None and "not found" in str(exc).lower():
+            raise GeoSANEError(f"{collection.url}: no version {version} (see `geosane collection versions`)") from exc
+        if version is None and (type(exc).__name__ == "PanicException" or isinstance(exc, (OSError, ValueError))):
+            raise GeoSANEError(newest_damaged(collection, exc)) from None
+        raise
+    if dataset.version < 1:  # versions count from 1: a zeroed manifest reads as an empty version 0
+        raise GeoSANEError(newest_damaged(collection, ValueError("its manifest reads as version 0")))
+    return dataset
 
 
 def check_latest(collection: Any, dataset: Any) -> None:

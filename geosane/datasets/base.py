@@ -104,6 +104,8 @@ class Dataset(BandsAndClasses):
     bands: ClassVar[tuple[str, ...]]
     classes: ClassVar[tuple[str, ...]]
     seed: ClassVar[int] = 0
+    resolution_m: ClassVar[float] = 10.0  # ground size of a pixel
+    sentinel2_dn: ClassVar[bool] = False  # raw Sentinel-2 L1C digital numbers (reflectance x 10,000), not 8-bit
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)

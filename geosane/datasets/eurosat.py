@@ -140,6 +140,7 @@ class EuroSATMS(ClassSubset):
     name = "eurosat_ms"
     task = "classification"
     modality = "multispectral"
+    sentinel2_dn = True
     bands = MS_BANDS
     classes = CLASSES
 
@@ -187,6 +188,7 @@ class EuroSATMSFull(Dataset):
     name = "eurosat_ms_full"
     task = "classification"
     modality = "multispectral"
+    sentinel2_dn = True
     bands = MS_BANDS  # torchgeo's band order, the files' order
     classes = CLASSES
     SPLIT_NAMES = {"train": "train", "selection": "val", "test": "test"}

@@ -23,6 +23,7 @@ class NeonTrees(Dataset):
     name = "neon_trees"
     task = "detection"
     modality = "rgb"
+    resolution_m = 0.1  # NEON's airborne RGB
     bands = ("Red", "Green", "Blue")
     classes = ("Tree",)
 

@@ -100,7 +100,7 @@ def resolved(config: ServeConfig) -> ServeConfig:
     from geosane import datasets
     from geosane.autoencoder import Autoencoder
     from geosane.autoencoder.registry import is_shipped
-    from geosane.collection.sources import read_file
+    from geosane.collection.sources import load
 
     for name in ("replicas", "max_queue", "max_candidates", "anchor_cache"):
         if getattr(config, name) < 1:
@@ -118,7 +118,7 @@ def resolved(config: ServeConfig) -> ServeConfig:
         data.append(f"{name}={spec}")
     weights = []
     for name, path in config.offered("prompt_weights").items():
-        read_file(storage.absolute(path))  # there, and safe to read (no pickled code)
+        load(storage.absolute(path))  # there, and safe to read (no pickled code)
         weights.append(f"{name}={storage.absolute(path)}")
     out = storage.absolute(config.storage)
     storage.refuse_output_inside(out, None if is_shipped(autoencoder) else autoencoder, flag="--storage")

@@ -169,7 +169,12 @@ class TableClient:
         return ray.get(getattr(self.table, method).remote(*args))
 
     def tell(self, method: str, *args: Any) -> None:
-        """``table.method(*args)`` without waiting for an answer (heartbeats)."""
+        """``table.method(*args)`` without waiting for an answer (heartbeats).
+
+        Args:
+            method: a :class:`JobTable` method.
+            *args: its arguments.
+        """
         if self.remote:
             getattr(self.table, method).remote(*args)
         else:

@@ -245,7 +245,20 @@ class GenerationService:
         return data
 
     def checked(self, job: str, name: str, expected: str | None, state: dict[str, Any] | None = None) -> bytes:
-        """A job's file, read and compared with ``expected`` (or with ``state``'s record of it)."""
+        """A job's file, read and compared with its recorded hash.
+
+        Args:
+            job: the job's id.
+            name: the file.
+            expected: its SHA-256 (None: ``state``'s record of it).
+            state: the job's ``job.json``.
+
+        Returns:
+            The bytes.
+
+        Raises:
+            DamagedResult: missing, or not the bytes that were written.
+        """
         expected = expected or (state or {}).get("sha256", {}).get(name)
         url = storage.join(self.folder(job), name)
         try:

@@ -21,6 +21,9 @@ class TaskData(BandsAndClasses):
     train: tuple[Any, Any]
     selection: tuple[Any, Any]
     test: tuple[Any, Any]
+    statistics: tuple[list[float], list[float]] | None = None  # per-band mean and std the inputs were standardized by
+    resolution_m: float = 10.0  # ground size of a pixel
+    sentinel2_dn: bool = False  # the raw values are Sentinel-2 L1C digital numbers
 
 
 def load_task(
@@ -55,4 +58,7 @@ def load_task(
         bands=list(dataset.bands),
         classes=list(dataset.classes),
         **{split: (samples.x, samples.y) for split, samples in parts.items()},
+        statistics=(dataset.splits()["mean"], dataset.splits()["std"]),
+        resolution_m=dataset.resolution_m,
+        sentinel2_dn=dataset.sentinel2_dn,
     )

@@ -4,11 +4,11 @@ answers, an identical request joins the running job, damaged results are errors,
 
 from __future__ import annotations
 
-from http.client import HTTPConnection
 import json
 import time
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
 from pathlib import Path
 
 import pytest
@@ -176,7 +176,11 @@ def test_serve_names_what_is_wrong_before_it_starts(tmp_path: Path, capsys) -> N
 
     collection = tmp_path / "collection"
     geosane.collect(["timm:test_resnet?seed=0"], str(collection), token_size=32, progress=False)
+    run = tmp_path / "run"
+    (run / "final").mkdir(parents=True)
+    (run / "final" / "config.json").write_text("{}")  # what marks an autoencoder run
     cases = [
+        (ServeConfig(storage=str(run / "final" / "jobs")), "--storage .* is inside the autoencoder run"),
         (ServeConfig(autoencoder=str(tmp_path / "nope"), storage=str(tmp_path / "s")), "no autoencoder at"),
         (ServeConfig(replicas=0, storage=str(tmp_path / "s")), "--replicas must be >= 1"),
         (ServeConfig(storage=str(collection / "models.lance" / "jobs")), "--storage .* is inside the collection"),
