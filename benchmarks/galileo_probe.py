@@ -36,7 +36,7 @@ def landed_classifier(data, pretrained: bool, data_root: str | None) -> torch.nn
     source = subprocess.run(
         ["git", "show", f"{BEFORE}:geosane/tasks/galileo.py"], capture_output=True, text=True, check=True
     ).stdout
-    module = types.ModuleType("galileo_before")
+    module = sys.modules.setdefault("galileo_before", types.ModuleType("galileo_before"))
     exec(compile(source, "galileo_before.py", "exec"), module.__dict__)  # the project's own earlier code
     torch.manual_seed(0)
     model = module.GalileoClassifier(data.bands, data.num_classes)

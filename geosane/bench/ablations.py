@@ -167,7 +167,7 @@ def anchor_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     index, weights, info = best_anchor(plan)
     chosen = plan.anchors[index]
     what = f"{chosen.name} ({chosen.fitted}), best of {len(plan.anchors)} anchor(s) on the selection split"
-    return weights, notes(what, info, distance=0.0)
+    return weights, notes(what, info, distance=0.0, chosen_from=len(plan.anchors))
 
 
 def decoded_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
@@ -183,7 +183,7 @@ def decoded_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
     weights = model.state_dict()
     distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
     what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(plan.anchors)} anchor(s)"
-    return weights, notes(what, info, distance=distance)
+    return weights, notes(what, info, distance=distance, chosen_from=len(plan.anchors))
 
 
 def noised_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
@@ -205,7 +205,7 @@ def noised_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
         f"{chosen.name} plus Gaussian noise at the generated model's per-tensor distance (normalized "
         f"{generated:.4f}, from {source})"
     )
-    return weights, notes(what, info, distance=distance, matched=generated)
+    return weights, notes(what, info, distance=distance, matched=generated, chosen_from=len(plan.anchors))
 
 
 def soup_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:

@@ -3,6 +3,7 @@ resources of each trial. Every name in a sweep is checked before anything runs."
 
 from __future__ import annotations
 
+import math
 from dataclasses import field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -105,8 +106,9 @@ class BenchTask:
     data: str  # a registered dataset (with options: cloudmask?holdout=landsat5), npz:PATH or imagefolder:DIR
     arch: str  # the target (prompt) architecture, a timm name
     initializations: list[str]
-    epochs: int
-    lr: float | list[float]  # a list is a grid: each initialization gets the best on the selection split
+    epochs: int | None = None  # the budget in passes over the train split, or:
+    steps: int | None = None  # the budget in optimizer steps (whole epochs, at least this many steps)
+    lr: float | list[float] = 0.001  # a list is a grid: each initialization gets the best on the selection split
     batch_size: int = 32
     label: str | None = None  # its name in tables and plots (default: data)
     held_out: bool = False  # checked: no collection model may have trained on the task's test images
@@ -128,6 +130,20 @@ class BenchTask:
     def lrs(self) -> list[float]:
         """The learning rates tried (one, or the grid)."""
         return list(self.lr) if isinstance(self.lr, list) else [self.lr]
+
+    def budgeted(self, train_size: int) -> BenchTask:
+        """This task with its budget in epochs: ``steps`` become the fewest whole epochs that take at least that many
+        optimizer steps (as :class:`~geosane.tasks.FineTuning` counts them: ``train_size // batch_size`` a pass).
+
+        Args:
+            train_size: images in the train split.
+
+        Returns:
+            The task, ``epochs`` set.
+        """
+        if self.steps is None:
+            return self
+        return replace(self, epochs=math.ceil(self.steps / max(1, train_size // self.batch_size)))
 
 
 @settings
@@ -157,6 +173,9 @@ class BenchConfig:
     gpus_per_trial: float = 0
     max_concurrent: int = 0  # 0: as many as resources allow
     data_root: str | None = None
+    # the learning rate is chosen on the selection split of the first `tuning_seeds` seeds, and the other seeds run at
+    # each initialization's chosen rate only (None: every seed runs the whole grid)
+    tuning_seeds: int | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, check_data: bool = True) -> BenchConfig:
@@ -202,8 +221,12 @@ class BenchConfig:
                 raise GeoSANEError(f"{key}.initializations: unknown {unknown}; known: {', '.join(INITIALIZATIONS)}")
             if not timm.is_model(task.arch):
                 raise GeoSANEError(f"{key}.arch: unknown timm architecture {task.arch!r}")
-            if task.epochs < 1 or not task.lrs or min(task.lrs) <= 0 or task.batch_size < 1:
-                raise GeoSANEError(f"{key}: epochs, lr (every one of a grid) and batch_size must be positive")
+            if (task.epochs is None) == (task.steps is None):
+                raise GeoSANEError(f"{key}: give the budget as epochs or as steps (one of them)")
+            if (task.epochs or task.steps or 0) < 1 or not task.lrs or min(task.lrs) <= 0 or task.batch_size < 1:
+                raise GeoSANEError(f"{key}: epochs or steps, lr (every one of a grid) and batch_size must be positive")
+            if self.tuning_seeds is not None and self.tuning_seeds < 1:
+                raise GeoSANEError(f"{where}: tuning_seeds must be >= 1 (or left out: every seed tunes)")
             name, _ = datasets.parse_spec(task.data)
             if task.data.startswith(("npz:", "imagefolder:")):
                 kind = datasets.get(task.data, self.data_root).task  # the user's files say what the task is
@@ -249,8 +272,26 @@ class BenchConfig:
             tasks=tasks,
         )
 
-    def trials(self) -> list[dict[str, Any]]:
-        """The grid: task x initialization x learning rate x seed, each a plain dict (what Tune records per trial)."""
+    def seeds_of(self, task: BenchTask, tuning: bool) -> list[int]:
+        """A task's seeds that tune the learning rate (the first ``tuning_seeds``), or those that run at the chosen
+        rate only (the rest; none where every seed tunes)."""
+        seeds = task.seeds or self.seeds
+        cut = len(seeds) if self.tuning_seeds is None else self.tuning_seeds
+        return seeds[:cut] if tuning else seeds[cut:]
+
+    def trials(
+        self, lrs: dict[tuple[int, str], list[float]] | None = None, phase: str = "grid"
+    ) -> list[dict[str, Any]]:
+        """Trials, each a plain dict (what Tune records per trial): task x initialization x learning rate x seed.
+
+        Args:
+            lrs: per (task index, initialization) the learning rates to run (default: the task's grid).
+            phase: ``grid`` (the grid on the tuning seeds), ``edge`` (one step past a grid's edge, same seeds) or
+                ``rest`` (the other seeds at the chosen rate).
+
+        Returns:
+            The trials.
+        """
         from geosane.tuning import slug
 
         def stem(task: BenchTask, init: str, lr: float, seed: int) -> str:
@@ -264,10 +305,11 @@ class BenchConfig:
                 "init": init,
                 "lr": lr,
                 "seed": seed,
+                "phase": phase,
                 "stem": stem(task, init, lr, seed),
             }
             for index, task in enumerate(self.tasks)
             for init in task.initializations
-            for lr in task.lrs
-            for seed in task.seeds or self.seeds
+            for lr in (task.lrs if lrs is None else lrs.get((index, init), []))
+            for seed in self.seeds_of(task, phase != "rest")
         ]

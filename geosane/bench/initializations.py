@@ -79,6 +79,7 @@ def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
         f"candidate {best.card['candidate']} of {settings['candidates']}",
         "selection": selection["score"] if isinstance(selection, dict) else None,
         "distance": best.card["distance_to_anchor"],
+        "chosen_from": settings["candidates"],
     }
 
 
@@ -185,7 +186,8 @@ def pruned(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     model: Any = collection_model(context, record)  # a timm classifier
     example = context.data.train[0][:2]
     small, ratio = prune_to(model, target, example, [model.get_classifier()])
-    return small, {"source": f"{record.name} ({record.num_params:,} parameters) pruned by {ratio:.2f} (DepGraph, L2)"}
+    what = f"{record.name} ({record.num_params:,} parameters) pruned by {ratio:.2f} (DepGraph, L2)"
+    return small, {"source": what, "chosen_from": len(larger)}
 
 
 @initialization("distilled")
@@ -200,7 +202,8 @@ def distilled(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     for p in teacher.parameters():
         p.requires_grad_(False)
     object.__setattr__(model, "teacher", teacher)  # not registered: the student's state dict stays its own
-    return model, {"source": f"timm default initialization, distilled from {record.name} ({record.num_params:,})"}
+    what = f"timm default initialization, distilled from {record.name} ({record.num_params:,})"
+    return model, {"source": what, "chosen_from": len(larger)}
 
 
 @initialization("specialist")

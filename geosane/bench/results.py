@@ -13,11 +13,15 @@ from typing import Any
 
 from geosane.bench.config import BenchConfig
 from geosane.bench.runner import BenchRun
+from geosane.bench.statistics import detectable, interval
 from geosane.errors import GeoSANEError
 
 __all__ = [
     "TABLE_EPOCHS",
     "chosen_learning_rates",
+    "chosen_rates",
+    "detectable",
+    "edge_steps",
     "interval",
     "markdown",
     "plot_curves",
@@ -29,6 +33,9 @@ __all__ = [
 
 #: The epochs the summary table shows besides the last one.
 TABLE_EPOCHS = (0, 1, 5)
+#: Frozen-feature probes every classification trial reports before fine-tuning (``geosane.tasks.probes``).
+PROBES = ("linear_probe", "few_shot_probe")
+PROBE_NAMES = {"linear_probe": "linear probe", "few_shot_probe": "10-shot probe"}
 
 
 def results_frame(results: Any, config: BenchConfig) -> Any:
@@ -48,7 +55,8 @@ def results_frame(results: Any, config: BenchConfig) -> Any:
     import pandas as pd
 
     frames, failed = [], []
-    for result in results:
+    grids = results if isinstance(results, list) else [results]
+    for result in (result for grid in grids for result in grid):
         if not result.config:  # a trial an interrupted sweep never started
             continue
         trial = result.config["trial"]
@@ -62,7 +70,9 @@ def results_frame(results: Any, config: BenchConfig) -> Any:
             if frame is None or frame.empty:
                 continue
         columns = ["epoch", "metric", "test_score", "selection_score", "train_loss", "epoch_seconds", "parameters"]
-        frame = frame[[*columns, *(c for c in ("init_selection", "distance") if c in frame), "source"]].copy()
+        optional = ("init_selection", "distance", "chosen_from", *PROBES)
+        frame = frame[[*columns, *(c for c in optional if c in frame), "source"]].copy()
+        frame.insert(0, "phase", trial.get("phase", "grid"))
         frame.insert(0, "seed", trial["seed"])
         frame.insert(0, "lr", float(trial.get("lr", task.lrs[0])))
         frame.insert(0, "initialization", trial["init"])
@@ -79,9 +89,20 @@ def results_frame(results: Any, config: BenchConfig) -> Any:
     return table
 
 
+def best_rates(table: Any) -> dict[tuple[str, str], float]:
+    """Per task and initialization, the learning rate whose *selection-split* score after the last epoch is best on
+    average over the tuning seeds (the rows of the ``grid`` and ``edge`` phases; ties: the smaller rate)."""
+    tuning = table[table["phase"] != "rest"] if "phase" in table else table
+    best = {}
+    for (task, init), group in tuning.groupby(["task", "initialization"], sort=False):
+        last = group[group["epoch"] == group["epoch"].max()]
+        means = last.groupby("lr")["selection_score"].mean()
+        best[(task, init)] = min(means.index, key=lambda lr: (-means[lr], lr))
+    return best
+
+
 def chosen_learning_rates(table: Any) -> Any:
-    """Which rows carry each initialization's chosen learning rate: per task and initialization, the learning rate
-    whose *selection-split* score after the last epoch is best on average over seeds (ties: the smaller rate).
+    """Which rows carry each initialization's chosen learning rate (:func:`best_rates`).
 
     Args:
         table: :func:`results_frame`'s rows.
@@ -89,35 +110,49 @@ def chosen_learning_rates(table: Any) -> Any:
     Returns:
         A boolean Series aligned with ``table``.
     """
-    best = {}
-    for (task, init), group in table.groupby(["task", "initialization"], sort=False):
-        last = group[group["epoch"] == group["epoch"].max()]
-        means = last.groupby("lr")["selection_score"].mean()
-        best[(task, init)] = min(means.index, key=lambda lr: (-means[lr], lr))
+    best = best_rates(table)
     return table.apply(lambda row: row["lr"] == best[(row["task"], row["initialization"])], axis=1)
 
 
-def interval(values: Any) -> tuple[float, float, float]:
-    """Mean, std (``ddof=1``) and the half-width of the 95% t-interval of the mean of ``values`` (NaN where fewer
-    than two).
+def chosen_rates(table: Any, config: BenchConfig) -> dict[tuple[int, str], float]:
+    """Each initialization's chosen learning rate, keyed as :meth:`BenchConfig.trials` takes them.
 
     Args:
-        values: numbers (one per seed).
+        table: :func:`results_frame`'s rows so far.
+        config: the sweep.
 
     Returns:
-        Mean, std and half-width.
+        (task index, initialization) -> learning rate.
     """
-    import numpy as np
-    from scipy import stats
+    index = {task.name: i for i, task in enumerate(config.tasks)}
+    return {(index[task], init): lr for (task, init), lr in best_rates(table).items()}
 
-    values = np.asarray(values, dtype=float)
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    if len(values) == 1:
-        return float(values[0]), math.nan, math.nan
-    std = float(values.std(ddof=1))
-    return float(values.mean()), std, float(stats.t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values)))
+
+def edge_steps(table: Any, config: BenchConfig) -> dict[tuple[int, str], list[float]]:
+    """Where an initialization's chosen rate is the smallest or the largest of its task's grid (of two or more
+    rates), the rate one grid step past that edge (the grid's own ratio), to be tried on the same seeds; once per
+    initialization (an extension already run is not extended again).
+
+    Args:
+        table: :func:`results_frame`'s rows so far.
+        config: the sweep.
+
+    Returns:
+        (task index, initialization) -> [the rate past the edge].
+    """
+    edges = table[table["phase"] == "edge"] if "phase" in table else table.iloc[:0]
+    extended = set(edges[["task", "initialization"]].itertuples(index=False, name=None))
+    steps = {}
+    for (index, init), lr in chosen_rates(table, config).items():
+        task = config.tasks[index]
+        grid = sorted(task.lrs)
+        if len(grid) < 2 or (task.name, init) in extended:
+            continue
+        if lr == grid[0]:
+            steps[(index, init)] = [grid[0] * grid[0] / grid[1]]
+        elif lr == grid[-1]:
+            steps[(index, init)] = [grid[-1] * grid[-1] / grid[-2]]
+    return steps
 
 
 def summary_table(table: Any) -> Any:
@@ -147,13 +182,17 @@ def summary_table(table: Any) -> Any:
             "seeds": group["seed"].nunique(),
             "last_epoch": last,
             "distance": float(group["distance"].mean()) if "distance" in group else math.nan,
+            "chosen_from": int(group["chosen_from"].max()) if "chosen_from" in group else 1,
         }
-        for key, epoch in [*((f"epoch_{e}", e) for e in TABLE_EPOCHS), ("final", last)]:
-            at = group[group["epoch"] == epoch].set_index("seed")["test_score"]
+        measures = [*((f"epoch_{e}", e, "test_score") for e in TABLE_EPOCHS), ("final", last, "test_score")]
+        measures += [(probe, 0, probe) for probe in PROBES if probe in group]
+        for key, epoch, column in measures:
+            at = group[group["epoch"] == epoch].set_index("seed")[column]
             row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci"] = interval(at)
-            theirs = reference[reference["epoch"] == epoch].set_index("seed")["test_score"]
+            theirs = reference[reference["epoch"] == epoch].set_index("seed")[column]
             paired = (at - theirs).dropna() if init != "generated" and len(theirs) else []
-            row[f"{key}_diff"], _, row[f"{key}_diff_ci"] = interval(paired)
+            row[f"{key}_diff"], spread, row[f"{key}_diff_ci"] = interval(paired)
+            row[f"{key}_detectable"] = detectable(spread, len(paired))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -209,15 +248,20 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f} [{mean - ci:.3f}, {mean + ci:.3f}]"
 
     def difference(row: Any, key: str) -> str:
-        mean, ci = row[f"{key}_diff"], row[f"{key}_diff_ci"]
+        mean, ci = row.get(f"{key}_diff", math.nan), row.get(f"{key}_diff_ci", math.nan)
         if math.isnan(mean):
             return "-"
         if math.isnan(ci):
             return f"{mean:+.3f}"
         verdict = "generated better" if mean + ci < 0 else "generated worse" if mean - ci > 0 else "no difference"
-        return f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}] {verdict}"
+        return f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}] {verdict}; detects {row[f'{key}_detectable']:.3f}"
 
     epochs = ["epoch_0", "epoch_1", "epoch_5", "final"]
+    probes = [p for p in PROBES if f"{p}_mean" in summary and not summary[f"{p}_mean"].isna().all()]
+    compared = [*epochs, *probes]
+    intervals = sum(
+        int(not math.isnan(row.get(f"{key}_diff_ci", math.nan))) for _, row in summary.iterrows() for key in compared
+    )
     lines = [
         f"# Benchmark {info['name']}",
         "",
@@ -227,7 +271,14 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         "schedule, batch size, flips) and its own learning rate, the best of the task's grid on the *selection* "
         "split; every initialization from existing weights gets the same head rule, BatchNorm re-estimation and "
         "best-of-N choice on the selection split. Paired differences are per seed, initialization minus "
-        "`generated`: an interval that excludes zero is the only claim made.",
+        "`generated`: an interval that excludes zero is the only claim made. Beside each, the smallest difference "
+        "the run could detect (80% power, two-sided 5%, from the observed paired spread). N is the number of "
+        "candidates an initialization was chosen among on the selection split (1: no choice). The probes score "
+        "frozen features before any fine-tuning: a logistic regression on the train split (`linear probe`) and on "
+        "10 images a class (`10-shot probe`), on the test split.",
+        "",
+        f"Multiplicity: this file holds {intervals} paired 95% intervals; at that many, about "
+        f"{0.05 * intervals:.1f} would exclude zero by chance alone if no initialization differed from `generated`.",
         "",
         f"**{verdict(summary)}.**",
         "",
@@ -248,24 +299,52 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         )
         lines += [
             "",
-            f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {task.epochs} epochs, seeds "
+            f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {budget(task)}, seeds "
             f"{task.seeds or config.seeds}, {status}",
             "",
-            "| initialization | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |",
-            "|---|---|---|---|---|---|---|",
+            f"Learning rates: {protocol(task, config, info.get('extended', {}).get(task.name, {}))}",
+            "",
+            "| initialization | N | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |"
+            + "".join(f" {PROBE_NAMES[p]} |" for p in probes),
+            "|---|---|---|---|---|---|---|---|" + "---|" * len(probes),
         ]
         for _, row in rows.iterrows():
-            cells = " | ".join(cell(row, key) for key in epochs)
-            lines.append(f"| {row['initialization']} | {row['parameters']:,} | {row['lr']:g} | {cells} |")
+            cells = " | ".join(cell(row, key) for key in compared)
+            n = int(row.get("chosen_from", 1))
+            lines.append(f"| {row['initialization']} | {n} | {row['parameters']:,} | {row['lr']:g} | {cells} |")
         if "generated" in set(rows["initialization"]):
-            lines += ["", "| minus generated | epoch 0 | epoch 1 | epoch 5 | final |", "|---|---|---|---|---|"]
+            header = "| minus generated | epoch 0 | epoch 1 | epoch 5 | final |" + "".join(
+                f" {PROBE_NAMES[p]} |" for p in probes
+            )
+            lines += ["", header, "|---|---|---|---|---|" + "---|" * len(probes)]
             for _, row in rows[rows["initialization"] != "generated"].iterrows():
-                lines.append(f"| {row['initialization']} | " + " | ".join(difference(row, k) for k in epochs) + " |")
+                lines.append(f"| {row['initialization']} | " + " | ".join(difference(row, k) for k in compared) + " |")
         sources = info["sources"].get(task.name, {})
         lines += ["", *(f"- {init}: {source}" for init, source in sources.items())]
     if info.get("failed"):
         lines += ["", "## Failed trials", "", *(f"- {f}" for f in info["failed"])]
     return "\n".join(lines) + "\n"
+
+
+def budget(task: Any) -> str:
+    """A task's budget in words: epochs, and the optimizer steps they were set from."""
+    steps = f" (from a budget of {task.steps} optimizer steps)" if task.steps else ""
+    return f"{task.epochs} epochs{steps}"
+
+
+def protocol(task: Any, config: BenchConfig, extended: dict[str, float]) -> str:
+    """How a task's learning rates were chosen: the grid, which seeds chose, and the grid's extensions."""
+    seeds = task.seeds or config.seeds
+    tuning = len(seeds) if config.tuning_seeds is None else min(config.tuning_seeds, len(seeds))
+    text = f"grid {', '.join(f'{lr:g}' for lr in task.lrs)}, chosen per initialization on the selection split of "
+    text += (
+        "every seed" if tuning == len(seeds) else f"the first {tuning} seeds (the others ran at the chosen rate only)"
+    )
+    if extended:
+        text += "; extended one step past the grid's edge for " + ", ".join(
+            f"{init} ({lr:g})" for init, lr in sorted(extended.items())
+        )
+    return text + "."
 
 
 def plot_curves(table: Any, task: str, path: str) -> None:
@@ -315,6 +394,8 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
 
     from torch.utils.tensorboard import SummaryWriter
 
+    config = run.config or config  # as it ran: budgets in epochs
+
     from geosane import storage
     from geosane.tuning import slug
     from geosane.version import software_versions
@@ -338,6 +419,12 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
         ),
         "sources": sources,
         "failed": table.attrs.get("failed", []),
+        "extended": {
+            task: dict(zip(rows["initialization"], rows["lr"], strict=True))
+            for task, rows in table[table["phase"] == "edge"]
+            .drop_duplicates(["task", "initialization"])
+            .groupby("task")
+        },
     }
     written = {}
     for filename, write in (
@@ -355,6 +442,7 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
         path = folder / f"curves-{slug(task)}.png"
         plot_curves(table, task, str(path))
         written[path.name] = str(path)
+    shutil.rmtree(folder / "tensorboard", ignore_errors=True)  # a rewrite must not add a second event file per run
     for (task, init, lr, seed), group in table.groupby(["task", "initialization", "lr", "seed"]):
         with SummaryWriter(str(folder / "tensorboard" / slug(task) / f"{init}-lr{lr:g}-s{seed}")) as writer:
             for _, row in group.iterrows():
@@ -362,7 +450,7 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
                 writer.add_scalar(f"selection/{row['metric']}", row["selection_score"], int(row["epoch"]))
                 if not math.isnan(row["train_loss"]):
                     writer.add_scalar("train/loss", row["train_loss"], int(row["epoch"]))
-    written["tensorboard"] = str(folder / "tensorboard")
+    written["tensorboard"] = str(folder / "tensorboard")  # (written afresh above: one event file per run)
     if remote:
         storage.upload(folder, out)
         shutil.rmtree(folder, ignore_errors=True)

@@ -8,7 +8,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,6 +22,7 @@ from geosane.bench.held_out import check_held_out
 from geosane.bench.initializations import build_initial_model
 from geosane.errors import GeoSANEError
 from geosane.tasks import FineTuning, Recipe, TaskData, load_task, metric_name, score
+from geosane.tasks.probes import probe_scores
 
 __all__ = ["BenchRun", "collection_of", "fine_tune", "run_bench", "run_trial"]
 
@@ -43,14 +44,15 @@ def fine_tune(
         report: called after every epoch with the metrics and the state a restart needs.
         resume: that state, from the trial's last checkpoint.
     """
-    task, data = context.task, context.data
+    task, data = context.task.budgeted(len(context.data.train[0])), context.data
+    epochs = int(task.epochs or 0)  # budgeted: steps became whole epochs
     metric = metric_name(data.task)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # a GPU where the trial was given one
     model.to(device)
     if getattr(model, "teacher", None) is not None:
         model.teacher.to(device)
     recipe = Recipe(
-        task.epochs,
+        epochs,
         context.lr,
         task.batch_size,
         context.config.weight_decay,
@@ -63,15 +65,20 @@ def fine_tune(
         model.load_state_dict(resume["model"])
         tuning.restore(resume)
         start = resume["epoch"] + 1
-    for epoch in range(start, task.epochs + 1):
+    for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         loss = tuning.epoch() if epoch > 0 else float("nan")
+        probes = {"linear_probe": math.nan, "few_shot_probe": math.nan}
+        if epoch == 0 and data.task == "classification":  # its worth before any fine-tuning, frozen
+            probes = probe_scores(model.cpu(), data, context.seed)
+            model.to(device)
         metrics = {
             "epoch": epoch,
             "metric": metric,
             "test_score": score(model, data, "test"),
             "selection_score": score(model, data, "selection"),
             "train_loss": loss,
+            **probes,
             "epoch_seconds": time.perf_counter() - began,
         }
         report(metrics, {"model": model.state_dict(), **tuning.state(), "epoch": epoch})
@@ -106,6 +113,7 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
             "parameters": notes["parameters"],
             "init_selection": float(notes.get("selection") or math.nan),  # its own ranking score, where it was chosen
             "distance": float(notes.get("distance", math.nan)),  # normalized distance to its anchor (weight space)
+            "chosen_from": int(notes.get("chosen_from", 1)),  # N of its best-of-N choice on the selection split
         }
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / "state.pt")
@@ -139,18 +147,23 @@ def collection_of(config: BenchConfig, info: dict[str, Any] | None = None) -> di
 
 @dataclass
 class BenchRun:
-    """A finished sweep: Tune's results, the collection (URL, version) it read and the held-out checks' findings."""
+    """A finished sweep: Tune's results of each phase, the collection (URL, version) it read, the held-out checks'
+    findings, and the sweep as it ran (budgets in epochs)."""
 
-    results: Any  # ray.tune.ResultGrid
+    results: list[Any]  # ray.tune.ResultGrid per phase: the grid, its edge extensions, the other seeds
     collection: dict[str, Any]
     held_out: dict[str, Any]
     experiment: str
+    config: BenchConfig | None = None
 
 
 def run_bench(
     config: BenchConfig, storage: str, name: str | None = None, resume: bool = False, progress: bool = True
 ) -> BenchRun:
-    """Run (or, with ``resume``, continue) the sweep's Tune experiment.
+    """Run (or, with ``resume``, continue) the sweep's Tune experiments, in up to three phases: the learning-rate
+    grid on the tuning seeds; for each initialization whose chosen rate (best on the selection split) is at an edge
+    of the grid, one step past that edge on the same seeds; and the other seeds at each initialization's chosen rate.
+    Each phase is an experiment of its own (``NAME``, ``NAME-edges``, ``NAME-rest``), resumed where it stopped.
 
     Args:
         config: the sweep.
@@ -187,6 +200,7 @@ def run_bench(
         index: load_task(task.data, config.data_root, task.train_limit, task.selection_limit, task.test_limit)
         for index, task in enumerate(config.tasks)
     }
+    config = replace(config, tasks=[t.budgeted(len(data[i].train[0])) for i, t in enumerate(config.tasks)])
     if not ray.is_initialized():
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False)
     trainable = tune.with_resources(
@@ -199,24 +213,39 @@ def run_bench(
 
         scheduler = ASHAScheduler(
             time_attr="epoch",
-            max_t=max(t.epochs for t in config.tasks),
+            max_t=max(t.epochs or 1 for t in config.tasks),
             grace_period=config.scheduler.grace_period,
             reduction_factor=config.scheduler.reduction_factor,
         )
-    results = run_experiment(
-        trainable,
-        storage,
-        name,
-        {"trial": tune.grid_search(config.trials())},
-        f"bench {name}",
-        progress,
-        keep_checkpoints=1,
-        reuse_actors=True,  # what a trial's initialization remembers (the best anchor) serves the next one
-        scheduler=scheduler,
-        metric="selection_score" if scheduler else None,
-        mode="max" if scheduler else None,
-        max_concurrent_trials=config.max_concurrent or None,
-        trial_name_creator=trial_name,
-        trial_dirname_creator=trial_name,
-    )
-    return BenchRun(results, collection, held_out, experiment)
+
+    def phase(suffix: str, trials: list[dict[str, Any]]) -> Any:
+        return run_experiment(
+            trainable,
+            storage,
+            name + suffix,
+            {"trial": tune.grid_search(trials)},
+            f"bench {name}{suffix}",
+            progress,
+            keep_checkpoints=1,
+            reuse_actors=True,  # what a trial's initialization remembers (the best anchor) serves the next one
+            scheduler=scheduler,
+            metric="selection_score" if scheduler else None,
+            mode="max" if scheduler else None,
+            max_concurrent_trials=config.max_concurrent or None,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        )
+
+    from geosane.bench.results import chosen_rates, edge_steps, results_frame
+
+    results = [phase("", config.trials())]
+    edges = edge_steps(results_frame(results, config), config)
+    if edges:
+        log.info("learning rates chosen at a grid's edge: one step past it for %s", edges)
+        results.append(phase("-edges", config.trials(edges, "edge")))
+    if config.tuning_seeds is not None:
+        chosen = chosen_rates(results_frame(results, config), config)
+        rest = config.trials({key: [lr] for key, lr in chosen.items()}, "rest")
+        if rest:
+            results.append(phase("-rest", rest))
+    return BenchRun(results, collection, held_out, experiment, config)

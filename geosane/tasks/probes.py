@@ -5,6 +5,7 @@ a probe does not."""
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -16,8 +17,8 @@ __all__ = ["few_shot", "linear_probe", "pooled_features", "probe_scores"]
 
 @torch.no_grad()
 def pooled_features(model: nn.Module, x: torch.Tensor, batch: int = 100) -> np.ndarray:
-    """A classifier's pooled features before its head: its own ``features`` where it has them (Galileo), else timm's
-    ``forward_head(..., pre_logits=True)``.
+    """A classifier's pooled features before its head: its own ``features`` method where it has one (Galileo), else
+    timm's ``forward_head(..., pre_logits=True)`` (a ``features`` submodule, as VGG's, is not pooled).
 
     Args:
         model: the classifier (put in eval mode here).
@@ -28,9 +29,10 @@ def pooled_features(model: nn.Module, x: torch.Tensor, batch: int = 100) -> np.n
         ``[N, features]``.
     """
     classifier: Any = model.eval()
+    own = inspect.isfunction(getattr(type(classifier), "features", None))
     parts = []
     for chunk in x.split(batch):
-        if hasattr(classifier, "features"):
+        if own:
             parts.append(classifier.features(chunk))
         else:
             parts.append(classifier.forward_head(classifier.forward_features(chunk), pre_logits=True))

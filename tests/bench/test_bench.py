@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -507,16 +508,16 @@ def test_a_two_trial_sweep_writes_its_tables_and_resumes_without_rerunning(
     config = config_for(workspace, data_root, [task])
     storage, out = str(tmp_path / "runs"), str(tmp_path / "results")
     first = run_bench(config, storage, progress=False)
-    errors = {r.config["trial"]["init"]: r.error for r in first.results}
+    errors = {r.config["trial"]["init"]: r.error for r in first.results[0]}
     assert errors["scratch"] is None and errors["prompt"] is not None
-    scratch_rows = next(r for r in first.results if r.config["trial"]["init"] == "scratch").metrics_dataframe
+    scratch_rows = next(r for r in first.results[0] if r.config["trial"]["init"] == "scratch").metrics_dataframe
     with pytest.raises(GeoSANEError, match="pass --resume"):
         run_bench(config, storage, progress=False)
 
     torch.manual_seed(3)
     save_file(timm.create_model("test_resnet", in_chans=13, num_classes=10).state_dict(), str(weights))
     second = run_bench(config, storage, resume=True, progress=False)
-    by_init = {r.config["trial"]["init"]: r for r in second.results}
+    by_init = {r.config["trial"]["init"]: r for r in second.results[0]}
     assert by_init["prompt"].error is None
     # the finished trial was not run again: its reports are the first run's, to the timestamp
     pd.testing.assert_frame_equal(
@@ -533,7 +534,7 @@ def test_a_two_trial_sweep_writes_its_tables_and_resumes_without_rerunning(
     epoch_1 = table[(table["epoch"] == 1) & (table["initialization"] == "scratch")]["test_score"].iloc[0]
     assert summary.loc["scratch", "final_mean"] == pytest.approx(epoch_1)
     markdown = (Path(out) / "results.md").read_text()
-    assert "| scratch | 375,098 |" in markdown and "| prompt |" in markdown
+    assert "| scratch | 1 | 375,098 |" in markdown and "| prompt |" in markdown
     assert (Path(out) / "curves-eurosat_ms.png").stat().st_size > 0
     assert list((Path(out) / "tensorboard").rglob("events.out.tfevents.*"))
     assert (Path(out) / "run.json").exists() and (Path(out) / "config.json").exists()
@@ -543,3 +544,80 @@ def test_a_two_trial_sweep_writes_its_tables_and_resumes_without_rerunning(
     remote = write_results(second, config, f"{bucket}/bench-results", "test")["written"]
     fs = fsspec.filesystem("s3")
     assert fs.exists(remote["results.parquet"]) and fs.glob(f"{bucket}/bench-results/tensorboard/*/*/events.*")
+
+
+# ------------------------------------------------------------------------------------------- the protocol
+
+
+def test_a_budget_in_steps_becomes_whole_epochs_of_at_least_that_many_steps() -> None:
+    task = BenchTask(data="eurosat_ms", arch="test_resnet", initializations=["scratch"], steps=500, batch_size=32)
+    assert task.budgeted(500).epochs == 34  # 15 steps a pass (500 // 32): 34 passes make 510 steps
+    assert task.budgeted(32 * 500).epochs == 1
+    assert BenchTask(data="x", arch="a", initializations=[], epochs=3).budgeted(10).epochs == 3
+
+
+def phase_rows(choices: dict[tuple[str, float], float], phase: str = "grid") -> list[dict]:
+    """Selection scores at the last epoch per (initialization, learning rate), seeds 0-2."""
+    return [
+        {"task": "t", "initialization": init, "lr": lr, "seed": seed, "epoch": 1, "phase": phase,
+         "selection_score": selection, "test_score": 0.5, "metric": "accuracy", "parameters": 1}
+        for (init, lr), selection in choices.items()
+        for seed in (0, 1, 2)
+    ]  # fmt: skip
+
+
+def test_a_rate_chosen_at_an_edge_of_the_grid_is_extended_once_past_it() -> None:
+    from geosane.bench.results import chosen_rates, edge_steps
+
+    task = BenchTask(
+        data="x", arch="a", label="t", initializations=["low", "mid", "high"], epochs=1, lr=[0.001, 0.01, 0.1]
+    )
+    config = BenchConfig(name="p", tasks=[task], seeds=[0, 1, 2, 3, 4], tuning_seeds=3)
+    grid = phase_rows(
+        {("low", 0.001): 0.9, ("low", 0.01): 0.8, ("low", 0.1): 0.1,
+         ("mid", 0.001): 0.5, ("mid", 0.01): 0.7, ("mid", 0.1): 0.6,
+         ("high", 0.001): 0.2, ("high", 0.01): 0.5, ("high", 0.1): 0.6}
+    )  # fmt: skip
+    table = pd.DataFrame(grid)
+    assert edge_steps(table, config) == {(0, "low"): [pytest.approx(0.0001)], (0, "high"): [pytest.approx(1.0)]}
+    extended = pd.DataFrame(grid + phase_rows({("low", 0.0001): 0.95, ("high", 1.0): 0.1}, "edge"))
+    assert edge_steps(extended, config) == {}  # once: 0.0001 is an edge again, and is not extended further
+    assert chosen_rates(extended, config) == {(0, "low"): 0.0001, (0, "mid"): 0.01, (0, "high"): 0.1}
+    rest = pd.DataFrame(grid + phase_rows({("mid", 0.001): 1.0}, "rest"))  # later seeds never choose
+    assert chosen_rates(rest, config)[(0, "mid")] == 0.01
+    trials = config.trials({(0, "mid"): [0.01]}, "rest")
+    assert [(t["init"], t["lr"], t["seed"], t["phase"]) for t in trials] == [
+        ("mid", 0.01, 3, "rest"),
+        ("mid", 0.01, 4, "rest"),
+    ]
+    assert {t["seed"] for t in config.trials()} == {0, 1, 2} and len(config.trials()) == 27
+
+
+def test_a_sweep_runs_the_grid_its_edges_and_the_other_seeds_and_says_so(
+    ray_session, workspace: dict[str, str], data_root: str, tmp_path: Path
+) -> None:
+    """Two seeds, the first tuning a grid of two rates: the chosen rate is at an edge by construction, so it is
+    extended once, and the second seed runs at the final choice only; results.md says all of it, with N, probes,
+    detectable differences and the count of intervals."""
+    task = BenchTask(
+        data="eurosat_ms", arch="test_resnet", initializations=["scratch", "anchor"], steps=6, lr=[0.001, 0.003],
+        batch_size=32, train_limit=64, test_limit=20, anchors="dataset=eurosat_rgb",
+    )  # fmt: skip
+    config = config_for(workspace, data_root, [task], tuning_seeds=1)
+    config = replace(config, seeds=[0, 1])
+    run = run_bench(config, str(tmp_path / "runs"), progress=False)
+    assert [len(grid) for grid in run.results] == [4, 2, 2]  # grid 2 rates x 2 inits; one edge each; seed 1 each
+    assert run.config.tasks[0].epochs == 3  # 6 steps of 2 a pass
+    info = write_results(run, config, str(tmp_path / "out"), "test")
+    table = pd.read_parquet(tmp_path / "out" / "results.parquet")
+    assert set(table["phase"]) == {"grid", "edge", "rest"}
+    rest = table[table["phase"] == "rest"]
+    chosen = table[table["chosen"] & (table["phase"] != "rest")].groupby("initialization")["lr"].first()
+    assert (rest["seed"] == 1).all() and all(rest.groupby("initialization")["lr"].first() == chosen)
+    assert table[table["epoch"] == 0]["linear_probe"].between(0, 1).all()
+    assert info["summary"].set_index("initialization").loc["anchor", "chosen_from"] == 2  # best of two anchors
+    markdown = (tmp_path / "out" / "results.md").read_text()
+    assert "extended one step past the grid's edge for anchor" in markdown and "scratch (" in markdown
+    assert "the first 1 seeds (the others ran at the chosen rate only)" in markdown
+    assert "(from a budget of 6 optimizer steps)" in markdown and "Multiplicity: this file holds" in markdown
+    assert "| anchor | 2 | 375,098 |" in markdown and "| linear probe | 10-shot probe |" in markdown
