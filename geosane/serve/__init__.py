@@ -22,20 +22,23 @@ One module each: :mod:`~geosane.serve.config` (settings), :mod:`~geosane.serve.r
 :mod:`~geosane.serve.app` (the Ray Serve application, and starting it).
 """
 
-from geosane.serve.app import application, build_app, resolved, serve
-from geosane.serve.config import ServeConfig
-from geosane.serve.requests import REQUEST_FIELDS, parse_request
-from geosane.serve.service import DamagedResult, GenerationService, Metrics
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "REQUEST_FIELDS",
-    "DamagedResult",
-    "GenerationService",
-    "Metrics",
-    "ServeConfig",
-    "application",
-    "build_app",
-    "parse_request",
-    "resolved",
-    "serve",
-]
+from geosane.lazy import exports
+
+if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): the job table's actor imports no torch
+    from geosane.serve.app import application, build_app, resolved, serve
+    from geosane.serve.config import ServeConfig
+    from geosane.serve.requests import REQUEST_FIELDS, parse_request
+    from geosane.serve.service import DamagedResult, GenerationService, Metrics
+
+#: Public name -> the module that defines it.
+EXPORTS = {
+    **dict.fromkeys(("application", "build_app", "resolved", "serve"), "geosane.serve.app"),
+    **dict.fromkeys(("ServeConfig",), "geosane.serve.config"),
+    **dict.fromkeys(("REQUEST_FIELDS", "parse_request"), "geosane.serve.requests"),
+    **dict.fromkeys(("DamagedResult", "GenerationService", "Metrics"), "geosane.serve.service"),
+}
+
+__all__ = list(EXPORTS)
+__getattr__, __dir__ = exports(__name__, EXPORTS)

@@ -25,6 +25,8 @@ __all__ = ["JOB", "DamagedResult", "GenerationService", "Metrics"]
 log = logging.getLogger(__name__)
 
 JOB = "job.json"
+#: How long an idle replica waits before it asks the job table for work again.
+IDLE_SECONDS = 0.5
 
 
 class Metrics:
@@ -144,7 +146,7 @@ class GenerationService:
         while not self.stopped.is_set():
             claimed = self.table("claim", self.replica)
             if claimed is None:
-                self.stopped.wait(0.2)
+                self.stopped.wait(IDLE_SECONDS)
                 continue
             job, request = claimed
             self.table("finish", job, self.run(job, GenerateConfig(**request)))
