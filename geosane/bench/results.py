@@ -364,7 +364,7 @@ def plot_curves(table: Any, task: str, path: str) -> None:
     rows = table[(table["task"] == task) & table["chosen"]]
     figure, axis = plt.subplots(figsize=(6, 4))
     for init, group in rows.groupby("initialization"):
-        stats = group.groupby("epoch")["test_score"].agg(["mean", "std"]).fillna(0)
+        stats = group.dropna(subset=["test_score"]).groupby("epoch")["test_score"].agg(["mean", "std"]).fillna(0)
         axis.plot(stats.index, stats["mean"], marker="o", markersize=3, label=init)
         axis.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
     axis.set_xlabel("fine-tuning epoch")
@@ -446,7 +446,8 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
     for (task, init, lr, seed), group in table.groupby(["task", "initialization", "lr", "seed"]):
         with SummaryWriter(str(folder / "tensorboard" / slug(task) / f"{init}-lr{lr:g}-s{seed}")) as writer:
             for _, row in group.iterrows():
-                writer.add_scalar(f"test/{row['metric']}", row["test_score"], int(row["epoch"]))
+                if not math.isnan(row["test_score"]):
+                    writer.add_scalar(f"test/{row['metric']}", row["test_score"], int(row["epoch"]))
                 writer.add_scalar(f"selection/{row['metric']}", row["selection_score"], int(row["epoch"]))
                 if not math.isnan(row["train_loss"]):
                     writer.add_scalar("train/loss", row["train_loss"], int(row["epoch"]))

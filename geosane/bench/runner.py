@@ -36,7 +36,8 @@ def fine_tune(
     resume: dict[str, Any] | None = None,
 ) -> None:
     """Score at epoch 0, then fine-tune with the task's budget (the one recipe, :class:`geosane.tasks.FineTuning`),
-    scoring on test and selection and reporting after every epoch.
+    scoring on selection after every epoch and on test at epochs 0, 1, 5, the last and every tenth of the run, and
+    reporting after every epoch.
 
     Args:
         model: the trial's model, as its initialization built it.
@@ -65,6 +66,8 @@ def fine_tune(
         model.load_state_dict(resume["model"])
         tuning.restore(resume)
         start = resume["epoch"] + 1
+    # the test split at the epochs the tables read and every tenth of the run (its curve); selection after every one
+    tested = {0, 1, 5, epochs, *range(0, epochs + 1, max(1, epochs // 10))}
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         loss = tuning.epoch() if epoch > 0 else float("nan")
@@ -75,7 +78,7 @@ def fine_tune(
         metrics = {
             "epoch": epoch,
             "metric": metric,
-            "test_score": score(model, data, "test"),
+            "test_score": score(model, data, "test") if epoch in tested else math.nan,
             "selection_score": score(model, data, "selection"),
             "train_loss": loss,
             **probes,

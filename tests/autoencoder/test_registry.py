@@ -130,7 +130,7 @@ def test_the_bench_checks_held_out_tasks_against_everything_the_shipped_autoenco
         ("add an anchor", "extra.lance"),
         ("flip a byte of the card", "card.json"),
         ("lose the card's hash", "card.sha256"),
-        ("change the weights' hash in config.json", "config.json"),
+        ("change the weights' hash in config.json", "config.json: SHA-256"),
     ],
 )
 def test_a_shipped_autoencoder_loaded_by_path_gets_every_check(damage: str, named: str, tmp_path: Path) -> None:

@@ -420,12 +420,23 @@ def test_the_bench_refuses_to_call_a_seen_task_held_out(workspace: dict[str, str
 # ------------------------------------------------------------------------------------------- validation
 
 
-@pytest.mark.parametrize("name", ["bench-small.yaml", "bench-demo.yaml", "bench-geosane.yaml", "bench-search.yaml"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "bench-small.yaml",
+        "bench-demo.yaml",
+        "bench-geosane.yaml",
+        "bench-search.yaml",
+        "bench-hetero.yaml",
+        "bench-budget.yaml",
+        "bench-budget-clouds.yaml",
+    ],
+)
 def test_committed_sweeps_validate(name: str, shared: Path) -> None:
     # the paper-scale sweep names datasets that are not on this machine: its names are checked, not its data
     config = BenchConfig.from_yaml(SWEEPS / name, check_data=name != "bench-geosane.yaml")
-    per_task = [len(t.initializations) * len(t.lrs) * len(t.seeds or config.seeds) for t in config.tasks]
-    assert len(config.trials()) == sum(per_task)
+    per_task = [len(t.initializations) * len(t.lrs) * len(config.seeds_of(t, True)) for t in config.tasks]
+    assert len(config.trials()) == sum(per_task)  # the grid on the tuning seeds (every seed, where none are named)
     assert len({t["stem"] for t in config.trials()}) == len(config.trials())  # every trial has its own name
 
 

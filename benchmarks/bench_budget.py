@@ -1,0 +1,59 @@
+"""How long a bench task's fine-tuning needs to be (issue 31): reads ``sweeps/bench-budget.yaml``'s results (one
+task per dataset and budget) and, per dataset, prints the final selection and test scores at each budget and the
+smallest budget whose mean final selection score is within ``--tolerance`` (default: one selection image) of the
+largest budget's.
+
+    .venv/bin/python benchmarks/bench_budget.py benchmarks/results/bench-budget
+
+Writes ``budget.json`` beside the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from geosane import datasets
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import save  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", help="the sweep's results folder")
+    parser.add_argument("--tolerance", type=float, default=None, help="default: one selection image")
+    args = parser.parse_args()
+    folder = Path(args.results)
+    table = pd.read_parquet(folder / "results.parquet")
+    tasks = {t.get("label") or t["data"]: t for t in json.loads((folder / "config.json").read_text())["tasks"]}
+    final = table[table["epoch"] == table.groupby("task")["epoch"].transform("max")]
+    found = []
+    for data, rows in final.groupby("data"):
+        budgets = rows.groupby("task").agg(selection=("selection_score", "mean"), test=("test_score", "mean"))
+        budgets["steps"] = [tasks[task]["steps"] for task in budgets.index]
+        budgets = budgets.sort_values("steps")
+        spec = tasks[budgets.index[0]]
+        selection = len(datasets.get(data).load_ids("selection", spec.get("selection_limit", 500)))
+        tolerance = args.tolerance or 1 / selection
+        enough = budgets[budgets["selection"] >= budgets["selection"].iloc[-1] - tolerance]["steps"].iloc[0]
+        print(f"{data}: enough at {enough} steps (tolerance {tolerance:.4f}: one of {selection} selection images)")
+        for _, b in budgets.iterrows():
+            print(f"  {int(b['steps']):5d} steps: selection {b['selection']:.3f}, test {b['test']:.3f}")
+        found.append(
+            {
+                "data": data,
+                "enough_steps": int(enough),
+                "selection_images": selection,
+                "budgets": budgets.to_dict("records"),
+            }
+        )
+    save({"budgets": found}, folder / "budget.json")
+
+
+if __name__ == "__main__":
+    main()
