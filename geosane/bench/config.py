@@ -256,12 +256,15 @@ class BenchConfig:
         """This sweep with every local path absolute: Tune runs each trial in its own folder."""
         from geosane.storage import absolute
 
+        def weights(spec: str) -> str:
+            return spec if spec.startswith("pretrained:") else absolute(spec)
+
         def data(spec: str) -> str:
             kind, sep, path = spec.partition(":")
             return f"{kind}:{absolute(path)}" if sep and kind in ("npz", "imagefolder") else spec
 
         tasks = [
-            replace(t, data=data(t.data), prompt_weights=t.prompt_weights and absolute(t.prompt_weights))
+            replace(t, data=data(t.data), prompt_weights=t.prompt_weights and weights(t.prompt_weights))
             for t in self.tasks
         ]
         return replace(

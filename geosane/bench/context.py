@@ -40,9 +40,12 @@ class TrialContext:
 
     def generation_settings(self) -> dict[str, Any]:
         """What ``generated`` and the anchor-based baselines ask generation for: the task's anchors (default: every
-        collection model of the architecture), the sweep's sampling settings, the task's data and the trial's seed."""
+        collection model of the architecture) and prompt weights (with ``anchors: prompt``, the paper's way: the
+        pretrained prompt is encoded and sampled around), the sweep's sampling settings, the task's data and the
+        trial's seed."""
         return {
             "task": self.data.task,
+            "prompt_weights": self.task.prompt_weights,
             "anchors": self.task.anchors or f"arch={self.task.arch}",
             "collection": self.collection,
             "candidates": self.config.candidates,

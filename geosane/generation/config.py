@@ -29,7 +29,7 @@ class GenerateConfig:
     prompt: str = option(help="the architecture to generate", metavar="timm:NAME[?in_chans=C&num_classes=K]")
     task: str = option("classification", "the task head", ("classification", "segmentation", "detection"))
     prompt_weights: str | None = option(
-        None, "local weights for the prompt (a file GeoSANE reads safely)", metavar="FILE"
+        None, "weights for the prompt: a local file GeoSANE reads safely, or pretrained:NAME", metavar="FILE"
     )
     anchors: str = option(
         "prompt",

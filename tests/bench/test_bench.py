@@ -632,3 +632,25 @@ def test_a_sweep_runs_the_grid_its_edges_and_the_other_seeds_and_says_so(
     assert "the first 1 seeds (the others ran at the chosen rate only)" in markdown
     assert "(from a budget of 6 optimizer steps)" in markdown and "Multiplicity: this file holds" in markdown
     assert "| anchor | 2 | 375,098 |" in markdown and "| linear probe | 10-shot probe |" in markdown
+
+
+def test_generated_starts_from_the_tasks_prompt_weights(
+    workspace: dict[str, str], data_root: str, tmp_path: Path
+) -> None:
+    """With ``anchors: prompt`` and ``prompt_weights`` (the paper's protocol: a pretrained prompt encoded and sampled
+    around), the anchor generation encodes is those weights, not the prompt's random initialization."""
+    import timm
+
+    from geosane.bench import load_task
+
+    torch.manual_seed(7)
+    pretrained = timm.create_model("test_resnet", in_chans=13, num_classes=10).state_dict()
+    path = tmp_path / "prompt.safetensors"
+    save_file(pretrained, str(path))
+    spec = replace(TASKS["eurosat_ms"], anchors="prompt", prompt_weights=str(path))
+    config = config_for(workspace, data_root, [spec])
+    data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
+    context = TrialContext(config, spec, data, seed=1, lr=spec.lrs[0], collection=workspace["collection"])
+    (anchor,) = context.generation_plan().anchors
+    assert all(torch.equal(anchor.state_dict[k], v) for k, v in pretrained.items() if k in anchor.state_dict)
+    assert sum(k in anchor.state_dict for k in pretrained) >= len(pretrained) - 2  # all but the head at most
