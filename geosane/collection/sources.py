@@ -319,7 +319,6 @@ def by_position(uri: str, state_dict: dict[str, torch.Tensor], arch: str) -> dic
     return dict(zip(names, state_dict.values(), strict=True))
 
 
-
 def find_pretrained(uri: str) -> list[Found]:
     """``pretrained:all`` or ``pretrained:GROUP``: the catalogued real models, read with the catalogue's metadata."""
     return [
