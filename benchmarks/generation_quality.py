@@ -170,7 +170,7 @@ def main() -> None:
 def summarize(rows_rgb: list[dict], rows_ms: list[dict], classes: int) -> dict:
     """Mean, std (ddof=1) and 95% interval over seeds of every figure, and each baseline's and setting's paired
     difference against the generated model by seed."""
-    from geosane.bench.results import interval as t_interval
+    from geosane.bench.statistics import interval as t_interval
 
     def interval(rows: list[dict], key: str) -> dict:
         mean, std, half = t_interval([r[key] for r in rows])

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import geosane
-from geosane.bench.results import interval as t_interval
+from geosane.bench.statistics import interval as t_interval
 from geosane.generation import prepare, reestimate_batchnorm
 from geosane.generation.search import Features, nearest_mean_loss
 from geosane.tasks import load_task

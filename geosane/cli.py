@@ -211,12 +211,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     """Benchmark generated models against scratch, the prompt, pruning, distillation and specialists.
 
-    Ray Tune experiments over task x initialization x learning rate x seed: every trial builds its model, scores
-    it before fine-tuning (epoch 0) and probes its frozen features, fine-tunes it with the task's budget and reports
-    after every epoch; a rate chosen at a grid's edge is tried one step past it, and with tuning_seeds the other
-    seeds run at the chosen rate only. Writes a Parquet table of every trial and epoch, a Markdown summary with
-    paired intervals and detectable differences, convergence curves and TensorBoard logs. Tasks marked held_out are
-    checked against the collection first.
+    Ray Tune experiments over task x initialization x learning rate x seed: each trial is scored before fine-tuning
+    and probed frozen, then fine-tuned with the task's budget (a rate chosen at a grid's edge is tried one step past
+    it). Writes a Parquet table of every trial and epoch, a Markdown summary with paired intervals and detectable
+    differences, curves and TensorBoard logs. Tasks marked held_out are checked against the collection first.
     """
     from geosane.bench import BenchConfig, run_bench, verdict, write_results
 

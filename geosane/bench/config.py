@@ -277,7 +277,15 @@ class BenchConfig:
 
     def seeds_of(self, task: BenchTask, tuning: bool) -> list[int]:
         """A task's seeds that tune the learning rate (the first ``tuning_seeds``), or those that run at the chosen
-        rate only (the rest; none where every seed tunes)."""
+        rate only (the rest; none where every seed tunes).
+
+        Args:
+            task: the task.
+            tuning: the tuning seeds (True) or the rest (False).
+
+        Returns:
+            The seeds.
+        """
         seeds = task.seeds or self.seeds
         cut = len(seeds) if self.tuning_seeds is None else self.tuning_seeds
         return seeds[:cut] if tuning else seeds[cut:]

@@ -1,5 +1,6 @@
-"""A finished sweep's results: every trial and epoch as one table, a summary over seeds, Markdown for people,
-convergence curves, TensorBoard logs, the config and the software versions."""
+"""A finished sweep's results: a summary over seeds (from :func:`~geosane.bench.choices.results_frame`'s table of
+every trial and epoch), Markdown for people, convergence curves, TensorBoard logs, the config and the software
+versions."""
 
 from __future__ import annotations
 
@@ -11,148 +12,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from geosane.bench.choices import PROBES, results_frame
 from geosane.bench.config import BenchConfig
 from geosane.bench.runner import BenchRun
 from geosane.bench.statistics import detectable, interval
-from geosane.errors import GeoSANEError
 
-__all__ = [
-    "TABLE_EPOCHS",
-    "chosen_learning_rates",
-    "chosen_rates",
-    "detectable",
-    "edge_steps",
-    "interval",
-    "markdown",
-    "plot_curves",
-    "results_frame",
-    "summary_table",
-    "verdict",
-    "write_results",
-]
+__all__ = ["TABLE_EPOCHS", "markdown", "plot_curves", "summary_table", "verdict", "write_results"]
 
 #: The epochs the summary table shows besides the last one.
 TABLE_EPOCHS = (0, 1, 5)
-#: Frozen-feature probes every classification trial reports before fine-tuning (``geosane.tasks.probes``).
-PROBES = ("linear_probe", "few_shot_probe")
 PROBE_NAMES = {"linear_probe": "linear probe", "few_shot_probe": "10-shot probe"}
-
-
-def results_frame(results: Any, config: BenchConfig) -> Any:
-    """Every trial and epoch as one table (pandas): task, initialization, learning rate, seed, epoch, scores,
-    parameters, source, and whether the learning rate is the one chosen for the initialization (``chosen``).
-
-    Args:
-        results: Tune's ResultGrid.
-        config: the sweep.
-
-    Returns:
-        A pandas DataFrame; ``attrs["failed"]`` lists the trials that failed.
-
-    Raises:
-        GeoSANEError: no trial reported anything.
-    """
-    import pandas as pd
-
-    frames, failed = [], []
-    grids = results if isinstance(results, list) else [results]
-    for result in (result for grid in grids for result in grid):
-        if not result.config:  # a trial an interrupted sweep never started
-            continue
-        trial = result.config["trial"]
-        task = config.tasks[trial["task"]]
-        frame = result.metrics_dataframe
-        if result.error or frame is None or frame.empty:
-            reason = str(result.error).strip().splitlines()[-1] if result.error else "reported nothing"
-            failed.append(
-                f"{trial['label']}/{trial['init']}/lr{trial.get('lr', task.lrs[0]):g}/s{trial['seed']}: {reason}"
-            )
-            if frame is None or frame.empty:
-                continue
-        columns = ["epoch", "metric", "test_score", "selection_score", "train_loss", "epoch_seconds", "parameters"]
-        optional = ("init_selection", "distance", "chosen_from", *PROBES)
-        frame = frame[[*columns, *(c for c in optional if c in frame), "source"]].copy()
-        frame.insert(0, "phase", trial.get("phase", "grid"))
-        frame.insert(0, "seed", trial["seed"])
-        frame.insert(0, "lr", float(trial.get("lr", task.lrs[0])))
-        frame.insert(0, "initialization", trial["init"])
-        frame.insert(0, "arch", task.arch)
-        frame.insert(0, "data", task.data)
-        frame.insert(0, "task", task.name)
-        frames.append(frame)
-    if not frames:
-        raise GeoSANEError("no trial reported anything; first error: " + (failed[0] if failed else "none"))
-    table = pd.concat(frames, ignore_index=True)
-    table = table.sort_values(["task", "initialization", "lr", "seed", "epoch"]).reset_index(drop=True)
-    table["chosen"] = chosen_learning_rates(table)
-    table.attrs["failed"] = failed
-    return table
-
-
-def best_rates(table: Any) -> dict[tuple[str, str], float]:
-    """Per task and initialization, the learning rate whose *selection-split* score after the last epoch is best on
-    average over the tuning seeds (the rows of the ``grid`` and ``edge`` phases; ties: the smaller rate)."""
-    tuning = table[table["phase"] != "rest"] if "phase" in table else table
-    best = {}
-    for (task, init), group in tuning.groupby(["task", "initialization"], sort=False):
-        last = group[group["epoch"] == group["epoch"].max()]
-        means = last.groupby("lr")["selection_score"].mean()
-        best[(task, init)] = min(means.index, key=lambda lr: (-means[lr], lr))
-    return best
-
-
-def chosen_learning_rates(table: Any) -> Any:
-    """Which rows carry each initialization's chosen learning rate (:func:`best_rates`).
-
-    Args:
-        table: :func:`results_frame`'s rows.
-
-    Returns:
-        A boolean Series aligned with ``table``.
-    """
-    best = best_rates(table)
-    return table.apply(lambda row: row["lr"] == best[(row["task"], row["initialization"])], axis=1)
-
-
-def chosen_rates(table: Any, config: BenchConfig) -> dict[tuple[int, str], float]:
-    """Each initialization's chosen learning rate, keyed as :meth:`BenchConfig.trials` takes them.
-
-    Args:
-        table: :func:`results_frame`'s rows so far.
-        config: the sweep.
-
-    Returns:
-        (task index, initialization) -> learning rate.
-    """
-    index = {task.name: i for i, task in enumerate(config.tasks)}
-    return {(index[task], init): lr for (task, init), lr in best_rates(table).items()}
-
-
-def edge_steps(table: Any, config: BenchConfig) -> dict[tuple[int, str], list[float]]:
-    """Where an initialization's chosen rate is the smallest or the largest of its task's grid (of two or more
-    rates), the rate one grid step past that edge (the grid's own ratio), to be tried on the same seeds; once per
-    initialization (an extension already run is not extended again).
-
-    Args:
-        table: :func:`results_frame`'s rows so far.
-        config: the sweep.
-
-    Returns:
-        (task index, initialization) -> [the rate past the edge].
-    """
-    edges = table[table["phase"] == "edge"] if "phase" in table else table.iloc[:0]
-    extended = set(edges[["task", "initialization"]].itertuples(index=False, name=None))
-    steps = {}
-    for (index, init), lr in chosen_rates(table, config).items():
-        task = config.tasks[index]
-        grid = sorted(task.lrs)
-        if len(grid) < 2 or (task.name, init) in extended:
-            continue
-        if lr == grid[0]:
-            steps[(index, init)] = [grid[0] * grid[0] / grid[1]]
-        elif lr == grid[-1]:
-            steps[(index, init)] = [grid[-1] * grid[-1] / grid[-2]]
-    return steps
 
 
 def summary_table(table: Any) -> Any:
@@ -228,6 +97,25 @@ def verdict(summary: Any) -> str:
     return "generated, at the last epoch, " + "; ".join(parts) + caveat
 
 
+def cell(row: Any, key: str) -> str:
+    """A score in results.md: mean ± std [95% interval], or the mean alone for one seed."""
+    mean, std, ci = row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci"]
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f} [{mean - ci:.3f}, {mean + ci:.3f}]"
+
+
+def difference(row: Any, key: str) -> str:
+    """A paired difference against ``generated`` in results.md, with its interval, verdict and what it could detect."""
+    mean, ci = row.get(f"{key}_diff", math.nan), row.get(f"{key}_diff_ci", math.nan)
+    if math.isnan(mean):
+        return "-"
+    if math.isnan(ci):
+        return f"{mean:+.3f}"
+    verdict = "generated better" if mean + ci < 0 else "generated worse" if mean - ci > 0 else "no difference"
+    return f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}] {verdict}; detects {row[f'{key}_detectable']:.3f}"
+
+
 def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
     """The summary for people: per task, a table of scores and one of paired differences against ``generated``,
     with where the numbers come from.
@@ -240,25 +128,8 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
     Returns:
         ``results.md``.
     """
-
-    def cell(row: Any, key: str) -> str:
-        mean, std, ci = row[f"{key}_mean"], row[f"{key}_std"], row[f"{key}_ci"]
-        if math.isnan(mean):
-            return "-"
-        return f"{mean:.3f}" if math.isnan(std) else f"{mean:.3f} ± {std:.3f} [{mean - ci:.3f}, {mean + ci:.3f}]"
-
-    def difference(row: Any, key: str) -> str:
-        mean, ci = row.get(f"{key}_diff", math.nan), row.get(f"{key}_diff_ci", math.nan)
-        if math.isnan(mean):
-            return "-"
-        if math.isnan(ci):
-            return f"{mean:+.3f}"
-        verdict = "generated better" if mean + ci < 0 else "generated worse" if mean - ci > 0 else "no difference"
-        return f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}] {verdict}; detects {row[f'{key}_detectable']:.3f}"
-
-    epochs = ["epoch_0", "epoch_1", "epoch_5", "final"]
     probes = [p for p in PROBES if f"{p}_mean" in summary and not summary[f"{p}_mean"].isna().all()]
-    compared = [*epochs, *probes]
+    compared = ["epoch_0", "epoch_1", "epoch_5", "final", *probes]
     intervals = sum(
         int(not math.isnan(row.get(f"{key}_diff_ci", math.nan))) for _, row in summary.iterrows() for key in compared
     )
@@ -288,42 +159,56 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
     ]
     for task in config.tasks:
         rows = summary[summary["task"] == task.name]
-        if rows.empty:
-            continue
-        held = info["held_out"].get(task.name)
-        status = (
-            f"held out (checked against {held['checked_models']} collection models; "
-            f"{len(held['training_data_unrecorded'])} do not record their training data)"
-            if held
-            else "not held out"
-        )
-        lines += [
-            "",
-            f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {budget(task)}, seeds "
-            f"{task.seeds or config.seeds}, {status}",
-            "",
-            f"Learning rates: {protocol(task, config, info.get('extended', {}).get(task.name, {}))}",
-            "",
-            "| initialization | N | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |"
-            + "".join(f" {PROBE_NAMES[p]} |" for p in probes),
-            "|---|---|---|---|---|---|---|---|" + "---|" * len(probes),
-        ]
-        for _, row in rows.iterrows():
-            cells = " | ".join(cell(row, key) for key in compared)
-            n = int(row.get("chosen_from", 1))
-            lines.append(f"| {row['initialization']} | {n} | {row['parameters']:,} | {row['lr']:g} | {cells} |")
-        if "generated" in set(rows["initialization"]):
-            header = "| minus generated | epoch 0 | epoch 1 | epoch 5 | final |" + "".join(
-                f" {PROBE_NAMES[p]} |" for p in probes
-            )
-            lines += ["", header, "|---|---|---|---|---|" + "---|" * len(probes)]
-            for _, row in rows[rows["initialization"] != "generated"].iterrows():
-                lines.append(f"| {row['initialization']} | " + " | ".join(difference(row, k) for k in compared) + " |")
-        sources = info["sources"].get(task.name, {})
-        lines += ["", *(f"- {init}: {source}" for init, source in sources.items())]
+        if not rows.empty:
+            lines += task_section(task, rows, config, info, probes)
     if info.get("failed"):
         lines += ["", "## Failed trials", "", *(f"- {f}" for f in info["failed"])]
     return "\n".join(lines) + "\n"
+
+
+def task_section(task: Any, rows: Any, config: BenchConfig, info: dict[str, Any], probes: list[str]) -> list[str]:
+    """One task's part of results.md: its budget and learning-rate protocol, its scores, its paired differences.
+
+    Args:
+        task: the task.
+        rows: its rows of :func:`summary_table`.
+        config: the sweep.
+        info: what :func:`write_results` gathered.
+        probes: the probes the sweep reported.
+
+    Returns:
+        Lines.
+    """
+    compared = ["epoch_0", "epoch_1", "epoch_5", "final", *probes]
+    held = info["held_out"].get(task.name)
+    status = (
+        f"held out (checked against {held['checked_models']} collection models; "
+        f"{len(held['training_data_unrecorded'])} do not record their training data)"
+        if held
+        else "not held out"
+    )
+    probe_columns = "".join(f" {PROBE_NAMES[p]} |" for p in probes)
+    lines = [
+        "",
+        f"## {task.name}: {rows['metric'].iloc[0]}, {task.arch}, {budget(task)}, seeds "
+        f"{task.seeds or config.seeds}, {status}",
+        "",
+        f"Learning rates: {protocol(task, config, info.get('extended', {}).get(task.name, {}))}",
+        "",
+        "| initialization | N | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |" + probe_columns,
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(probes),
+    ]
+    for _, row in rows.iterrows():
+        cells = " | ".join(cell(row, key) for key in compared)
+        n = int(row.get("chosen_from", 1))
+        lines.append(f"| {row['initialization']} | {n} | {row['parameters']:,} | {row['lr']:g} | {cells} |")
+    if "generated" in set(rows["initialization"]):
+        lines += ["", "| minus generated | epoch 0 | epoch 1 | epoch 5 | final |" + probe_columns]
+        lines.append("|---|---|---|---|---|" + "---|" * len(probes))
+        for _, row in rows[rows["initialization"] != "generated"].iterrows():
+            lines.append(f"| {row['initialization']} | " + " | ".join(difference(row, k) for k in compared) + " |")
+    sources = info["sources"].get(task.name, {})
+    return [*lines, "", *(f"- {init}: {source}" for init, source in sources.items())]
 
 
 def budget(task: Any) -> str:
@@ -392,8 +277,6 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
     """
     import shutil
 
-    from torch.utils.tensorboard import SummaryWriter
-
     config = run.config or config  # as it ran: budgets in epochs
 
     from geosane import storage
@@ -442,15 +325,7 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
         path = folder / f"curves-{slug(task)}.png"
         plot_curves(table, task, str(path))
         written[path.name] = str(path)
-    shutil.rmtree(folder / "tensorboard", ignore_errors=True)  # a rewrite must not add a second event file per run
-    for (task, init, lr, seed), group in table.groupby(["task", "initialization", "lr", "seed"]):
-        with SummaryWriter(str(folder / "tensorboard" / slug(task) / f"{init}-lr{lr:g}-s{seed}")) as writer:
-            for _, row in group.iterrows():
-                if not math.isnan(row["test_score"]):
-                    writer.add_scalar(f"test/{row['metric']}", row["test_score"], int(row["epoch"]))
-                writer.add_scalar(f"selection/{row['metric']}", row["selection_score"], int(row["epoch"]))
-                if not math.isnan(row["train_loss"]):
-                    writer.add_scalar("train/loss", row["train_loss"], int(row["epoch"]))
+    write_tensorboard(table, folder / "tensorboard")
     written["tensorboard"] = str(folder / "tensorboard")  # (written afresh above: one event file per run)
     if remote:
         storage.upload(folder, out)
@@ -459,3 +334,28 @@ def write_results(run: BenchRun, config: BenchConfig, out: str, name: str) -> di
     info["summary"] = summary
     info["written"] = written
     return info
+
+
+def write_tensorboard(table: Any, folder: Path) -> None:
+    """One TensorBoard run per task, initialization, learning rate and seed, written afresh (a rewrite of the results
+    must not add a second event file to a run: its curves would be drawn twice).
+
+    Args:
+        table: :func:`~geosane.bench.choices.results_frame`.
+        folder: the ``tensorboard`` folder.
+    """
+    import shutil
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from geosane.tuning import slug
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for (task, init, lr, seed), group in table.groupby(["task", "initialization", "lr", "seed"]):
+        with SummaryWriter(str(folder / slug(task) / f"{init}-lr{lr:g}-s{seed}")) as writer:
+            for _, row in group.iterrows():
+                if not math.isnan(row["test_score"]):
+                    writer.add_scalar(f"test/{row['metric']}", row["test_score"], int(row["epoch"]))
+                writer.add_scalar(f"selection/{row['metric']}", row["selection_score"], int(row["epoch"]))
+                if not math.isnan(row["train_loss"]):
+                    writer.add_scalar("train/loss", row["train_loss"], int(row["epoch"]))

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from geosane.autoencoder import Autoencoder
+from geosane.bench.choices import chosen_rates, edge_steps, results_frame
 from geosane.bench.config import BenchConfig
 from geosane.bench.context import TrialContext
 from geosane.bench.held_out import check_held_out
@@ -24,7 +25,7 @@ from geosane.errors import GeoSANEError
 from geosane.tasks import FineTuning, Recipe, TaskData, load_task, metric_name, score
 from geosane.tasks.probes import probe_scores
 
-__all__ = ["BenchRun", "collection_of", "fine_tune", "run_bench", "run_trial"]
+__all__ = ["BenchRun", "asha", "collection_of", "fine_tune", "run_bench", "run_phases", "run_trial"]
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +211,7 @@ def run_bench(
         tune.with_parameters(run_trial, bench=config, data=data, collection=collection),
         {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial},
     )
-    scheduler = None
-    if config.scheduler:
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(
-            time_attr="epoch",
-            max_t=max(t.epochs or 1 for t in config.tasks),
-            grace_period=config.scheduler.grace_period,
-            reduction_factor=config.scheduler.reduction_factor,
-        )
+    scheduler = asha(config)
 
     def phase(suffix: str, trials: list[dict[str, Any]]) -> Any:
         return run_experiment(
@@ -239,8 +231,34 @@ def run_bench(
             trial_dirname_creator=trial_name,
         )
 
-    from geosane.bench.results import chosen_rates, edge_steps, results_frame
+    return BenchRun(run_phases(config, phase), collection, held_out, experiment, config)
 
+
+def asha(config: BenchConfig) -> Any:
+    """Tune's ASHA scheduler on the selection score, where the sweep asks for it (else None)."""
+    if not config.scheduler:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=max(t.epochs or 1 for t in config.tasks),
+        grace_period=config.scheduler.grace_period,
+        reduction_factor=config.scheduler.reduction_factor,
+    )
+
+
+def run_phases(config: BenchConfig, phase: Callable[[str, list[dict[str, Any]]], Any]) -> list[Any]:
+    """The protocol's phases, each run by ``phase(suffix, trials)`` as a Tune experiment of its own: the grid on the
+    tuning seeds; one step past a grid's edge where a choice sits on it; the other seeds at the chosen rates.
+
+    Args:
+        config: the sweep (budgets in epochs).
+        phase: runs one phase's trials and returns Tune's results.
+
+    Returns:
+        Each phase's results, in order.
+    """
     results = [phase("", config.trials())]
     edges = edge_steps(results_frame(results, config), config)
     if edges:
@@ -251,4 +269,4 @@ def run_bench(
         rest = config.trials({key: [lr] for key, lr in chosen.items()}, "rest")
         if rest:
             results.append(phase("-rest", rest))
-    return BenchRun(results, collection, held_out, experiment, config)
+    return results

@@ -333,7 +333,9 @@ def test_anchor_based_baselines_share_generations_anchors_and_treatment(
 
 
 def test_results_choose_learning_rates_on_selection_and_pair_seeds() -> None:
-    from geosane.bench.results import chosen_learning_rates, interval, summary_table
+    from geosane.bench.choices import chosen_learning_rates
+    from geosane.bench.results import summary_table
+    from geosane.bench.statistics import interval
 
     mean, std, half = interval([1.0, 2.0, 3.0])  # std 1 (ddof=1); t(0.975, 2) = 4.3027
     assert (mean, std) == (2.0, 1.0) and half == pytest.approx(4.3027 / 3**0.5, rel=1e-4)
@@ -578,7 +580,7 @@ def phase_rows(choices: dict[tuple[str, float], float], phase: str = "grid") -> 
 
 
 def test_a_rate_chosen_at_an_edge_of_the_grid_is_extended_once_past_it() -> None:
-    from geosane.bench.results import chosen_rates, edge_steps
+    from geosane.bench.choices import chosen_rates, edge_steps
 
     task = BenchTask(
         data="x", arch="a", label="t", initializations=["low", "mid", "high"], epochs=1, lr=[0.001, 0.01, 0.1]

@@ -37,7 +37,7 @@ def test_the_detectable_difference_follows_the_t_test_it_stands_for() -> None:
     import numpy as np
     from scipy import stats
 
-    from geosane.bench.results import detectable
+    from geosane.bench.statistics import detectable
 
     spread, n = 0.03, 10
     delta = detectable(spread, n)
