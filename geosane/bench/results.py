@@ -149,7 +149,9 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         "10 images a class (`10-shot probe`), on the test split.",
         "",
         f"Multiplicity: this file holds {intervals} paired 95% intervals; at that many, about "
-        f"{0.05 * intervals:.1f} would exclude zero by chance alone if no initialization differed from `generated`.",
+        f"{0.05 * intervals:.1f} would exclude zero by chance alone if no initialization differed from `generated`."
+        if intervals
+        else "Multiplicity: no paired intervals here (one seed, or no `generated`).",
         "",
         f"**{verdict(summary)}.**",
         "",
@@ -219,6 +221,8 @@ def budget(task: Any) -> str:
 
 def protocol(task: Any, config: BenchConfig, extended: dict[str, float]) -> str:
     """How a task's learning rates were chosen: the grid, which seeds chose, and the grid's extensions."""
+    if len(task.lrs) == 1:
+        return f"one rate, {task.lrs[0]:g}, for every initialization."
     seeds = task.seeds or config.seeds
     tuning = len(seeds) if config.tuning_seeds is None else min(config.tuning_seeds, len(seeds))
     text = f"grid {', '.join(f'{lr:g}' for lr in task.lrs)}, chosen per initialization on the selection split of "

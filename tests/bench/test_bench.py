@@ -632,7 +632,7 @@ def test_a_sweep_runs_the_grid_its_edges_and_the_other_seeds_and_says_so(
     markdown = (tmp_path / "out" / "results.md").read_text()
     assert "extended one step past the grid's edge for anchor" in markdown and "scratch (" in markdown
     assert "the first 1 seeds (the others ran at the chosen rate only)" in markdown
-    assert "(from a budget of 6 optimizer steps)" in markdown and "Multiplicity: this file holds" in markdown
+    assert "(from a budget of 6 optimizer steps)" in markdown and "Multiplicity: no paired intervals here" in markdown
     assert "| anchor | 2 | 375,098 |" in markdown and "| linear probe | 10-shot probe |" in markdown
 
 
