@@ -115,7 +115,7 @@ def add_options(
         required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
         default = None if required else field.default
         text = field.metadata.get("help", "")
-        if default not in (None, False, ""):
+        if default not in (None, False, "", ()):
             text += f" (default: {default})"
         options: dict[str, Any] = {"help": text, "default": None if keep_config else default}
         if field.metadata.get("choices"):

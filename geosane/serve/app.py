@@ -118,8 +118,9 @@ def resolved(config: ServeConfig) -> ServeConfig:
         data.append(f"{name}={spec}")
     weights = []
     for name, path in config.offered("prompt_weights").items():
-        load(storage.absolute(path))  # there, and safe to read (no pickled code)
-        weights.append(f"{name}={storage.absolute(path)}")
+        where = path if path.startswith("pretrained:") else storage.absolute(path)
+        load(where)  # there (or catalogued), and safe to read (no pickled code)
+        weights.append(f"{name}={where}")
     out = storage.absolute(config.storage)
     storage.refuse_output_inside(out, None if is_shipped(autoencoder) else autoencoder, flag="--storage")
     storage.ensure_bucket(out)

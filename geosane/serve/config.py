@@ -25,7 +25,9 @@ class ServeConfig:
         metavar="NAME=SPEC",
     )
     prompt_weights: tuple[str, ...] = option(
-        (), "prompt weights that requests may name: NAME=FILE (repeat for more)", metavar="NAME=FILE"
+        (),
+        "prompt weights that requests may name: NAME=FILE or NAME=pretrained:ENTRY (repeat for more)",
+        metavar="NAME=FILE",
     )
     replicas: int = option(1, "replicas of the deployment")
     cpus_per_replica: float = option(1.0, "CPUs each replica reserves")

@@ -85,3 +85,24 @@ def test_a_good_request_becomes_the_generation_settings() -> None:
 def test_an_allow_list_entry_must_be_name_equals_value(entry) -> None:
     with pytest.raises(GeoSANEError, match="NAME=VALUE"):
         ServeConfig(data=(entry,)).offered("data")
+
+
+def test_the_allow_lists_are_checked_when_the_service_starts(tmp_path: Path) -> None:
+    """Files are made absolute and read safely, catalogued weights stay names, and user data must be user data."""
+    from geosane.serve import resolved
+
+    np.savez(tmp_path / "mine.npz", x=np.zeros((8, 3, 8, 8), np.float32), y=np.arange(8) % 2)
+    config = resolved(
+        ServeConfig(
+            storage=str(tmp_path / "jobs"),
+            data=(f"mine=npz:{tmp_path / 'mine.npz'}",),
+            prompt_weights=("imagenet=pretrained:efficientnet_lite0",),
+        )
+    )
+    assert config.prompt_weights == ("imagenet=pretrained:efficientnet_lite0",)
+    settings = parse_request({**REQUEST, "prompt_weights": "imagenet", "data": "mine"}, config)
+    assert (
+        settings.prompt_weights == "pretrained:efficientnet_lite0" and settings.data == f"npz:{tmp_path / 'mine.npz'}"
+    )
+    with pytest.raises(GeoSANEError, match="expected npz:PATH or imagefolder:DIR"):
+        resolved(ServeConfig(storage=str(tmp_path / "jobs"), data=("rgb=eurosat_rgb",)))
