@@ -18,9 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from geosane import datasets
+from geosane.bench.statistics import detectable, interval
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import save  # noqa: E402
+
+HEADER = "| steps | test (mean) | selection minus longest | test minus longest |"
 
 
 def main() -> None:
@@ -33,6 +36,14 @@ def main() -> None:
     tasks = {t.get("label") or t["data"]: t for t in json.loads((folder / "config.json").read_text())["tasks"]}
     final = table[table["epoch"] == table.groupby("task")["epoch"].transform("max")]
     found = []
+    lines = [
+        "# Budgets: each minus the longest, paired by seed",
+        "",
+        "Mean paired difference over seeds [95% t-interval], and the smallest difference the run could detect (80% "
+        "power, two-sided 5%, from the observed paired spread). With two seeds, the intervals are wide: these runs "
+        "place a budget, they do not compare initializations.",
+        "",
+    ]
     for data, rows in final.groupby("data"):
         budgets = rows.groupby("task").agg(selection=("selection_score", "mean"), test=("test_score", "mean"))
         budgets["steps"] = [tasks[task]["steps"] for task in budgets.index]
@@ -44,6 +55,19 @@ def main() -> None:
         print(f"{data}: enough at {enough} steps (tolerance {tolerance:.4f}: one of {selection} selection images)")
         for _, b in budgets.iterrows():
             print(f"  {int(b['steps']):5d} steps: selection {b['selection']:.3f}, test {b['test']:.3f}")
+        lines += [f"## {data}: enough at {int(enough)} steps", "", HEADER, "|---|---|---|---|"]
+        longest = rows[rows["task"] == budgets.index[-1]].set_index("seed")
+        for task, b in budgets.iterrows():
+            mine = rows[rows["task"] == task].set_index("seed")
+            cells = []
+            for column in ("selection_score", "test_score"):
+                paired = (mine[column] - longest[column]).dropna()
+                mean, spread, ci = interval(paired)
+                cells.append(
+                    f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}]; detects {detectable(spread, len(paired)):.3f}"
+                )
+            lines.append(f"| {int(b['steps'])} | {b['test']:.3f} | {cells[0]} | {cells[1]} |")
+        lines.append("")
         found.append(
             {
                 "data": data,
@@ -52,6 +76,7 @@ def main() -> None:
                 "budgets": budgets.to_dict("records"),
             }
         )
+    (folder / "budget.md").write_text("\n".join(lines))
     save({"budgets": found}, folder / "budget.json")
 
 
