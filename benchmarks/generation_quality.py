@@ -69,14 +69,17 @@ def linear_probe(model: torch.nn.Module, train, test) -> float:
 def models(autoencoder: str, prompt: str, anchors: str, data: str, seed: int) -> dict[str, torch.nn.Module]:
     """The generated model and every baseline of the bench, for one prompt, target and seed."""
     from geosane.bench.ablations import BASELINES
-    from geosane.generation import prepare
+    from geosane.config import make
+    from geosane.generation import GenerateConfig, Generator
 
-    (generated,) = geosane.generate(autoencoder, prompt, anchors=anchors, data=data, candidates=4, seed=seed)
+    config = make(GenerateConfig, prompt=prompt, anchors=anchors, data=data, candidates=4, seed=seed)
+    loaded = geosane.Autoencoder.load(autoencoder)
+    (generated,) = Generator(config, loaded).generate()
     out = {"generated": generated.model}
-    plan, _ = prepare(autoencoder, prompt, anchors=anchors, data=data, candidates=4, seed=seed)
+    generator = Generator(config, loaded)
     for name, build in BASELINES.items():
-        weights, _ = build(plan)
-        model = create_model(ARCH, "classification", plan.prompt.in_chans, plan.num_classes)
+        weights, _ = build(generator)
+        model = create_model(ARCH, "classification", generator.prompt.in_chans, generator.num_classes)
         model.load_state_dict(weights, strict=True)
         out[name] = model.eval()
     return out

@@ -26,7 +26,8 @@ import torch
 
 import geosane
 from geosane.bench.statistics import interval as t_interval
-from geosane.generation import prepare, reestimate_batchnorm
+from geosane.config import make
+from geosane.generation import GenerateConfig, Generator, reestimate_batchnorm
 from geosane.generation.search import Features, nearest_mean_loss
 from geosane.tasks import load_task
 
@@ -85,17 +86,11 @@ def main() -> None:
 
     data = load_task("eurosat_rgb?classes=5-9", train_limit=500)
     autoencoder = geosane.Autoencoder.load(args.autoencoder)
-    settings = {
-        "anchors": "dataset=eurosat_rgb?classes=0-4",
-        "collection": args.collection,
-        "data": data.spec,
-        "candidates": 4,
-        "use_ray": False,
-    }
+    settings = {"anchors": "dataset=eurosat_rgb?classes=0-4", "data": data.spec, "candidates": 4}
     prompt = "timm:test_resnet?num_classes=5"
     runs = []
     for seed in args.seeds:
-        plan, _ = prepare(autoencoder, prompt, seed=seed, **{k: v for k, v in settings.items() if k != "use_ray"})
+        plan = Generator(make(GenerateConfig, prompt=prompt, seed=seed, **settings), autoencoder, args.collection)
         plain = None
         for arm in ("generated", "latent search", "weight steps"):
             start = time.perf_counter()
@@ -103,17 +98,18 @@ def main() -> None:
                 model, card = weight_steps(plain.model, plan, args.steps, args.lr), {}  # type: ignore[union-attr]
             else:
                 steps = args.steps if arm == "latent search" else 0
-                (best,) = geosane.generate(
-                    autoencoder, prompt, seed=seed, search_steps=steps, search_lr=args.lr, **settings
+                config = make(
+                    GenerateConfig, prompt=prompt, seed=seed, search_steps=steps, search_lr=args.lr, **settings
                 )
+                (best,) = Generator(config, autoencoder, args.collection).generate(use_ray=False)
                 model, card = best.model, best.card
                 plain = plain or best
             run = {
                 "seed": seed,
                 "arm": arm,
-                "selection": card["selection"]["score"] if card else None,
+                "selection": card.selection.score if card else None,
                 "test": test_accuracy(model, data.train, data.test, data.num_classes),
-                "search": card.get("search"),
+                "search": card.search.model_dump() if card and card.search else None,
                 "seconds": round(time.perf_counter() - start, 1),
             }
             runs.append(run)

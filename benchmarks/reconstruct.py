@@ -182,7 +182,7 @@ def main() -> None:
     measurable = [
         r
         for r in (collection.record(i) for i in held_out)
-        if geosane.datasets.parse_spec(r.tags.get("dataset", ""))[0] in registered and "arch" in r.tags
+        if geosane.datasets.parse_dataset(r.tags.get("dataset", ""))[0] in registered and "arch" in r.tags
     ]
     if args.per_family:
         measurable = sample_lineages(measurable, held_out, args.per_family)

@@ -49,7 +49,7 @@ import torch
 
 import geosane
 from geosane.autoencoder import registry
-from geosane.datasets import parse_spec
+from geosane.datasets import parse_dataset
 
 from measure import save
 
@@ -145,7 +145,7 @@ def datasets_learned(records: list[geosane.ModelRecord]) -> list[dict]:
     specs = sorted({r.tags["dataset"] for r in records if "dataset" in r.tags})
     out = []
     for spec in specs:
-        name, options = parse_spec(spec)
+        name, options = parse_dataset(spec)
         dataset = geosane.datasets.get(spec)
         out.append(
             {
@@ -267,6 +267,7 @@ def build(run: str, name: str, skip: list[str], max_mb: float) -> Path:
     }
     (staging / "CARD.md").write_text(card_markdown(card))
     card["files"] = registry.file_hashes(staging)  # every file but the card, CARD.md included
+    registry.AutoencoderCard.model_validate(card)  # every field a card must have, of its type
     (staging / registry.CARD).write_text(json.dumps(card, indent=1, default=str))
     card_hash = hashlib.sha256((staging / registry.CARD).read_bytes()).hexdigest()
     (staging / registry.CARD_HASH).write_text(f"{card_hash}  {registry.CARD}\n")
@@ -287,7 +288,7 @@ def build(run: str, name: str, skip: list[str], max_mb: float) -> Path:
 
 def rebuild(name: str, work: str, run: str | None, tolerance: float) -> dict:
     """Run the card's commands in ``work`` (unless ``run`` is given) and compare the new run with the card."""
-    card = registry.card(registry.PREFIX + name)
+    card = registry.card(registry.PREFIX + name).model_dump()
     if run is None:
         Path(work).mkdir(parents=True, exist_ok=True)
         geosane_cli = str(Path(sys.executable).with_name("geosane"))

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from geosane.collection import Collection, ModelRecord, ModelSource, collect
     from geosane.config import load_config
     from geosane.errors import GeoSANEError
-    from geosane.generation import GenerateConfig, Generated, generate
+    from geosane.generation import AnchorCache, GenerateConfig, Generated, GeneratedCard, Generator, generate
     from geosane.scale import Scale
     from geosane.tokenizer import Layout, TokenizerConfig, Tokens, detokenize, tokenize
     from geosane.train import TrainConfig, run_training
@@ -70,6 +70,9 @@ EXPORTS = {
     "Latents": "geosane.autoencoder",
     "Scale": "geosane.scale",
     "generate": "geosane.generation",
+    "Generator": "geosane.generation",
+    "AnchorCache": "geosane.generation",
+    "GeneratedCard": "geosane.generation",
     "Generated": "geosane.generation",
     "GenerateConfig": "geosane.generation",
     "load_config": "geosane.config",

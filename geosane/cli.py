@@ -198,14 +198,13 @@ def cmd_generate(args: argparse.Namespace) -> None:
     from geosane.autoencoder.registry import resolve
     from geosane.generation import GenerateConfig, generate, write_generated
 
-    names = [f.name for f in fields(GenerateConfig) if f.name != "prompt"]  # every setting is an option
-    settings = {name: getattr(args, name) for name in names}
+    settings = {f.name: getattr(args, f.name) for f in fields(GenerateConfig)}  # every setting is an option
     refuse_output_inside(args.out, args.collection, args.autoencoder)
-    generated = generate(resolve(args.autoencoder), args.prompt, progress=not args.quiet, **settings)
-    for path, item in zip(write_generated(generated, args.out), generated, strict=True):
-        selection = item.card["selection"]
-        score = f"selection score {selection['score']:.4f}" if isinstance(selection, dict) else selection
-        print(f"{path}: rank {item.card['rank']}, candidate {item.card['candidate']}, {score}")
+    where = {"collection": args.collection, "data_root": args.data_root}
+    generated = generate(resolve(args.autoencoder), progress=not args.quiet, **where, **settings)
+    for path, card in zip(write_generated(generated, args.out), [g.card for g in generated], strict=True):
+        score = f"selection score {card.selection.score:.4f}" if card.selection else "not ranked: no target data"
+        print(f"{path}: rank {card.rank}, candidate {card.candidate}, {score}")
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -271,7 +270,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     refuse_output_inside(args.out, args.collection, args.autoencoder)
     url = resolve(args.autoencoder)
     autoencoder = Autoencoder.load(url)
-    collection = args.collection or autoencoder.info.get("collection")
+    collection = args.collection or autoencoder.anchors
     if not collection:
         raise GeoSANEError(f"{url} names no collection: give --collection URL")
     embeddings = embed_collection(autoencoder, Collection(collection), progress=not args.quiet)
@@ -398,6 +397,8 @@ def add_generate(commands: Any) -> None:
     generate = subcommand(commands, cmd_generate)
     generate.add_argument("--autoencoder", default=None, metavar="URL", help=AUTOENCODER_HELP)
     add_options(generate, GenerateConfig, [f.name for f in fields(GenerateConfig)])
+    generate.add_argument("--collection", metavar="URL", help="where query anchors come from (default: its own)")
+    generate.add_argument("--data-root", metavar="DIR", help=DATA_ROOT)
     generate.add_argument("--out", required=True, metavar="DIR")
 
 

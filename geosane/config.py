@@ -15,23 +15,44 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
-from dataclasses import MISSING, dataclass, field
+from dataclasses import MISSING, field
 from pathlib import Path
 from typing import Annotated, Any, Sequence, TypeVar, dataclass_transform
 
 import pydantic
+import pydantic.dataclasses
 import yaml
 
 from geosane.errors import GeoSANEError
 
-__all__ = ["MAX_SEED", "Seed", "add_options", "check_seed", "load_config", "option", "settings", "version_number"]
+__all__ = [
+    "MAX_SEED",
+    "Seed",
+    "add_options",
+    "check_seed",
+    "field_problems",
+    "load_config",
+    "make",
+    "option",
+    "settings",
+    "version_number",
+]
 
 T = TypeVar("T")
 
 #: Seeds are what NumPy, PyTorch and Ray Tune all take: 0 to 2^63-1.
 MAX_SEED = 2**63 - 1
-#: A seed in a settings class: YAML outside 0 to 2^63-1 is an error naming the line.
-Seed = Annotated[int, pydantic.Field(ge=0, le=MAX_SEED)]
+
+
+def seed_value(seed: Any) -> int:
+    """A seed as settings take it: a whole number from 0 to 2^63-1, else the one message every path gives."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"must be a whole number from 0 to 2^63-1, got {seed!r}")
+    return seed
+
+
+#: A seed in a settings class: anything outside 0 to 2^63-1 is an error naming the field (in YAML, its line).
+Seed = Annotated[int, pydantic.BeforeValidator(seed_value)]
 
 
 def check_seed(seed: Any, where: str = "seed") -> int:
@@ -47,15 +68,62 @@ def check_seed(seed: Any, where: str = "seed") -> int:
     Raises:
         GeoSANEError: anything else, naming ``where``.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
-        raise GeoSANEError(f"{where} must be a whole number from 0 to 2^63-1, got {seed!r}")
-    return seed
+    try:
+        return seed_value(seed)
+    except ValueError as exc:
+        raise GeoSANEError(f"{where}: {exc}") from None
 
 
 @dataclass_transform()
-def settings(cls: type[T]) -> type[T]:
-    """A settings class: a dataclass whose YAML form may hold only its own fields, each of its declared type."""
-    return pydantic.with_config(pydantic.ConfigDict(extra="forbid"))(dataclass(cls))
+def settings(cls: type[T] | None = None, *, frozen: bool = False) -> Any:
+    """A settings class: a pydantic dataclass, checked whenever one is made (from YAML, the command line, Python or
+    a request's JSON), holding only its own fields, each of its declared type and range. Every settings class of
+    GeoSANE is one; :func:`make` turns pydantic's error into one that names each field.
+
+    Args:
+        cls: the class (``@settings``), or None (``@settings(frozen=True)``).
+        frozen: instances cannot change (settings that key a cache or a job).
+
+    Returns:
+        The settings class, or a decorator that makes one.
+    """
+
+    def make_settings(cls: type[T]) -> type[T]:
+        config = pydantic.ConfigDict(extra="forbid")
+        return pydantic.dataclasses.dataclass(cls, config=config, frozen=frozen)  # type: ignore[return-value]
+
+    return make_settings if cls is None else make_settings(cls)
+
+
+def make(kind: type[T], **values: Any) -> T:
+    """Settings of type ``kind`` from ``values``, or an error that names every bad field and why.
+
+    Args:
+        kind: a settings class (:func:`settings`).
+        **values: its fields.
+
+    Returns:
+        The settings.
+
+    Raises:
+        GeoSANEError: unknown fields, wrong types or values out of range, each named.
+    """
+    try:
+        return kind(**values)
+    except pydantic.ValidationError as exc:
+        raise GeoSANEError(f"{kind.__name__}: " + "; ".join(field_problems(exc))) from None
+
+
+def field_problems(error: pydantic.ValidationError) -> list[str]:
+    """``field: why`` for every problem of a validation error (the whole settings: ``(settings): why``)."""
+    problems = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "unexpected_keyword_argument":
+            reason = "unknown setting"
+        problems.append(f"{where}: {reason}" + (f", got {item['input']!r}" if "got" not in reason else ""))
+    return problems
 
 
 def option(
@@ -228,6 +296,8 @@ def describe(error: Any, root: yaml.Node) -> str:
         return f"{where}: unknown setting"
     if error["type"] in ("missing", "missing_argument"):
         return f"{where}: missing (required)"
+    if error["type"] == "value_error":  # a validator's own words
+        return f"{where}: {error['msg'].removeprefix('Value error, ')}"
     expected = error["msg"].removeprefix("Input should be ").split(",")[0].replace("a valid ", "")
     if expected[:1].isalpha() and not expected.startswith(("a ", "an ")):
         expected = ("an " if expected[0] in "aeiou" else "a ") + expected

@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from geosane.errors import GeoSANEError
+from geosane.registry import Registry
 from geosane.tokenizer import MODES, TokenizerConfig
 
 __all__ = ["SIZES", "AutoencoderConfig"]
@@ -108,22 +109,25 @@ class AutoencoderConfig:
 
 #: Named sizes: ``tiny`` for CPU tests and the demo, ``small`` for a laptop (tokens of 32 values), ``compact`` (a 4x
 #: compressing latent for tokens of 32), ``base`` for a workstation, ``geosane`` as published (0.9B).
-SIZES: dict[str, dict[str, Any]] = {
-    "tiny": {},
-    # what two CPU cores train in 25 minutes into working reconstructions (benchmarks/reconstruct.py): a latent as
-    # wide as the token, so that the network learns weights in general rather than compressing the lineages it saw
-    "small": {"d_model": 128, "latent_dim": 32, "window": 64},
-    # a latent 4x narrower than tokens of 32 values, a wider network: the compressing size for a GPU (on two CPU
-    # cores it does not reach working reconstructions in minutes: benchmarks/results/autoencoder-sizes.json)
-    "compact": {"d_model": 256, "latent_dim": 8, "window": 64, "encoder_blocks": 3, "decoder_blocks": 3},
-    "base": {"d_model": 512, "encoder_blocks": 8, "decoder_blocks": 8, "heads": 8, "latent_dim": 64, "window": 256},
-    "geosane": {
-        "d_model": 1536,
-        "encoder_blocks": 16,
-        "decoder_blocks": 16,
-        "heads": 16,
-        "latent_dim": 128,
-        "window": 512,
-        "projection_dim": 128,
+SIZES: Registry[dict[str, Any]] = Registry(
+    "autoencoder size",
+    {
+        "tiny": {},
+        # what two CPU cores train in 25 minutes into working reconstructions (benchmarks/reconstruct.py): a latent as
+        # wide as the token, so that the network learns weights in general rather than compressing the lineages it saw
+        "small": {"d_model": 128, "latent_dim": 32, "window": 64},
+        # a latent 4x narrower than tokens of 32 values, a wider network: the compressing size for a GPU (on two CPU
+        # cores it does not reach working reconstructions in minutes: benchmarks/results/autoencoder-sizes.json)
+        "compact": {"d_model": 256, "latent_dim": 8, "window": 64, "encoder_blocks": 3, "decoder_blocks": 3},
+        "base": {"d_model": 512, "encoder_blocks": 8, "decoder_blocks": 8, "heads": 8, "latent_dim": 64, "window": 256},
+        "geosane": {
+            "d_model": 1536,
+            "encoder_blocks": 16,
+            "decoder_blocks": 16,
+            "heads": 16,
+            "latent_dim": 128,
+            "window": 512,
+            "projection_dim": 128,
+        },
     },
-}
+)

@@ -281,6 +281,17 @@ class Autoencoder(nn.Module):
         rebuilt = self.decode(self.encode(tokens, network), network)
         return normalized_error(rebuilt, tokens.tokens, tokens.valid)
 
+    @property
+    def collection(self) -> str | None:
+        """The collection it learned from, as its run recorded it (a shipped autoencoder's is not shipped with it)."""
+        return self.info.get("train", {}).get("collection") or self.info.get("collection")
+
+    @property
+    def anchors(self) -> str | None:
+        """Where query anchors come from unless a generation names a collection: the anchors a shipped autoencoder
+        ships with, else the collection it learned from."""
+        return self.info.get("anchors") or self.collection
+
     def check_collection(self, collection: Any) -> None:
         """Refuse a collection whose tokens this autoencoder does not read (another token size or mode)."""
         stored = collection.config()
@@ -391,7 +402,7 @@ class Autoencoder(nn.Module):
             path = registry.folder(url)  # hashes checked against its card
             model = cls.load(str(path))
             model.info = {**model.info, "url": url, "card": str(path / registry.CARD)}
-            model.info["collection"] = str(path / registry.ANCHORS)  # anchors ship; the collection it learned does not
+            model.info["anchors"] = str(path / registry.ANCHORS)  # anchors ship; the collection it learned does not
             return model
         if step is None and registry.is_shipped_folder(url):  # a shipped one by path: the same checks as by name
             registry.check_files(Path(url), url)

@@ -17,9 +17,15 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from geosane.config import field_problems
 from geosane.errors import GeoSANEError
+from geosane.registry import Registry
 
 __all__ = [
+    "AUTOENCODERS",
+    "AutoencoderCard",
     "DEFAULT",
     "PREFIX",
     "SHIPPED",
@@ -43,9 +49,15 @@ CARD_HASH = "card.sha256"
 ANCHORS = "anchors"
 
 
+#: The shipped autoencoders by ``geosane:NAME``: their folders inside the package (every folder with a card).
+AUTOENCODERS: Registry[Path] = Registry(
+    "shipped autoencoder", {PREFIX + card.parent.name: card.parent for card in sorted(SHIPPED.glob(f"*/{CARD}"))}
+)
+
+
 def names() -> list[str]:
     """The shipped autoencoders, as ``geosane:NAME``."""
-    return sorted(PREFIX + p.parent.name for p in SHIPPED.glob(f"*/{CARD}"))
+    return list(AUTOENCODERS)
 
 
 def resolve(url: str | None) -> str:
@@ -70,10 +82,9 @@ def folder(url: str) -> Path:
     Raises:
         GeoSANEError: no such name (the shipped ones listed), or a file missing, added or changed (named).
     """
-    name = url[len(PREFIX) :]
-    path = SHIPPED / name
-    if not name or "/" in name or not (path / CARD).is_file():
+    if url not in AUTOENCODERS:
         raise GeoSANEError(f"no shipped autoencoder {url!r}; shipped: {', '.join(names()) or 'none'}")
+    path = AUTOENCODERS[url]
     check_files(path, url)
     return path
 
@@ -122,13 +133,107 @@ def check_files(path: Path, label: str) -> None:
             )
 
 
-def card(url: str) -> dict[str, Any]:
-    """The card of a shipped autoencoder (``card.json``), unchecked: what it learned, how, and how well."""
-    path = SHIPPED / url[len(PREFIX) :] / CARD
+class Part(BaseModel):
+    """A part of a card: its fields only."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ShippedSize(Part):
+    """The autoencoder: its named size, settings and parameters."""
+
+    size: str
+    settings: dict[str, Any]
+    parameters: int
+
+
+class Training(Part):
+    """How it was trained: the training settings, the step it stopped at and its metrics there."""
+
+    config: dict[str, Any]
+    step: int
+    metrics: dict[str, Any]
+
+
+class Learned(Part):
+    """The collection it learned from (not shipped), at the version it read, with every model's record."""
+
+    url: str
+    version: int
+    models: list[dict[str, Any]]
+
+
+class Licences(Part):
+    """The licences of the models it learned from, and the terms of the shipped weights."""
+
+    models: dict[str, int]
+    terms: str
+
+
+class AnchorRule(Part):
+    """Which zoo models ship as anchors."""
+
+    rule: str
+    count: int
+
+
+class Reconstruction(Part):
+    """How well it rebuilds the shipped anchors (by part: trained on, validation, held out)."""
+
+    anchors: list[dict[str, Any]]
+    float16_max_relative_change: float
+    by_part: dict[str, Any]
+
+
+class Reference(Part):
+    """One held-out model whose reconstruction error the tests reproduce."""
+
+    name: str
+    id: str
+    part: str
+    normalized_error: float
+
+
+class AutoencoderCard(Part):
+    """A shipped autoencoder's card (``card.json``): what it learned, how, how well, what it never saw, its licence
+    terms, and the SHA-256 of every other file of its folder. The JSON schema is ``docs/autoencoder-card.schema.json``.
+    """
+
+    url: str
+    summary: str
+    autoencoder: ShippedSize
+    training: Training
+    commands: list[str]
+    collection: Learned
+    licences: Licences
+    anchors: AnchorRule
+    reconstruction: Reconstruction
+    reference: Reference
+    datasets: list[dict[str, Any]]
+    software: dict[str, str]
+    files: dict[str, str]
+
+
+def card(url: str) -> AutoencoderCard:
+    """The card of a shipped autoencoder (``card.json``), read and typed (its hash is checked when the autoencoder
+    loads): what it learned, how, and how well.
+
+    Args:
+        url: ``geosane:NAME``.
+
+    Returns:
+        The card.
+
+    Raises:
+        GeoSANEError: no such autoencoder, or a card that cannot be read or is not a card (the field named).
+    """
+    path = AUTOENCODERS[url] / CARD
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        return AutoencoderCard.model_validate_json(path.read_text())
+    except OSError as exc:
         raise GeoSANEError(f"{path}: cannot read the card of {url} ({exc})") from exc
+    except ValidationError as exc:
+        raise GeoSANEError(f"{path}: not a shipped autoencoder's card: " + "; ".join(field_problems(exc))) from None
 
 
 def file_hashes(path: Path) -> dict[str, str]:

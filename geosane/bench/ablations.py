@@ -1,7 +1,8 @@
 """Baselines that separate the latent space from copying, each built from the anchors ``generated`` uses.
 
-Each is fitted to the prompt the same way and made task-ready by the same step (:func:`geosane.generation.make_ready`:
-the head rule, BatchNorm re-estimated on unlabeled target images, the selection-split score):
+Each is fitted to the prompt the same way and made task-ready by the same step
+(:meth:`geosane.generation.Generator.make_ready`: the head rule, BatchNorm re-estimated on unlabeled target images,
+the selection-split score), through the generator's public methods only:
 
 | name | the model |
 |---|---|
@@ -21,65 +22,66 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from geosane.bench.context import TrialContext
-from geosane.bench.initializations import initialization
+from geosane.bench.initializations import INITIALIZATIONS
+from geosane.generation import Generator
+from geosane.registry import Registry
+from geosane.tasks import backbone_weights, is_weight, weight_distance
 
 __all__ = ["BASELINES", "best_anchor", "generated_distances", "noise_like", "soup_of"]
 
-Weights = dict[str, torch.Tensor]
+Weights = Mapping[str, torch.Tensor]
 
 
-#: Where the best anchor's choice per generation plan is remembered (a JSON file per plan): the choice does not
-#: depend on the seed, and every trial of a sweep (each its own process) would otherwise score every anchor again.
+#: Where the best anchor's choice per generation is remembered (a JSON file per generation's settings): the choice
+#: does not depend on the seed, and every trial of a sweep (each its own process) would otherwise score every anchor
+#: again.
 CHOICES = Path(os.environ.get("GEOSANE_CACHE", Path.home() / ".cache" / "geosane")) / "best-anchor"
 
 
-def plan_key(plan: Any) -> str:
+def plan_key(generator: Generator) -> str:
     """What the best anchor depends on: the generation settings less the seed, the collection version, the
     autoencoder (its run information) and the head rule; as a SHA-256."""
     from dataclasses import asdict, replace
 
     what = {
-        "settings": asdict(replace(plan.config, seed=0)),
-        "collection": plan.source,
-        "autoencoder": plan.autoencoder.info,
-        "head_kept": plan.head_kept,
+        "settings": asdict(replace(generator.config, seed=0)),
+        "collection": generator.source,
+        "autoencoder": generator.autoencoder.info,
+        "head_kept": generator.head_kept,
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def best_anchor(plan: Any) -> tuple[int, Weights, dict[str, Any]]:
+def best_anchor(generator: Generator) -> tuple[int, Weights, dict[str, Any]]:
     """Every anchor made task-ready and scored on the selection split; the best one (ties: the first by name). The
     score does not depend on the seed (BatchNorm statistics come from a fixed order of images; a new head plays no
-    part in a nearest-class-mean score), so the choice is remembered (:data:`CHOICES`) for the plan's other seeds.
+    part in a nearest-class-mean score), so the choice is remembered (:data:`CHOICES`) for the generation's other seeds.
 
     Args:
-        plan: the generation's plan.
+        generator: the trial's generation.
 
     Returns:
         The anchor's index, its task-ready weights and its notes (selection score).
     """
-    from geosane.generation import make_ready
-
-    index = chosen_anchor(plan)
-    model, info = make_ready(plan, plan.anchors[index].state_dict, 0)
+    index = chosen_anchor(generator)
+    model, info = generator.make_ready(generator.anchors[index].state_dict)
     return index, model.state_dict(), info
 
 
-def chosen_anchor(plan: Any) -> int:
-    """The index of the selection-best anchor (:func:`best_anchor`), remembered per plan; nothing else is built."""
-    from geosane.generation import make_ready
-
-    remembered = CHOICES / f"{plan_key(plan)}.json"
-    names = [a.name for a in plan.anchors]
+def chosen_anchor(generator: Generator) -> int:
+    """The index of the selection-best anchor (:func:`best_anchor`), remembered per generation's settings; nothing
+    else is built."""
+    remembered = CHOICES / f"{plan_key(generator)}.json"
+    names = [a.name for a in generator.anchors]
     choice = json.loads(remembered.read_text()) if remembered.exists() else None
     if choice is None or choice.get("anchors") != names:
-        scores = [make_ready(plan, a.state_dict, 0)[1].get("selection_score", 0.0) for a in plan.anchors]
+        scores = [generator.make_ready(a.state_dict)[1].get("selection_score", 0.0) for a in generator.anchors]
         best = min(range(len(scores)), key=lambda i: (-scores[i], names[i]))
         choice = {"anchors": names, "scores": scores, "best": best}
         remembered.parent.mkdir(parents=True, exist_ok=True)
@@ -89,34 +91,26 @@ def chosen_anchor(plan: Any) -> int:
     return int(choice["best"])
 
 
-def generated_distances(plan: Any) -> tuple[dict[str, float], float, str]:
+def generated_distances(generator: Generator) -> tuple[dict[str, float], float, str]:
     """The generated model of the trial (generation's own candidates, ranking and seed) and how far each of its
     tensors moved from its anchor, relative to the anchor's tensor (``||g - a|| / ||a||``), and overall.
 
     Args:
-        plan: the generation's plan.
+        generator: the trial's generation.
 
     Returns:
         Relative distances per tensor, the normalized distance overall, and the generated model's anchor.
     """
-    from geosane.generation.anchors import backbone_weights
-    from geosane.generation.candidates import is_weight, run_candidates, weight_distance
-
-    results, _ = run_candidates(plan, False, use_ray=False)
+    results, _ = generator.candidates(use_ray=False)
     model, info = max(results, key=lambda r: r[1].get("selection_score", 0.0))
-    anchor = next(a for a in plan.anchors if a.name == info["anchor"])
+    anchor = next(a for a in generator.anchors if a.name == info["anchor"])
     generated = backbone_weights(model.state_dict())
     distances = {
         key: weight_distance({key: generated[key]}, {key: value})
         for key, value in anchor.state_dict.items()
-        if key in generated and is_weight(key, value, skipped(plan)) and float(value.norm()) > 0
+        if key in generated and is_weight(key, value, generator.new_head) and float(value.norm()) > 0
     }
-    return distances, weight_distance(generated, anchor.state_dict, skipped(plan)), anchor.name
-
-
-def skipped(plan: Any) -> tuple[str, ...]:
-    """Key prefixes that distances leave out: a new head (it is fresh in every initialization alike)."""
-    return () if plan.head_kept else plan.prompt.head
+    return distances, weight_distance(generated, anchor.state_dict, generator.new_head), anchor.name
 
 
 def noise_like(weights: Weights, distances: dict[str, float], generator: torch.Generator) -> Weights:
@@ -162,82 +156,75 @@ def notes(what: str, info: dict[str, Any], **more: Any) -> dict[str, Any]:
     return {"source": what, "selection": info.get("selection_score"), **more}
 
 
-def anchor_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
+def anchor_baseline(generator: Generator) -> tuple[Weights, dict[str, Any]]:
     """The best anchor itself, fitted to the prompt as generation fits it and made ready the same way."""
-    index, weights, info = best_anchor(plan)
-    chosen = plan.anchors[index]
-    what = f"{chosen.name} ({chosen.fitted}), best of {len(plan.anchors)} anchor(s) on the selection split"
-    return weights, notes(what, info, distance=0.0, chosen_from=len(plan.anchors))
+    index, weights, info = best_anchor(generator)
+    chosen = generator.anchors[index]
+    what = f"{chosen.name} ({chosen.fitted}), best of {len(generator.anchors)} anchor(s) on the selection split"
+    return weights, notes(what, info, distance=0.0, chosen_from=len(generator.anchors))
 
 
-def decoded_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
+def decoded_baseline(generator: Generator) -> tuple[Weights, dict[str, Any]]:
     """The best anchor through the autoencoder without noise: what encoding and decoding alone do to it."""
-    from geosane.generation import make_ready, weight_distance
-    from geosane.generation.anchors import backbone_weights
-    from geosane.tokenizer import detokenize
-
-    index = chosen_anchor(plan)
-    chosen, reader = plan.anchors[index], plan.reader(index)
-    rebuilt = detokenize(plan.autoencoder.decode(plan.latents(index)), reader.layout, reader.kept)
-    model, info = make_ready(plan, rebuilt, 0)
+    index = chosen_anchor(generator)
+    chosen = generator.anchors[index]
+    model, info = generator.make_ready(generator.rebuilt(index))
     weights = model.state_dict()
-    distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
-    what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(plan.anchors)} anchor(s)"
-    return weights, notes(what, info, distance=distance, chosen_from=len(plan.anchors))
+    distance = weight_distance(backbone_weights(weights), chosen.state_dict, generator.new_head)
+    what = f"{chosen.name} encoded and decoded (bandwidth 0), best of {len(generator.anchors)} anchor(s)"
+    return weights, notes(what, info, distance=distance, chosen_from=len(generator.anchors))
 
 
-def noised_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
-    """The best anchor plus Gaussian noise (seeded by the plan's seed), per tensor as far from it (relative to the
-    tensor's norm) as the plan's generated model is from its own anchor: the same step size in weight space, in a
+def noised_baseline(generator: Generator) -> tuple[Weights, dict[str, Any]]:
+    """The best anchor plus Gaussian noise (seeded by the generation's seed), per tensor as far from it (relative to the
+    tensor's norm) as the trial's generated model is from its own anchor: the same step size in weight space, in a
     random direction instead of the decoder's."""
-    from geosane.generation import make_ready, weight_distance
-    from geosane.generation.anchors import backbone_weights
-
-    distances, generated, source = generated_distances(plan)
-    index = chosen_anchor(plan)
-    chosen = plan.anchors[index]
+    distances, generated, source = generated_distances(generator)
+    index = chosen_anchor(generator)
+    chosen = generator.anchors[index]
     shaped = {k: v for k, v in distances.items() if k in chosen.state_dict}
-    generator = torch.Generator().manual_seed(plan.config.seed)
-    model, info = make_ready(plan, noise_like(chosen.state_dict, shaped, generator), 0)
+    noise = torch.Generator().manual_seed(generator.config.seed)
+    model, info = generator.make_ready(noise_like(chosen.state_dict, shaped, noise))
     weights = model.state_dict()
-    distance = weight_distance(backbone_weights(weights), chosen.state_dict, skipped(plan))
+    distance = weight_distance(backbone_weights(weights), chosen.state_dict, generator.new_head)
     what = (
         f"{chosen.name} plus Gaussian noise at the generated model's per-tensor distance (normalized "
         f"{generated:.4f}, from {source})"
     )
-    return weights, notes(what, info, distance=distance, matched=generated, chosen_from=len(plan.anchors))
+    return weights, notes(what, info, distance=distance, matched=generated, chosen_from=len(generator.anchors))
 
 
-def soup_baseline(plan: Any) -> tuple[Weights, dict[str, Any]]:
+def soup_baseline(generator: Generator) -> tuple[Weights, dict[str, Any]]:
     """The uniform average of the anchors' weights (a uniform model soup), made ready as every other one."""
-    from geosane.generation import make_ready
-
-    model, info = make_ready(plan, soup_of([a.state_dict for a in plan.anchors]), 0)
+    model, info = generator.make_ready(soup_of([a.state_dict for a in generator.anchors]))
     weights = model.state_dict()
-    return weights, notes(f"uniform average of {len(plan.anchors)} anchor(s)", info)
+    return weights, notes(f"uniform average of {len(generator.anchors)} anchor(s)", info)
 
 
-#: The baselines by name: task-ready weights and notes from a generation plan (``benchmarks/generation_quality.py``
+#: The baselines by name: task-ready weights and notes from a generation (``benchmarks/generation_quality.py``
 #: calls them outside the bench too).
-BASELINES: dict[str, Callable[[Any], tuple[Weights, dict[str, Any]]]] = {
-    "anchor": anchor_baseline,
-    "decoded": decoded_baseline,
-    "noised": noised_baseline,
-    "soup": soup_baseline,
-}
+BASELINES: Registry[Callable[[Generator], tuple[Weights, dict[str, Any]]]] = Registry(
+    "baseline",
+    {
+        "anchor": anchor_baseline,
+        "decoded": decoded_baseline,
+        "noised": noised_baseline,
+        "soup": soup_baseline,
+    },
+)
 
 
-def as_initialization(build: Callable[[Any], tuple[Weights, dict[str, Any]]]) -> Any:
-    """A baseline as a bench initialization: the trial's generation plan in, the trial's model out."""
+def as_initialization(build: Callable[[Generator], tuple[Weights, dict[str, Any]]]) -> Any:
+    """A baseline as a bench initialization: the trial's generator in, the trial's model out."""
 
     def initialize(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
-        plan = context.generation_plan()
-        weights, what = build(plan)
-        return context.ready_model(plan, weights), what
+        generator = context.generator()
+        weights, what = build(generator)
+        return context.ready_model(generator, weights), what
 
     initialize.__doc__ = build.__doc__
     return initialize
 
 
 for _name, _build in BASELINES.items():
-    initialization(_name)(as_initialization(_build))
+    INITIALIZATIONS.add(_name, as_initialization(_build))

@@ -11,9 +11,11 @@ from typing import Any, Callable
 from torch import nn
 
 from geosane.autoencoder.registry import DEFAULT, is_shipped
-from geosane.config import Seed, load_config, settings
+from geosane.config import Seed, load_config, make, settings
 from geosane.errors import GeoSANEError
 from geosane.generation import GenerateConfig
+from geosane.registry import Registry
+from geosane.spec import parse_spec
 from geosane.tasks import Distillation
 
 __all__ = [
@@ -34,13 +36,14 @@ Initialization = Callable[[Any], tuple[nn.Module, dict[str, Any]]]
 #: The initializations by name. ``geosane.bench.initializations`` registers them and ``geosane.bench.specialists``
 #: the specialists (real pretrained models for one dataset each); the package imports both, so a config is validated
 #: against full registries (importing ``geosane.bench.config`` runs ``geosane.bench`` first).
-INITIALIZATIONS: dict[str, Initialization] = {}
-SPECIALISTS: dict[str, Initialization] = {}
+INITIALIZATIONS: Registry[Initialization] = Registry("initialization")
+SPECIALISTS: Registry[Initialization] = Registry("specialist")
 
 
 #: Generation settings an initialization's name may change (``generated?bandwidth=0.2&search_steps=3``), so that one
 #: sweep measures each setting against the same baselines, seeds and intervals.
 VARIANT_SETTINGS = ("sampling", "bandwidth", "candidates", "search_steps", "search_lr")
+SETTING_TYPES = {"sampling": str, "bandwidth": float, "candidates": int, "search_steps": int, "search_lr": float}
 
 
 def parse_initialization(name: str) -> tuple[str, dict[str, Any]]:
@@ -55,24 +58,13 @@ def parse_initialization(name: str) -> tuple[str, dict[str, Any]]:
     Raises:
         GeoSANEError: settings on another initialization, an unknown setting, or a value generation refuses.
     """
-    base, _, query = name.partition("?")
-    if not query:
-        return base, {}
-    if base != "generated":
+    spec = parse_spec(name, options={key: SETTING_TYPES[key] for key in VARIANT_SETTINGS})
+    if not spec.options:
+        return spec.name, {}
+    if spec.name != "generated":
         raise GeoSANEError(f"{name!r}: only generated takes settings (generated?bandwidth=0.2)")
-    defaults = GenerateConfig(prompt="timm:resnet18")
-    options: dict[str, Any] = {}
-    for part in query.split("&"):
-        key, sep, value = part.partition("=")
-        if key not in VARIANT_SETTINGS or not sep:
-            raise GeoSANEError(f"{name!r}: {part!r} is not KEY=VALUE with KEY one of {', '.join(VARIANT_SETTINGS)}")
-        kind = type(getattr(defaults, key))
-        try:
-            options[key] = kind(value)
-        except ValueError as exc:
-            raise GeoSANEError(f"{name!r}: {key} must be a {kind.__name__}, got {value!r}") from exc
-    replace(defaults, data="checked", **options).validate()
-    return base, options
+    make(GenerateConfig, prompt="timm:resnet18", data="checked", **spec.typed)  # a refused value is named now
+    return spec.name, spec.typed
 
 
 def check_prompt_weights(task: BenchTask, key: str, data_root: str | None) -> None:
@@ -227,7 +219,7 @@ class BenchConfig:
                 raise GeoSANEError(f"{key}: epochs or steps, lr (every one of a grid) and batch_size must be positive")
             if self.tuning_seeds is not None and self.tuning_seeds < 1:
                 raise GeoSANEError(f"{where}: tuning_seeds must be >= 1 (or left out: every seed tunes)")
-            name, _ = datasets.parse_spec(task.data)
+            name, _ = datasets.parse_dataset(task.data)
             if task.data.startswith(("npz:", "imagefolder:")):
                 kind = datasets.get(task.data, self.data_root).task  # the user's files say what the task is
             elif name in datasets.REGISTRY:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -47,47 +47,48 @@ class TrialContext:
             "task": self.data.task,
             "prompt_weights": self.task.prompt_weights,
             "anchors": self.task.anchors or f"arch={self.task.arch}",
-            "collection": self.collection,
             "candidates": self.config.candidates,
             "bandwidth": self.config.bandwidth,
             "data": self.data.spec,
-            "data_root": self.config.data_root,
             "seed": self.seed,
             **self.options,
         }
 
-    def generation_plan(self, **changes: Any) -> Any:
-        """The plan ``generated`` would make for the trial (same anchors, settings, data and seed), nothing generated
-        yet: the anchor-based baselines and ``prompt`` start from it.
+    def generator(self, **changes: Any) -> Any:
+        """The :class:`~geosane.generation.Generator` that ``generated`` runs for the trial (same anchors, settings,
+        data and seed), nothing generated yet: the anchor-based baselines and ``prompt`` start from it.
 
         Args:
             **changes: settings that differ (``anchors``, ``prompt_weights``).
 
         Returns:
-            The generation's :class:`~geosane.generation.Plan`.
+            The generator.
         """
-        from geosane.generation import prepare
+        from geosane.autoencoder import Autoencoder
+        from geosane.config import make
+        from geosane.generation import GenerateConfig, Generator
 
-        plan, _ = prepare(self.config.autoencoder, self.prompt_uri(), **{**self.generation_settings(), **changes})
-        return plan
+        config = make(GenerateConfig, prompt=self.prompt_uri(), **{**self.generation_settings(), **changes})
+        url = self.config.autoencoder
+        autoencoder = Autoencoder.load(url)
+        autoencoder.info.setdefault("url", url)
+        return Generator(config, autoencoder, self.collection, self.config.data_root)
 
-    def ready_model(self, plan: Any, weights: dict[str, torch.Tensor]) -> nn.Module:
-        """Task-ready weights (:func:`~geosane.generation.make_ready`'s) as the trial's model.
+    def ready_model(self, generator: Any, weights: Mapping[str, torch.Tensor]) -> nn.Module:
+        """Task-ready weights (:meth:`~geosane.generation.Generator.make_ready`'s) as the trial's model.
 
         Args:
-            plan: the generation plan they were made ready by.
+            generator: the generator that made them ready.
             weights: the task model's weights.
 
         Returns:
             The trial's model.
         """
-        from geosane.generation.prompt import task_model
-
         if self.data.task == "detection" and self.task.image_size:  # the bench's detector takes the image size
             model = self.target_model()
             load_into(model, "detection", {k.removeprefix("detector.backbone.body."): v for k, v in weights.items()})
             return model
-        model = task_model(plan.prompt, self.data.task, plan.num_classes)
+        model = generator.prompt.task_model(self.data.task, generator.num_classes)
         model.load_state_dict(weights, strict=True)
         return model
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from geosane.bench.context import TrialContext
-from geosane.bench.initializations import initialization
+from geosane.bench.initializations import INITIALIZATIONS
 from geosane.errors import GeoSANEError
 
 __all__ = ["GALILEO_ENCODER", "GALILEO_NORMALIZATION", "galileo_classifier"]
@@ -65,7 +65,7 @@ def galileo_classifier(data: Any, seed: int, data_root: str | None = None, pretr
     return model
 
 
-@initialization("foundation")
+@INITIALIZATIONS.register("foundation")
 def foundation(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """Galileo nano's encoder with a new head, on the task's bands at its ground resolution."""
     model: Any = galileo_classifier(context.data, context.seed, context.config.data_root)

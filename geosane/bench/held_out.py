@@ -65,7 +65,7 @@ def check_held_out(config: BenchConfig, collection: dict[str, Any]) -> dict[str,
     records = Collection(collection["collection"], collection["version"]).records()
     if registry.is_shipped(config.autoencoder):  # its anchors ship, not the collection it learned: the card lists it
         shipped = {r.tags.get("shipped_from", r.id) for r in records}  # anchors ship in half precision
-        learned = registry.card(config.autoencoder)["collection"]["models"]
+        learned = registry.card(config.autoencoder).collection.models
         records += [r for r in map(ModelRecord.from_dict, learned) if r.id not in shipped]
     for task in config.tasks:
         if not task.held_out:

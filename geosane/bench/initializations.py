@@ -15,27 +15,17 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any
 
 from torch import nn
 
-from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, Initialization, parse_initialization
+from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, parse_initialization
 from geosane.bench.context import TrialContext, load_into
 from geosane.bench.pruning import prune_to
 from geosane.errors import GeoSANEError
 from geosane.tasks import parameters, score
 
-__all__ = ["build_initial_model", "initialization", "prompt_record", "recorded_score"]
-
-
-def initialization(name: str) -> Callable[[Initialization], Initialization]:
-    """Register the decorated function as the initialization ``name``."""
-
-    def register(build: Initialization) -> Initialization:
-        INITIALIZATIONS[name] = build
-        return build
-
-    return register
+__all__ = ["INITIALIZATIONS", "build_initial_model", "prompt_record", "recorded_score"]
 
 
 def build_initial_model(name: str, context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
@@ -53,32 +43,30 @@ def build_initial_model(name: str, context: TrialContext) -> tuple[nn.Module, di
     return model, {**notes, "parameters": parameters(model)}
 
 
-@initialization("scratch")
+@INITIALIZATIONS.register("scratch")
 def scratch(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The architecture's default timm initialization (seeded)."""
     return context.target_model(), {"source": "timm default initialization"}
 
 
-@initialization("generated")
+@INITIALIZATIONS.register("generated")
 def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The generation API's top candidate for the trial's prompt and seed, ranked on the selection split only."""
-    from geosane.generation import generate
-
     settings = context.generation_settings()
-    (best,) = generate(context.config.autoencoder, context.prompt_uri(), use_ray=False, **settings)
+    (best,) = context.generator().generate(use_ray=False)
     model = best.model  # use_ray=False: the trial is the unit of parallelism; its candidates run in it
     if context.data.task == "detection" and context.task.image_size:  # the generated backbone in the bench's detector
         model = context.target_model()
         load_into(
             model, "detection", {k.removeprefix("detector.backbone.body."): v for k, v in best.state_dict.items()}
         )
-    selection = best.card["selection"]
+    card = best.card
     changed = "".join(f", {k}={v}" for k, v in context.options.items())  # a variant's own settings
     return model, {
-        "source": f"generated from {len(best.card['anchors'])} anchor(s) ({settings['anchors']}{changed}), "
-        f"candidate {best.card['candidate']} of {settings['candidates']}",
-        "selection": selection["score"] if isinstance(selection, dict) else None,
-        "distance": best.card["distance_to_anchor"],
+        "source": f"generated from {len(card.anchors)} anchor(s) ({settings['anchors']}{changed}), "
+        f"candidate {card.candidate} of {settings['candidates']}",
+        "selection": card.selection.score if card.selection else None,
+        "distance": card.distance_to_anchor,
         "chosen_from": settings["candidates"],
     }
 
@@ -156,27 +144,25 @@ def prompt_record(context: TrialContext) -> Any:
     return min(candidates, key=lambda r: (-(recorded_score(r) or 0.0), r.name))
 
 
-@initialization("prompt")
+@INITIALIZATIONS.register("prompt")
 def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The prompt's own weights: local pretrained weights when given; otherwise the collection model of the
     architecture trained on another dataset with the best recorded score (:func:`prompt_record`), fitted to the
     task's bands as generation fits an anchor and made ready the same way (head rule, BatchNorm re-estimation)."""
-    from geosane.generation import make_ready
-
     if context.task.prompt_weights:
-        plan = context.generation_plan(anchors="prompt", prompt_weights=context.task.prompt_weights)
+        generator = context.generator(anchors="prompt", prompt_weights=context.task.prompt_weights)
         what = f"local weights {context.task.prompt_weights}"
     else:
         record = prompt_record(context)
-        plan = context.generation_plan(anchors=f"id={record.id}")
+        generator = context.generator(anchors=f"id={record.id}")
         what = f"collection model {record.name} (recorded {recorded_score(record):.3f} on {record.tags.get('dataset')}"
-        what += f"; {plan.anchors[0].fitted})"
-    model, info = make_ready(plan, plan.anchors[0].state_dict, 0)
+        what += f"; {generator.anchors[0].fitted})"
+    model, info = generator.make_ready(generator.anchors[0].state_dict)
     weights = model.state_dict()
-    return context.ready_model(plan, weights), {"source": what, "selection": info.get("selection_score")}
+    return context.ready_model(generator, weights), {"source": what, "selection": info.get("selection_score")}
 
 
-@initialization("pruned")
+@INITIALIZATIONS.register("pruned")
 def pruned(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The best larger collection model of the task and the target's architecture (selection split), structurally
     pruned to the target's size (pruning keeps the architecture: a larger ViT pruned is no lighter ResNet)."""
@@ -190,7 +176,7 @@ def pruned(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     return small, {"source": what, "chosen_from": len(larger)}
 
 
-@initialization("distilled")
+@INITIALIZATIONS.register("distilled")
 def distilled(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """The target from scratch; fine-tuning adds the soft targets of the best larger collection model (selection
     split) to the labels. The teacher rides along as ``model.teacher`` (not a parameter of the student)."""
@@ -206,7 +192,7 @@ def distilled(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     return model, {"source": what, "chosen_from": len(larger)}
 
 
-@initialization("specialist")
+@INITIALIZATIONS.register("specialist")
 def specialist(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """A real pretrained remote-sensing model for the task (:data:`SPECIALISTS`)."""
     return SPECIALISTS[context.data.spec.split("?")[0]](context)

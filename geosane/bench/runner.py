@@ -126,12 +126,12 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
     fine_tune(model, context, report, resume)
 
 
-def collection_of(config: BenchConfig, info: dict[str, Any] | None = None) -> dict[str, Any]:
+def collection_of(config: BenchConfig, autoencoder: Autoencoder | None = None) -> dict[str, Any]:
     """The collection the sweep reads, pinned at its current version (every trial sees the same models).
 
     Args:
         config: the sweep.
-        info: the autoencoder's ``info``, where it is loaded already.
+        autoencoder: the sweep's autoencoder, where it is loaded already.
 
     Returns:
         The collection's URL and version (both None where there is none).
@@ -140,8 +140,7 @@ def collection_of(config: BenchConfig, info: dict[str, Any] | None = None) -> di
 
     url = config.collection
     if not url:
-        info = Autoencoder.load(config.autoencoder).info if info is None else info
-        url = info.get("collection") or info.get("train", {}).get("collection")
+        url = (autoencoder or Autoencoder.load(config.autoencoder)).anchors
     if not url:
         return {"collection": None, "version": None}
     if not Collection(url).exists():
@@ -198,7 +197,7 @@ def run_bench(
     if resume and not exists:
         log.info("nothing to resume at %s: starting the sweep %s afresh", experiment, name)
     autoencoder = Autoencoder.load(config.autoencoder)  # a missing or damaged one fails here, before Ray starts
-    collection = collection_of(config, autoencoder.info)
+    collection = collection_of(config, autoencoder)
     held_out = check_held_out(config, collection)
     data = {
         index: load_task(task.data, config.data_root, task.train_limit, task.selection_limit, task.test_limit)

@@ -62,4 +62,4 @@ def ukis_csmask(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     return model, {"source": f"{uri} (upstream training data may include these scenes)"}
 
 
-SPECIALISTS["cloudmask"] = ukis_csmask
+SPECIALISTS.add("cloudmask", ukis_csmask)

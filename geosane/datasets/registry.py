@@ -13,13 +13,28 @@ from geosane.datasets.sen1floods11 import Sen1Floods11
 from geosane.datasets.torchgeo_sets import DIOR, RESISC45, BigEarthNet
 from geosane.datasets.user import IMAGEFOLDER, NPZ, ImageFolderDataset, NpzDataset
 from geosane.errors import GeoSANEError
+from geosane.registry import Registry
+from geosane.spec import parse_spec
 
-__all__ = ["REGISTRY", "accepted_options", "get", "list_datasets", "parse_spec"]
+__all__ = ["REGISTRY", "accepted_options", "get", "list_datasets", "parse_dataset"]
 
-REGISTRY: dict[str, type[Dataset]] = {
-    cls.name: cls
-    for cls in (EuroSATRGB, EuroSATMS, EuroSATMSFull, CloudMask, Sen1Floods11, NeonTrees, RESISC45, BigEarthNet, DIOR)
-}
+REGISTRY: Registry[type[Dataset]] = Registry(
+    "dataset",
+    {
+        cls.name: cls
+        for cls in (
+            EuroSATRGB,
+            EuroSATMS,
+            EuroSATMSFull,
+            CloudMask,
+            Sen1Floods11,
+            NeonTrees,
+            RESISC45,
+            BigEarthNet,
+            DIOR,
+        )
+    },
+)
 
 
 def list_datasets() -> list[str]:
@@ -27,17 +42,11 @@ def list_datasets() -> list[str]:
     return sorted(REGISTRY)
 
 
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
+def parse_dataset(spec: str) -> tuple[str, dict[str, str]]:
     """``cloudmask?holdout=landsat5`` -> ``("cloudmask", {"holdout": "landsat5"})``: a dataset and its options, as
-    configs, the CLI and the collection's tags name them."""
-    name, _, query = spec.partition("?")
-    options = {}
-    for part in filter(None, query.split("&")):
-        key, sep, value = part.partition("=")
-        if not sep or not key or not value:
-            raise GeoSANEError(f"dataset {spec!r}: expected NAME[?option=value&...], got option {part!r}")
-        options[key] = value
-    return name, options
+    configs, the CLI and the collection's tags name them (:func:`geosane.spec.parse_spec`)."""
+    parsed = parse_spec(spec)
+    return parsed.name, parsed.options
 
 
 def accepted_options(name: str) -> set[str]:
@@ -64,7 +73,7 @@ def get(spec: str, root: str | None = None, **options) -> Dataset:
         return NpzDataset(Path("."), spec.removeprefix(NPZ))
     if spec.startswith(IMAGEFOLDER):
         return ImageFolderDataset(Path("."), spec.removeprefix(IMAGEFOLDER))
-    name, parsed = parse_spec(spec)
+    name, parsed = parse_dataset(spec)
     if name not in REGISTRY:
         raise GeoSANEError(
             f"unknown dataset {name!r}; known: {', '.join(list_datasets())}, or npz:PATH, imagefolder:DIR"

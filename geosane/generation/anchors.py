@@ -5,7 +5,6 @@ another band count, the classifier kept only where every anchor learned the targ
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,15 +16,13 @@ from geosane.autoencoder import Autoencoder
 from geosane.errors import GeoSANEError
 from geosane.generation.config import GenerateConfig
 from geosane.generation.prompt import Prompt
-from geosane.generation.ranking import TargetData
+from geosane.generation.target import TargetData
 
 __all__ = [
     "Anchor",
     "WeightsOnDisk",
     "adapt_input",
-    "backbone_weights",
     "band_mapped_input",
-    "collection_url",
     "find_anchors",
     "fit_to_prompt",
     "keeps_head",
@@ -127,16 +124,18 @@ def select_records(collection: Any, query: dict[str, str]) -> list[Any]:
 def fit_to_prompt(
     state_dict: dict[str, torch.Tensor],
     prompt: Prompt,
+    own: Mapping[str, torch.Tensor],
     in_chans: int | None,
     bands: tuple[list[str] | None, list[str] | None] = (None, None),
 ) -> tuple[dict[str, torch.Tensor], str]:
     """An anchor's weights in the prompt's shapes (see the module's docstring), or an error naming the first tensor
     that does not fit (key, prompt shape, anchor shape). The classifier is the anchor's where it has the prompt's
-    shape, the prompt's otherwise (whether a decoded classifier is kept is decided later, :func:`keeps_head`).
+    shape, the prompt's own otherwise (whether a decoded classifier is kept is decided later, :func:`keeps_head`).
 
     Args:
         state_dict: the anchor's weights.
         prompt: the built prompt.
+        own: the prompt's own weights (its classifier fills one that does not fit).
         in_chans: the bands the anchor takes.
         bands: the anchor's and the target's band names.
 
@@ -147,10 +146,10 @@ def fit_to_prompt(
         GeoSANEError: a tensor that fits in no way (key, prompt shape, anchor shape).
     """
     fitted, how = {}, set()
-    for key, target in prompt.state_dict.items():
+    for key, target in prompt.shapes.items():
         if key in prompt.head:
             same = key in state_dict and state_dict[key].shape == target.shape
-            fitted[key] = state_dict[key].to(target.dtype) if same else target
+            fitted[key] = state_dict[key].to(target.dtype) if same else own[key]
             continue
         if key not in state_dict:
             raise GeoSANEError(f"{key!r} of the prompt is not in the anchor")
@@ -181,7 +180,7 @@ def fit_to_prompt(
         else:
             raise GeoSANEError(f"{key!r}: prompt shape {tuple(target.shape)}, anchor {tuple(source.shape)}")
         fitted[key] = source.contiguous()
-    if set(state_dict) - set(prompt.state_dict) - {k for k in state_dict if k.startswith(prompt.head)}:
+    if set(state_dict) - set(prompt.shapes) - {k for k in state_dict if k.startswith(prompt.head)}:
         how.add("layers the prompt lacks dropped")
     return fitted, ", ".join(sorted(how)) or "as is"
 
@@ -235,44 +234,22 @@ def band_mapped_input(
     return mapped
 
 
-def backbone_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A task model's backbone under the names of the timm classifier (a segmentation or detection model of the zoo
-    keeps its timm ``features_only`` backbone as ``backbone.``; the inverse of :func:`load_backbone`'s renaming);
-    a classifier's weights as they are. Its head is left behind: a prompt gets its own."""
-    prefix = "backbone."
-    if not any(k.startswith(prefix) for k in state_dict):
-        return state_dict
-    return {
-        re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k[len(prefix) :].removeprefix("model.")): v
-        for k, v in state_dict.items()
-        if k.startswith(prefix)
-    }
-
-
-def collection_url(config: GenerateConfig, autoencoder: Autoencoder) -> str | None:
-    """Where query anchors come from: ``--collection``, else the collection the autoencoder names.
-
-    Args:
-        config: the generation's settings.
-        autoencoder: the autoencoder (its ``info`` may name the collection it learned, or ships anchors).
-
-    Returns:
-        The collection's URL, or None.
-    """
-    return (
-        config.collection or autoencoder.info.get("collection") or autoencoder.info.get("train", {}).get("collection")
-    )
-
-
 def find_anchors(
-    config: GenerateConfig, prompt: Prompt, autoencoder: Autoencoder, target_bands: list[str] | None = None
+    config: GenerateConfig,
+    prompt: Prompt,
+    own: dict[str, torch.Tensor],
+    collection: str | None,
+    autoencoder: Autoencoder,
+    target_bands: list[str] | None = None,
 ) -> tuple[list[Anchor], dict[str, Any] | None]:
     """The anchors (the prompt, or the query's collection models fitted to the prompt) and where they came from: the
     collection's URL and the version they were read at (later commits cannot change what that names).
 
     Args:
-        config: the generation's settings (``anchors`` query, ``collection``).
+        config: the generation's settings (its ``anchors``: ``prompt`` or a query).
         prompt: the built prompt.
+        own: the prompt's own weights.
+        collection: where query anchors come from.
         autoencoder: the autoencoder (whose token language the collection must speak).
         target_bands: the target data's bands, for band mapping.
 
@@ -283,22 +260,22 @@ def find_anchors(
         GeoSANEError: no collection, no match, or no match that fits the prompt (with the first misfit named).
     """
     from geosane.collection import Collection
+    from geosane.tasks import backbone_weights
 
     if config.anchors == "prompt":
-        return [Anchor(prompt.arch, prompt.state_dict, "the prompt itself")], None
+        return [Anchor(prompt.arch, own, "the prompt itself")], None
     query = parse_query(config.anchors)
-    url = collection_url(config, autoencoder)
-    if not url:
+    if not collection:
         raise GeoSANEError("anchors from a query need a collection (--collection URL); the autoencoder names none")
-    if not Collection(url).exists():
-        raise GeoSANEError(f"no collection at {url}")
-    collection = Collection(url, Collection(url).version)  # every read below sees one version
-    autoencoder.check_collection(collection)
+    if not Collection(collection).exists():
+        raise GeoSANEError(f"no collection at {collection}")
+    pinned = Collection(collection, Collection(collection).version)  # every read below sees one version
+    autoencoder.check_collection(pinned)
     anchors, misfits = [], []
-    for record in select_records(collection, query):
+    for record in select_records(pinned, query):
         try:
             state_dict, how = fit_to_prompt(
-                backbone_weights(collection.export(record)), prompt, record.in_chans, (record.bands, target_bands)
+                backbone_weights(pinned.export(record)), prompt, own, record.in_chans, (record.bands, target_bands)
             )
         except GeoSANEError as exc:
             misfits.append(f"{record.name} ({record.id[:8]}): {exc}")
@@ -312,7 +289,7 @@ def find_anchors(
         )
     if misfits:
         log.warning("%d model(s) matching %s do not fit the prompt and are skipped", len(misfits), query)
-    return anchors, {"url": url, "version": collection.pinned}
+    return anchors, {"url": collection, "version": pinned.pinned}
 
 
 def keeps_head(anchors: list[Anchor], prompt: Prompt, target: TargetData | None) -> bool:

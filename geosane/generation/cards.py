@@ -1,165 +1,188 @@
-"""Model cards: what a generated model was made from and how (JSON for programs, Markdown for people), and writing
-models with their cards, each file to a temporary name first."""
+"""Model cards: what a generated model was made from and how, as one typed record (:class:`GeneratedCard`, written
+as JSON for programs and Markdown for people), and writing models with their cards, each file to a temporary name
+first. Every path fills the same fields: a generation without target data has ``batchnorm`` and ``selection`` of
+None, never a sentence in their place. The JSON schema is ``docs/generated-card.schema.json``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
 
 from geosane import storage
-from geosane.generation.config import GenerateConfig, Generated
-from geosane.generation.ranking import RANKINGS
-from geosane.version import software_versions
 
-if TYPE_CHECKING:  # the candidates' module writes the cards
-    from geosane.generation.candidates import Plan
-
-__all__ = ["base_card", "candidate_card", "card_markdown", "diversity", "write_generated"]
-
-
-def base_card(
-    config: GenerateConfig, plan: Plan, autoencoder_url: str, collection: dict[str, Any] | None
-) -> dict[str, Any]:
-    """What every generated model of one call shares in its card.
-
-    Args:
-        config: the generation's settings.
-        plan: its shared plan.
-        autoencoder_url: where the autoencoder was loaded from.
-        collection: the anchors' collection and version.
-
-    Returns:
-        The shared part of the card.
-    """
-    import datetime
-
-    info = plan.autoencoder.info
-    return {
-        "format": "geosane.generated",
-        "prompt": {
-            "uri": config.prompt,
-            "arch": plan.prompt.arch,
-            "in_chans": plan.prompt.in_chans,
-            "num_classes": plan.prompt.num_classes,
-            "weights": config.prompt_weights,
-        },
-        "task": config.task,
-        "autoencoder": {
-            "url": autoencoder_url,
-            "settings": asdict(plan.autoencoder.config),
-            "step": info.get("step"),
-            "trained_on": info.get("train", {}).get("collection") or info.get("collection"),
-        },
-        "collection": collection,
-        "anchors": [{"name": a.name, "fitted": a.fitted, **a.record} for a in plan.anchors],
-        "sampling": {"method": config.sampling, "bandwidth": config.bandwidth, "candidates": config.candidates},
-        "seed": config.seed,
-        "head": "decoded from the anchors" if plan.head_kept else "re-initialized (seeded)",
-        "data": config.data,
-        "software": software_versions(),
-        "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    }
+__all__ = [
+    "AnchorCard",
+    "AutoencoderOrigin",
+    "BatchNormCard",
+    "CollectionPin",
+    "Diversity",
+    "GeneratedCard",
+    "PromptCard",
+    "Sampling",
+    "SearchCard",
+    "Selection",
+    "card_markdown",
+    "write_generated",
+]
 
 
-def candidate_card(info: dict[str, Any], plan: Plan) -> dict[str, Any]:
-    """What one candidate's card adds: its index and anchor, BatchNorm and selection.
+class Card(BaseModel):
+    """A part of a card: its fields only, checked."""
 
-    Args:
-        info: :func:`~geosane.generation.candidates.make_candidate`'s notes.
-        plan: the shared plan.
-
-    Returns:
-        The candidate's part of the card.
-    """
-    target = plan.target
-    card: dict[str, Any] = {
-        "candidate": info["candidate"],
-        "anchor": info["anchor"],
-        "distance_to_anchor": info.get("distance"),  # normalized, in weight space (new heads left out)
-    }
-    if target is None:
-        card["batchnorm"] = "not re-estimated: no target data (statistics are the anchor's)"
-        card["selection"] = "not ranked: no target data"
-        return card
-    card["batchnorm"] = (
-        f"re-estimated in train mode on {len(target.unlabeled)} unlabeled {target.name} train images "
-        f"({info['batchnorm_layers']} layers)"
-    )
-    card["selection"] = {
-        "score": info["selection_score"],
-        "ranked_by": RANKINGS[plan.config.task if plan.config.task != "classification" else plan.head_kept],
-        "split": f"{target.name} selection ({len(target.selection_x)} samples)",
-    }
-    if "search" in info:  # the latent search's labelled images and time (geosane.generation.search)
-        card["search"] = {**info["search"], "split": f"{target.name} selection"}
-    return card
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def diversity(results: list[tuple[dict[str, Any], dict[str, Any]]], head: tuple[str, ...]) -> dict[str, Any]:
-    """How different a generation's candidates are: each one's normalized distance to its anchor, the pairwise
-    normalized distances between candidates, and how often two candidates' selection-split predictions disagree.
+class PromptCard(Card):
+    """The prompt as given and as built."""
 
-    Args:
-        results: every candidate's weights and notes (``distance``, ``predictions``).
-        head: key prefixes left out of distances (a new head).
-
-    Returns:
-        Means and ranges of the three, with how many candidates and pairs they come from.
-    """
-    from itertools import combinations
-
-    import torch
-
-    from geosane.generation.anchors import backbone_weights
-    from geosane.generation.candidates import weight_distance
-
-    def summary(values: list[float]) -> dict[str, float] | None:
-        values = [v for v in values if v == v]  # not NaN
-        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)} if values else None
-
-    pairs = list(combinations(range(len(results)), 2))
-    weights = [backbone_weights(w) for w, _ in results]
-    predictions: list[Any] = [info.get("predictions") for _, info in results]
-    return {
-        "candidates": len(results),
-        "distance_to_anchor": summary([info.get("distance", float("nan")) for _, info in results]),
-        "pairwise_distance": summary([weight_distance(weights[i], weights[j], head) for i, j in pairs]),
-        "prediction_disagreement": summary(
-            [
-                float(torch.ne(predictions[i], predictions[j]).float().mean())
-                for i, j in pairs
-                if predictions[i] is not None and predictions[j] is not None
-            ]
-        ),
-    }
+    uri: str
+    arch: str
+    in_chans: int
+    num_classes: int
+    weights: str | None  # prompt weights: a file or pretrained:NAME
 
 
-def card_markdown(card: dict[str, Any]) -> str:
+class AutoencoderOrigin(Card):
+    """The autoencoder that generated the model."""
+
+    url: str
+    settings: dict[str, Any]
+    step: int | None
+    trained_on: str | None  # the collection it learned from
+
+
+class CollectionPin(Card):
+    """The collection the anchors were read from, at the version they were read."""
+
+    url: str
+    version: int
+
+
+class AnchorCard(Card):
+    """One anchor: its name, how it was fitted to the prompt, and its collection record (none for the prompt)."""
+
+    name: str
+    fitted: str
+    id: str | None = None
+    family: str | None = None
+    task: str | None = None
+    in_chans: int | None = None
+    num_classes: int | None = None
+    tags: dict[str, Any] = {}
+
+
+class Sampling(Card):
+    """How latents were drawn."""
+
+    method: str
+    bandwidth: float
+    candidates: int
+
+
+class Summary(Card):
+    """Mean and range of a measure over candidates or their pairs."""
+
+    mean: float
+    min: float
+    max: float
+
+
+class Diversity(Card):
+    """How different one generation's candidates are (weight space and selection-split predictions)."""
+
+    candidates: int
+    distance_to_anchor: Summary | None
+    pairwise_distance: Summary | None
+    prediction_disagreement: Summary | None
+
+
+class BatchNormCard(Card):
+    """BatchNorm statistics re-estimated in train mode on unlabeled target images."""
+
+    layers: int
+    images: int
+    data: str
+
+
+class Selection(Card):
+    """The score that ranked the model, on the target's selection split (never its test split)."""
+
+    score: float
+    ranked_by: str
+    split: str
+    samples: int
+
+
+class SearchCard(Card):
+    """A latent search on the selection split (labelled images and time spent)."""
+
+    steps: int
+    images: int
+    loss: list[float]
+    seconds: float
+    split: str
+
+
+class GeneratedCard(Card):
+    """Everything a generated model's card says; the same fields on every path."""
+
+    format: Literal["geosane.generated"] = "geosane.generated"
+    rank: int
+    candidate: int
+    prompt: PromptCard
+    task: str
+    autoencoder: AutoencoderOrigin
+    collection: CollectionPin | None  # None: the prompt itself was the anchor
+    anchors: list[AnchorCard]
+    anchor: str | None  # the anchor a joint draw was centred on (None: anchors mixed per token or value)
+    sampling: Sampling
+    seed: int
+    head: str
+    data: str | None
+    generated_by: str
+    distance_to_anchor: float | None  # normalized, in weight space, new heads left out
+    diversity: Diversity
+    batchnorm: BatchNormCard | None  # None: no target data, the statistics are the anchor's
+    selection: Selection | None  # None: no target data, not ranked
+    search: SearchCard | None = None
+    software: dict[str, str]
+    created: str
+    weights_sha256: str | None = None  # the weights file the card vouches for, once written
+
+
+def card_markdown(card: GeneratedCard) -> str:
     """The card for people: what was generated from what, how, and how it ranked."""
-    prompt, ae = card["prompt"], card["autoencoder"]
-    selection = card["selection"]
+    prompt, autoencoder, sampling = card.prompt, card.autoencoder, card.sampling
+    selection = card.selection
     score = (
-        f"{selection['score']:.4f} ({selection['ranked_by']}, {selection['split']})"
-        if isinstance(selection, dict)
-        else selection
+        f"{selection.score:.4f} ({selection.ranked_by}, {selection.split}, {selection.samples} samples)"
+        if selection
+        else "not ranked: no target data"
     )
-    anchors = "\n".join(f"- {a['name']} ({a['fitted']})" for a in card["anchors"])
+    batchnorm = (
+        f"re-estimated in train mode on {card.batchnorm.images} unlabeled {card.batchnorm.data} train images "
+        f"({card.batchnorm.layers} layers)"
+        if card.batchnorm
+        else "not re-estimated: no target data (statistics are the anchor's)"
+    )
+    anchors = "\n".join(f"- {a.name} ({a.fitted})" for a in card.anchors)
     return "\n".join(
         [
-            f"# GeoSANE generated {prompt['arch']}: rank {card['rank']}",
+            f"# GeoSANE generated {prompt.arch}: rank {card.rank}",
             "",
-            f"- prompt: `{prompt['uri']}` (in_chans {prompt['in_chans']}, num_classes {prompt['num_classes']})",
-            f"- task: {card['task']}; head: {card['head']}",
-            f"- autoencoder: {ae['url']} (step {ae['step']}, trained on {ae['trained_on']})",
-            f"- sampling: {card['sampling']['method']}, bandwidth {card['sampling']['bandwidth']}, "
-            f"candidate {card['candidate']} of {card['sampling']['candidates']}, seed {card['seed']}",
-            f"- BatchNorm: {card['batchnorm']}",
+            f"- prompt: `{prompt.uri}` (in_chans {prompt.in_chans}, num_classes {prompt.num_classes})",
+            f"- task: {card.task}; head: {card.head}",
+            f"- autoencoder: {autoencoder.url} (step {autoencoder.step}, trained on {autoencoder.trained_on})",
+            f"- sampling: {sampling.method}, bandwidth {sampling.bandwidth}, candidate {card.candidate} of "
+            f"{sampling.candidates}, seed {card.seed}",
+            f"- BatchNorm: {batchnorm}",
             f"- selection: {score}",
-            f"- distance to its anchor (normalized, weight space): {card.get('distance_to_anchor')}",
-            f"- across candidates: {card.get('diversity')}",
-            f"- GeoSANE {card['software'].get('geosane')}, created {card['created']}",
+            f"- distance to its anchor (normalized, weight space): {card.distance_to_anchor}",
+            f"- across candidates: {card.diversity.model_dump()}",
+            f"- GeoSANE {card.software.get('geosane')}, created {card.created}",
             "",
             "## Anchors",
             "",
@@ -169,12 +192,12 @@ def card_markdown(card: dict[str, Any]) -> str:
     )
 
 
-def write_generated(generated: list[Generated], out: str) -> list[str]:
+def write_generated(generated: list[Any], out: str) -> list[str]:
     """``out/model-<rank>.safetensors`` with ``.json`` and ``.md`` cards; each file is written to a temporary name
     and moved into place, the cards after the weights.
 
     Args:
-        generated: :func:`~geosane.generation.generate`'s models.
+        generated: :class:`~geosane.generation.Generated` models.
         out: a folder (local or any fsspec URL).
 
     Returns:
@@ -184,11 +207,11 @@ def write_generated(generated: list[Generated], out: str) -> list[str]:
 
     written = []
     for item in generated:
-        stem = storage.join(out, f"model-{item.card['rank']}")
+        stem = storage.join(out, f"model-{item.card.rank}")
         weights = save(item.state_dict)
-        card = {**item.card, "weights_sha256": hashlib.sha256(weights).hexdigest()}  # what the card vouches for
+        card = item.card.model_copy(update={"weights_sha256": hashlib.sha256(weights).hexdigest()})
         storage.write_bytes(stem + ".safetensors", weights)
-        storage.write_bytes(stem + ".json", json.dumps(card, indent=1).encode())
-        storage.write_bytes(stem + ".md", card_markdown(item.card).encode())
+        storage.write_bytes(stem + ".json", json.dumps(card.model_dump(mode="json"), indent=1).encode())
+        storage.write_bytes(stem + ".md", card_markdown(card).encode())
         written.append(stem + ".safetensors")
     return written

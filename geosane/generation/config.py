@@ -4,14 +4,18 @@ API and the bench all read) and what it returns (:class:`Generated`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from geosane.config import check_seed, option
-from geosane.errors import GeoSANEError
+import pydantic
+from pydantic import Field
+
+from geosane.config import Seed, option, settings
 
 if TYPE_CHECKING:  # the command line reads these settings without loading torch
     import torch
     from torch import nn
+
+    from geosane.generation.cards import GeneratedCard
 
 __all__ = ["SAMPLINGS", "GenerateConfig", "Generated"]
 
@@ -22,12 +26,17 @@ MAX_CANDIDATES = 1000
 MAX_SEARCH_STEPS = 100
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class GenerateConfig:
-    """Everything a generation depends on; recorded in every model card."""
+    """Everything a generation depends on, checked when it is made (pydantic: a bad value is an error naming its
+    field); recorded in every model card, and the service's request body as it is. Where things are read from
+    (the collection of query anchors, the data root) is not a setting of the generation: :class:`Generator` takes
+    them."""
 
     prompt: str = option(help="the architecture to generate", metavar="timm:NAME[?in_chans=C&num_classes=K]")
-    task: str = option("classification", "the task head", ("classification", "segmentation", "detection"))
+    task: Literal["classification", "segmentation", "detection"] = option(
+        "classification", "the task head", ("classification", "segmentation", "detection")
+    )
     prompt_weights: str | None = option(
         None, "weights for the prompt: a local file GeoSANE reads safely, or pretrained:NAME", metavar="FILE"
     )
@@ -37,49 +46,67 @@ class GenerateConfig:
         "modality, name, in_chans, num_classes or a tag such as dataset or arch)",
         metavar="prompt|QUERY",
     )
-    collection: str | None = option(
-        None, "where query anchors come from (default: the autoencoder's collection)", metavar="URL"
+    sampling: Literal["joint", "token", "individual"] = option(
+        "joint", "one anchor per candidate, or anchors mixed per token or per value", SAMPLINGS
     )
-    sampling: str = option("joint", "one anchor per candidate, or anchors mixed per token or per value", SAMPLINGS)
-    bandwidth: float = option(0.05, "kernel width, in units of each latent dimension's spread over the anchor")
-    candidates: int = option(4, "candidates generated and ranked")
-    top_k: int = option(1, "candidates kept, best first")
+    bandwidth: Annotated[float, Field(ge=0, le=MAX_BANDWIDTH, allow_inf_nan=False)] = option(
+        0.05, "kernel width, in units of each latent dimension's spread over the anchor"
+    )
+    candidates: Annotated[int, Field(ge=1, le=MAX_CANDIDATES)] = option(4, "candidates generated and ranked")
+    top_k: Annotated[int, Field(ge=1)] = option(1, "candidates kept, best first")
     data: str | None = option(
         None, "target dataset: BatchNorm re-estimation and ranking (never its test split)", metavar="DATASET"
     )
-    data_root: str | None = option(None, "data root (default: $GEOSANE_DATA, then ../shared/data)", metavar="DIR")
-    seed: int = option(0, "seeds the prompt, the sampling and the new heads")
-    search_steps: int = option(
+    seed: Seed = option(0, "seeds the prompt, the sampling and the new heads")
+    search_steps: Annotated[int, Field(ge=0, le=MAX_SEARCH_STEPS)] = option(
         0, "gradient steps for each candidate's latents on the selection split's loss, through the decoder (needs data)"
     )
-    search_lr: float = option(0.05, "the latent search's step, in units of each latent dimension's spread")
+    search_lr: Annotated[float, Field(gt=0, le=MAX_BANDWIDTH, allow_inf_nan=False)] = option(
+        0.05, "the latent search's step, in units of each latent dimension's spread"
+    )
 
-    def validate(self) -> None:
-        """Refuse a sampling, candidate count, bandwidth or seed that cannot work, naming it."""
-        check_seed(self.seed)
-        if self.sampling not in SAMPLINGS:
-            raise GeoSANEError(f"sampling must be one of {', '.join(SAMPLINGS)}, got {self.sampling!r}")
-        if self.candidates < 1 or not 1 <= self.top_k <= self.candidates:
-            raise GeoSANEError(
-                f"need candidates >= 1 and 1 <= top_k <= candidates, got {self.candidates}, {self.top_k}"
+    @pydantic.field_validator("prompt")
+    @classmethod
+    def names_timm(cls, prompt: str) -> str:
+        """A prompt is a timm URI (what it names is checked when it is built)."""
+        if not prompt.startswith("timm:"):
+            raise ValueError(f"expected timm:NAME[?in_chans=C&num_classes=K], got {prompt!r}")
+        return prompt
+
+    @pydantic.field_validator("top_k")
+    @classmethod
+    def within_candidates(cls, top_k: int, info: pydantic.ValidationInfo) -> int:
+        """Keep at most the candidates made.
+
+        Args:
+            top_k: the value given.
+            info: the fields checked before it.
+
+        Returns:
+            ``top_k``.
+        """
+        candidates = info.data.get("candidates")
+        if candidates is not None and top_k > candidates:
+            raise ValueError(f"must be at most candidates ({candidates}), got {top_k}")
+        return top_k
+
+    @pydantic.field_validator("search_steps")
+    @classmethod
+    def has_a_loss(cls, steps: int, info: pydantic.ValidationInfo) -> int:
+        """A latent search follows the selection split's classification loss: it needs that data.
+
+        Args:
+            steps: the value given.
+            info: the fields checked before it.
+
+        Returns:
+            ``steps``.
+        """
+        if steps and (info.data.get("data") is None or info.data.get("task") != "classification"):
+            raise ValueError(
+                "needs target data (--data) and a classification task: it follows the selection split's loss"
             )
-        if not 0 <= self.bandwidth <= MAX_BANDWIDTH:  # NaN fails both comparisons
-            raise GeoSANEError(
-                f"bandwidth must be a number between 0 and {MAX_BANDWIDTH:g} (in units of each latent dimension's "
-                f"spread), got {self.bandwidth}"
-            )
-        if self.candidates > MAX_CANDIDATES:
-            raise GeoSANEError(f"candidates must be at most {MAX_CANDIDATES}, got {self.candidates}")
-        if not 0 <= self.search_steps <= MAX_SEARCH_STEPS or not 0 < self.search_lr <= MAX_BANDWIDTH:
-            raise GeoSANEError(
-                f"search_steps must be between 0 and {MAX_SEARCH_STEPS} and search_lr a number in (0, "
-                f"{MAX_BANDWIDTH:g}], got {self.search_steps} and {self.search_lr}"
-            )
-        if self.search_steps and (self.data is None or self.task != "classification"):
-            raise GeoSANEError(
-                "search_steps needs target data (--data) and a classification task: it follows the "
-                "selection split's loss"
-            )
+        return steps
 
 
 @dataclass
@@ -88,4 +115,4 @@ class Generated:
 
     model: nn.Module
     state_dict: dict[str, torch.Tensor]
-    card: dict[str, Any]
+    card: GeneratedCard

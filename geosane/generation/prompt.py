@@ -1,4 +1,5 @@
-"""The prompt: the architecture to generate, built by timm, its classifier's keys, and the task model on it."""
+"""The prompt: the architecture to generate, built by timm, its classifier's keys, and the task model on it (the
+first step of a generation, after its settings)."""
 
 from __future__ import annotations
 
@@ -8,48 +9,75 @@ from typing import Any
 import torch
 from torch import nn
 
-from geosane.errors import GeoSANEError
 from geosane.generation.config import GenerateConfig
 
-__all__ = ["Prompt", "build_prompt", "head_keys", "task_model"]
+__all__ = ["Prompt", "build_prompt", "head_keys"]
 
 
 @dataclass
 class Prompt:
-    """The prompt architecture as built: timm name, its options and its state dict (its shapes only, as meta tensors,
-    once :func:`~geosane.generation.prepare` has fitted the anchors: the prompt's own weights live on as an anchor
-    where the prompt is one)."""
+    """The prompt architecture as built: its timm name and options, its tensors' shapes and dtypes (meta tensors:
+    the prompt's own weights are returned beside it, and live on only as an anchor where the prompt is one) and its
+    classifier's keys."""
 
     uri: str
     arch: str
     in_chans: int
     num_classes: int
-    state_dict: dict[str, torch.Tensor]
+    shapes: dict[str, torch.Tensor]  # meta tensors
     head: tuple[str, ...]  # state-dict keys of the classifier
     sizes: dict[str, Any] = field(default_factory=dict)  # timm size arguments of a lightweight prompt (channels=...)
 
+    def task_model(self, task: str, num_classes: int) -> nn.Module:
+        """A fresh model for ``task`` on the prompt's backbone: timm's classifier, or the backbone under a new head.
 
-def build_prompt(config: GenerateConfig) -> Prompt:
-    """The prompt architecture from timm (seeded), with its local weights if given."""
+        Args:
+            task: ``classification``, ``segmentation`` or ``detection``.
+            num_classes: classes of the task.
+
+        Returns:
+            The task model, initialized by the global generator (callers seed it).
+        """
+        import timm
+
+        from geosane.tasks import create_model
+
+        if task == "classification":
+            return timm.create_model(self.arch, in_chans=self.in_chans, num_classes=self.num_classes, **self.sizes)
+        return create_model(self.arch, task, self.in_chans, num_classes, **self.sizes)
+
+
+def build_prompt(config: GenerateConfig) -> tuple[Prompt, dict[str, torch.Tensor]]:
+    """The prompt architecture from timm (seeded by the generation's seed unless its URI names one), with the
+    prompt weights if given.
+
+    Args:
+        config: the generation's settings (``prompt``, ``prompt_weights``, ``seed``).
+
+    Returns:
+        The prompt, and its own weights.
+
+    Raises:
+        GeoSANEError: an unknown architecture, option or weights that do not fit.
+    """
     from geosane.collection.sources import load_timm, parse_timm, timm_sizes
 
-    if not config.prompt.startswith("timm:"):
-        raise GeoSANEError(f"prompt {config.prompt!r}: expected timm:NAME[?in_chans=C&num_classes=K]")
-    uri = config.prompt
-    if config.prompt_weights:
-        uri += ("&" if "?" in uri else "?") + f"pretrained={config.prompt_weights}"
-    arch, options = parse_timm(uri)
-    if "seed" not in options:
-        uri += ("&" if "?" in uri else "?") + f"seed={config.seed}"
-    source = load_timm(uri)
-    return Prompt(
-        uri=config.prompt,
-        arch=arch,
-        in_chans=source.in_chans or 3,
-        num_classes=source.num_classes or 0,
-        state_dict=source.state_dict,
-        head=head_keys(arch, source.state_dict),
-        sizes=timm_sizes(uri),
+    spec = parse_timm(config.prompt)
+    built = spec.with_options(pretrained=config.prompt_weights)
+    if "seed" not in spec.options:
+        built = built.with_options(seed=config.seed)
+    source = load_timm(str(built))
+    return (
+        Prompt(
+            uri=config.prompt,
+            arch=spec.name,
+            in_chans=source.in_chans or 3,
+            num_classes=source.num_classes or 0,
+            shapes={k: torch.empty_like(v, device="meta") for k, v in source.state_dict.items()},
+            head=head_keys(spec.name, source.state_dict),
+            sizes=timm_sizes(spec),
+        ),
+        source.state_dict,
     )
 
 
@@ -69,23 +97,3 @@ def head_keys(arch: str, state_dict: dict[str, torch.Tensor]) -> tuple[str, ...]
     names = (classifier.classifier if classifier else None) or "head"
     prefixes = (names,) if isinstance(names, str) else tuple(names)
     return tuple(k for k in state_dict if any(k.startswith(p + ".") for p in prefixes))
-
-
-def task_model(prompt: Prompt, task: str, num_classes: int) -> nn.Module:
-    """A model for ``task`` on the prompt's backbone: timm's classifier, or the backbone under a new task head.
-
-    Args:
-        prompt: the built prompt.
-        task: ``classification``, ``segmentation`` or ``detection``.
-        num_classes: classes of the task.
-
-    Returns:
-        The task model, freshly initialized.
-    """
-    import timm
-
-    from geosane.tasks import create_model
-
-    if task == "classification":
-        return timm.create_model(prompt.arch, in_chans=prompt.in_chans, num_classes=prompt.num_classes, **prompt.sizes)
-    return create_model(prompt.arch, task, prompt.in_chans, num_classes, **prompt.sizes)

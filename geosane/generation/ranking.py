@@ -1,32 +1,28 @@
 """Making candidates task-ready and choosing among them: BatchNorm statistics re-estimated on unlabeled target
-images, and a score on the target's *selection* split (never its test split)."""
+images, a score on the target's *selection* split (never its test split), the ranking, and how different the
+candidates are (the last steps of a generation before its cards)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, cast
 
 import torch
 from torch import nn
 
-from geosane.errors import GeoSANEError
-from geosane.generation.config import GenerateConfig
-from geosane.generation.prompt import Prompt
+from geosane.generation.target import TargetData
+from geosane.registry import Registry
 
 __all__ = [
     "RANKINGS",
-    "TargetData",
     "box_chips",
-    "load_target",
+    "diversity",
+    "make_ready",
     "pixel_score",
+    "rank",
+    "ranking_of",
     "reestimate_batchnorm",
     "selection_score",
 ]
-
-BATCHNORM_IMAGES = 512  # unlabeled target images that re-estimate BatchNorm statistics
-
-
-SELECTION_IMAGES = 1000  # selection-split images that rank the candidates
 
 
 @torch.no_grad()
@@ -70,71 +66,95 @@ def reestimate_batchnorm(
     return len(norms)
 
 
-@dataclass
-class TargetData:
-    """Unlabeled images for BatchNorm, and the labelled selection split that ranks candidates."""
+#: How candidates are ranked, by kind of task model (:func:`ranking_of`): what a card's ``ranked_by`` says.
+RANKINGS: Registry[str] = Registry(
+    "ranking",
+    {
+        "decoded classifier": "selection-split accuracy of the decoded classifier",
+        "new head": "selection-split accuracy of a nearest-class-mean classifier on the features (new head)",
+        "segmentation": "selection-split mIoU of a per-pixel nearest-class-mean classifier on the backbone's features",
+        "detection": "selection-split mIoU (background and object classes, boxes filled) of a per-pixel "
+        "nearest-class-mean classifier on the backbone's features, over chips of its input size",
+    },
+)
 
-    name: str
-    unlabeled: torch.Tensor
-    selection_x: torch.Tensor
-    selection_y: Any
-    num_classes: int
-    bands: list[str]
-    classes: list[str]
-    root: str | None = None  # the data root, where anchors' datasets are looked up (their class names)
 
-
-def load_target(config: GenerateConfig, prompt: Prompt) -> TargetData | None:
-    """The target data of a generation: unlabeled train images and the selection split.
+def ranking_of(task: str, head_kept: bool) -> str:
+    """The :data:`RANKINGS` entry that scores a task model: by its task, and for a classifier by its head.
 
     Args:
-        config: the generation's settings (``data``, ``task``).
-        prompt: the built prompt, whose bands and classes must fit the data.
+        task: the task.
+        head_kept: whether a classifier's head was decoded.
 
     Returns:
-        The data, or None without ``data``.
-
-    Raises:
-        GeoSANEError: the data's bands, task or classes differ from the prompt's.
+        The ranking's name.
     """
-    from geosane import datasets
-
-    if not config.data:
-        return None
-    dataset = datasets.get(config.data, config.data_root)
-    if dataset.in_chans != prompt.in_chans:
-        raise GeoSANEError(
-            f"dataset {config.data} has {dataset.in_chans} bands, the prompt {prompt.arch} takes in_chans="
-            f"{prompt.in_chans}: set in_chans={dataset.in_chans} in the prompt"
-        )
-    if config.task != dataset.task:
-        raise GeoSANEError(f"dataset {config.data} is a {dataset.task} dataset, the task is {config.task}")
-    if config.task == "classification" and prompt.num_classes != dataset.num_classes:
-        raise GeoSANEError(
-            f"dataset {config.data} has {dataset.num_classes} classes, the prompt {prompt.arch} num_classes="
-            f"{prompt.num_classes}: set num_classes={dataset.num_classes} in the prompt"
-        )
-    unlabeled = dataset.load("train", limit=BATCHNORM_IMAGES)
-    selection = dataset.load("selection", limit=SELECTION_IMAGES)
-    return TargetData(
-        config.data,
-        unlabeled.x,
-        selection.x,
-        selection.y,
-        dataset.num_classes,
-        list(dataset.bands),
-        list(dataset.classes),
-        config.data_root,
-    )
+    if task != "classification":
+        return task
+    return "decoded classifier" if head_kept else "new head"
 
 
-RANKINGS = {
-    True: "selection-split accuracy of the decoded classifier",
-    False: "selection-split accuracy of a nearest-class-mean classifier on the features (new head)",
-    "segmentation": "selection-split mIoU of a per-pixel nearest-class-mean classifier on the backbone's features",
-    "detection": "selection-split mIoU (background and object classes, boxes filled) of a per-pixel nearest-class-mean "
-    "classifier on the backbone's features, over chips of its input size",
-}
+def make_ready(model: nn.Module, target: TargetData | None, task: str, head_kept: bool) -> dict[str, Any]:
+    """A task model with its weights in made ready as every initialization from existing weights is: BatchNorm
+    statistics re-estimated on unlabeled target images (the backbone's, for a new task head learns its own in
+    fine-tuning), then scored on the selection split. Without target data nothing changes.
+
+    Args:
+        model: the task model (its BatchNorm statistics change).
+        target: the target data, or None.
+        task: the task.
+        head_kept: whether its classifier was decoded (how it is scored).
+
+    Returns:
+        What the card says: BatchNorm layers, selection score, and the predictions scored.
+    """
+    if target is None:
+        return {}
+    network: Any = model if task == "classification" else model.backbone
+    layers = reestimate_batchnorm(network, target.unlabeled)
+    score, predictions = selection_score(model, target, head_kept, task)
+    return {"batchnorm_layers": layers, "selection_score": score, "predictions": predictions}
+
+
+def rank(results: list[tuple[nn.Module, dict[str, Any]]]) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Candidates best first by their selection score (ties: the earlier candidate); unscored ones keep their order."""
+    return sorted(results, key=lambda r: -r[1].get("selection_score", 0.0))
+
+
+def diversity(results: list[tuple[dict[str, Any], dict[str, Any]]], head: tuple[str, ...]) -> dict[str, Any]:
+    """How different a generation's candidates are: each one's normalized distance to its anchor, the pairwise
+    normalized distances between candidates, and how often two candidates' selection-split predictions disagree.
+
+    Args:
+        results: every candidate's weights and notes (``distance``, ``predictions``).
+        head: key prefixes left out of distances (a new head).
+
+    Returns:
+        Means and ranges of the three, with how many candidates and pairs they come from.
+    """
+    from itertools import combinations
+
+    from geosane.tasks import backbone_weights, weight_distance
+
+    def summary(values: list[float]) -> dict[str, float] | None:
+        values = [v for v in values if v == v]  # not NaN
+        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values)} if values else None
+
+    pairs = list(combinations(range(len(results)), 2))
+    weights = [backbone_weights(w) for w, _ in results]
+    predictions: list[Any] = [info.get("predictions") for _, info in results]
+    return {
+        "candidates": len(results),
+        "distance_to_anchor": summary([info.get("distance", float("nan")) for _, info in results]),
+        "pairwise_distance": summary([weight_distance(weights[i], weights[j], head) for i, j in pairs]),
+        "prediction_disagreement": summary(
+            [
+                float(torch.ne(predictions[i], predictions[j]).float().mean())
+                for i, j in pairs
+                if predictions[i] is not None and predictions[j] is not None
+            ]
+        ),
+    }
 
 
 def nearest_class_mean(features: torch.Tensor, y: torch.Tensor, fit: torch.Tensor, num_classes: int) -> torch.Tensor:

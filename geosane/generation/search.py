@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 
 from geosane.autoencoder import Autoencoder, Latents
-from geosane.generation.prompt import task_model
 from geosane.streaming import TokenReader
 from geosane.tokenizer import block_tensors
 from geosane.views import halo_windows
@@ -72,23 +71,23 @@ class Features(torch.nn.Module):
         return self.model.forward_head(self.model.forward_features(x), pre_logits=True)  # type: ignore[operator]
 
 
-def selection_loss(model: torch.nn.Module, weights: dict[str, torch.Tensor], plan: Any) -> torch.Tensor:
+def selection_loss(model: torch.nn.Module, weights: dict[str, torch.Tensor], generation: Any) -> torch.Tensor:
     """The differentiable form of the selection score (see the module's docstring), BatchNorm on batch statistics.
 
     Args:
         model: the task model whose structure the weights fill.
         weights: its tensors, decoded (differentiable).
-        plan: the generation's :class:`~geosane.generation.Plan` (its target data holds the selection split).
+        generation: the :class:`~geosane.generation.Generator` (its target data holds the selection split).
 
     Returns:
         The loss.
     """
     from torch.func import functional_call
 
-    target = plan.target
+    target = generation.target
     assert target is not None
     x, y = target.selection_x, target.selection_y
-    if plan.head_kept:
+    if generation.head_kept:
         return F.cross_entropy(functional_call(model, weights, (x,)), y)
     features = functional_call(Features(model), {f"model.{k}": v for k, v in weights.items()}, (x,))
     return nearest_mean_loss(features, y, target.num_classes)
@@ -116,12 +115,14 @@ def nearest_mean_loss(features: torch.Tensor, y: torch.Tensor, num_classes: int)
     return F.cross_entropy(logits, y[~fit])
 
 
-def search_latents(plan: Any, latents: Latents, reader: TokenReader, index: int) -> tuple[Latents, dict[str, Any]]:
-    """``plan.config.search_steps`` Adam steps on the latents (each coordinate moves about ``search_lr`` times its
+def search_latents(
+    generation: Any, latents: Latents, reader: TokenReader, index: int
+) -> tuple[Latents, dict[str, Any]]:
+    """``generation.config.search_steps`` Adam steps on the latents (each coordinate moves about ``search_lr`` times its
     dimension's spread per step) against :func:`selection_loss`.
 
     Args:
-        plan: the generation's :class:`~geosane.generation.Plan` (its target data holds the selection split).
+        generation: the :class:`~geosane.generation.Generator` (its target data holds the selection split).
         latents: the candidate's drawn latents.
         reader: the anchor's layout and kept tensors.
         index: the candidate (seeds the task model built for the loss).
@@ -129,10 +130,10 @@ def search_latents(plan: Any, latents: Latents, reader: TokenReader, index: int)
     Returns:
         The moved latents, and what the card says of the search (steps, images, loss before and after, seconds).
     """
-    config, autoencoder, layout = plan.config, plan.autoencoder, reader.layout
+    config, autoencoder, layout = generation.config, generation.autoencoder, reader.layout
     started = time.perf_counter()
     torch.manual_seed(config.seed * 1_000_003 + index)
-    model = task_model(plan.prompt, config.task, plan.num_classes).train()
+    model = generation.prompt.task_model(config.task, generation.num_classes).train()
     kept = {k: v.clone() for k, v in reader.kept.items()}  # BatchNorm in train mode writes its statistics
     spread = latents.values.std(dim=0) if len(latents.values) > 1 else torch.ones(latents.values.shape[1])
     delta = torch.zeros_like(latents.values, requires_grad=True)  # the move, in units of each dimension's spread
@@ -143,7 +144,7 @@ def search_latents(plan: Any, latents: Latents, reader: TokenReader, index: int)
         weights = dict(kept)
         for layer in layout.layers:
             weights.update(block_tensors(decoded[layer.start : layer.start + layer.count], layer, layout.mode))
-        loss = selection_loss(model, weights, plan)
+        loss = selection_loss(model, weights, generation)
         losses.append(float(loss.detach()))
         if step == config.search_steps:  # the last pass only measures where the search ended
             break
@@ -152,7 +153,7 @@ def search_latents(plan: Any, latents: Latents, reader: TokenReader, index: int)
     values = (latents.values + delta * spread).detach()
     return replace(latents, values=values), {
         "steps": config.search_steps,
-        "images": len(plan.target.selection_x),
+        "images": len(generation.target.selection_x),
         "loss": [losses[0], losses[-1]],
         "seconds": round(time.perf_counter() - started, 2),
     }

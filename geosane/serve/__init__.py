@@ -1,7 +1,8 @@
 """Generation on demand: one Ray Serve application that holds a trained autoencoder and answers generation requests
 over HTTP, so that a team shares one service instead of each run loading everything afresh.
 
-    POST /generate               the CLI's settings as JSON; checked at once (422 names the field), then queued
+    POST /generate               generation's settings (GenerateConfig) as JSON; checked at once (422 names the
+                                 field), then queued
     GET  /jobs/{id}              state: queued, running, done or failed (with the error)
     GET  /jobs/{id}/{file}       model-<rank>.safetensors, model-<rank>.json (its card), job.json
     GET  /healthz                the autoencoder served and the service's counts
@@ -29,14 +30,14 @@ from geosane.lazy import exports
 if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): the job table's actor imports no torch
     from geosane.serve.app import application, build_app, resolved, serve
     from geosane.serve.config import ServeConfig
-    from geosane.serve.requests import REQUEST_FIELDS, parse_request
+    from geosane.serve.requests import admitted
     from geosane.serve.service import DamagedResult, GenerationService, Metrics
 
 #: Public name -> the module that defines it.
 EXPORTS = {
     **dict.fromkeys(("application", "build_app", "resolved", "serve"), "geosane.serve.app"),
     **dict.fromkeys(("ServeConfig",), "geosane.serve.config"),
-    **dict.fromkeys(("REQUEST_FIELDS", "parse_request"), "geosane.serve.requests"),
+    **dict.fromkeys(("admitted",), "geosane.serve.requests"),
     **dict.fromkeys(("DamagedResult", "GenerationService", "Metrics"), "geosane.serve.service"),
 }
 

@@ -9,8 +9,9 @@ from typing import Any
 
 from geosane import storage
 from geosane.errors import GeoSANEError
+from geosane.generation import GenerateConfig
 from geosane.serve.config import ServeConfig
-from geosane.serve.requests import JOB_ID
+from geosane.serve.requests import JOB_ID, request_error
 from geosane.serve.service import DamagedResult, GenerationService
 
 __all__ = ["application", "build_app", "resolved", "serve"]
@@ -20,11 +21,24 @@ log = logging.getLogger(__name__)
 
 def build_app(config: ServeConfig) -> Any:
     """The Ray Serve application: one deployment (``replicas`` of them) around :class:`GenerationService`."""
-    from fastapi import Body, FastAPI
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from ray import serve
 
     app = FastAPI(title="GeoSANE", description="weights generated on demand")
+
+    @app.exception_handler(RequestValidationError)
+    def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 in the service's form: the first bad field, and why (pydantic's own words)."""
+        first = exc.errors()[0]
+        where = [str(part) for part in first["loc"] if part != "body"]
+        reason = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "extra_forbidden":
+            reason = "unknown field; known: " + ", ".join(f.name for f in fields(GenerateConfig))
+        status, answer = request_error(".".join(where) or "(body)", reason)
+        request.app.state.service.metrics.request(status)  # counted with the service's other answers
+        return JSONResponse(answer, status_code=status)
 
     @serve.deployment(
         num_replicas=config.replicas,
@@ -34,15 +48,16 @@ def build_app(config: ServeConfig) -> Any:
     class Generator:
         def __init__(self, settings: ServeConfig) -> None:
             self.service = GenerationService(settings)
+            app.state.service = self.service  # the replica's one service, for answers made outside a route
 
         @app.get("/healthz")
         def healthz(self) -> dict[str, Any]:
             return {"ok": True, "autoencoder": self.service.config.autoencoder, **self.service.summary()}
 
         # annotations are strings here (postponed): FastAPI resolves them in this module, so routes name only
-        # module-level types, and the body comes through Body() as plain JSON that parse_request checks itself
+        # module-level types; the body is generation's own settings, which FastAPI validates (422 names the field)
         @app.post("/generate", response_model=None)
-        def generate(self, body: Any = Body(None)) -> JSONResponse:  # noqa: B008 (FastAPI's way to take a body)
+        def generate(self, body: GenerateConfig) -> JSONResponse:
             status, answer = self.service.submit(body)
             return JSONResponse(answer, status_code=status)
 

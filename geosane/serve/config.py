@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from geosane.autoencoder.registry import DEFAULT
-from geosane.config import option
+from geosane.config import option, settings
 from geosane.errors import GeoSANEError
 
 __all__ = ["ServeConfig"]
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class ServeConfig:
     """The service's settings (``geosane serve`` options)."""
 

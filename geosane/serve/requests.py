@@ -1,32 +1,19 @@
-"""What a request may ask for: generation's settings, checked at once (a 422 names the field), naming only what the
-service offers: registered datasets, and the data and prompt weights of its allow-lists, never a server path."""
+"""What a request may ask for: its body is generation's own settings (:class:`~geosane.generation.GenerateConfig`,
+which FastAPI validates: a 422 names the field), held to what the service offers: registered datasets, and the data
+and prompt weights of its allow-lists, never a server path."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, fields
+from dataclasses import replace
 from typing import Any
 
 from geosane.errors import GeoSANEError
 from geosane.generation import GenerateConfig
 from geosane.serve.config import ServeConfig
 
-__all__ = ["JOB_ID", "REQUEST_FIELDS", "parse_request"]
+__all__ = ["JOB_ID", "admitted", "offered_only", "request_error"]
 
-#: What a request may set: the CLI's generation settings, less the server's own paths (``data`` and
-#: ``prompt_weights`` name only what the service offers).
-REQUEST_FIELDS = (
-    "prompt",
-    "task",
-    "anchors",
-    "sampling",
-    "bandwidth",
-    "candidates",
-    "top_k",
-    "data",
-    "prompt_weights",
-    "seed",
-)
 #: The ids the service makes (:meth:`~geosane.serve.GenerationService.job_id`): nothing else becomes part of a path.
 JOB_ID = re.compile(r"[0-9a-f]{16}")
 #: What a dataset option's value may be in a request: a short token, never a path.
@@ -36,77 +23,67 @@ SERVER_OPTIONS = ("download",)
 
 
 def request_error(field: str, reason: str) -> tuple[int, dict[str, Any]]:
-    """A 422 answer naming the field and why."""
+    """A 422 answer naming the field and why (the form FastAPI's own validation errors are answered in, too).
+
+    Args:
+        field: the field.
+        reason: what is wrong with it.
+
+    Returns:
+        The status and the answer.
+    """
     return 422, {"error": "invalid request", "field": field, "reason": reason}
 
 
-def parse_request(body: Any, config: ServeConfig) -> GenerateConfig | tuple[int, dict[str, Any]]:
-    """The request as checked settings, or the 422 answer that says which field is wrong and why. A request names
-    only what the service offers (registered datasets, and the data and prompt weights of ``config``'s
-    allow-lists); a path anywhere is refused without a look at what exists on the server.
+def admitted(request: GenerateConfig, config: ServeConfig) -> GenerateConfig | tuple[int, dict[str, Any]]:
+    """A request, already valid settings (pydantic checked every field), held to what this service offers: registered
+    datasets and the data and prompt weights of ``config``'s allow-lists, never a path; its own candidate limit; no
+    latent search (it holds a whole model's decoder activations). Offered names are replaced by what they stand for.
 
     Args:
-        body: the request's JSON.
+        request: the request's settings.
         config: the service's settings (its limits and allow-lists).
 
     Returns:
-        The settings, with offered names replaced by what they stand for, or (422, the answer).
+        The settings to run, or (422, the answer naming the field).
     """
-    if not isinstance(body, dict):
-        return request_error("(body)", "expected a JSON object of generation settings")
-    unknown = sorted(set(body) - set(REQUEST_FIELDS))
-    if unknown:
-        return request_error(unknown[0], f"unknown field; known: {', '.join(REQUEST_FIELDS)}")
-    if "prompt" not in body:
-        return request_error("prompt", "required, e.g. timm:test_resnet?num_classes=10")
-    defaults = {f.name: f.default for f in fields(GenerateConfig)}
-    for name, value in body.items():
-        expected = type(defaults[name]) if defaults[name] is not None else str
-        if name == "prompt":
-            expected = str
-        if expected is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if value is None and defaults[name] is not None:
-            return request_error(name, "must not be null")
-        if value is not None and (not isinstance(value, expected) or isinstance(value, bool)):
-            return request_error(name, f"expected {expected.__name__}, got {type(value).__name__}")
-        body = {**body, name: value}
-    problem = offered_only(body, config)
+    problem = offered_only(request, config)
     if problem:
         return request_error(*problem)
-    settings = GenerateConfig(**body)
-    try:
-        settings.validate()
-    except GeoSANEError as exc:
-        named = next((f for f in REQUEST_FIELDS if str(exc).startswith(f) or f" {f} " in str(exc)), "(settings)")
-        return request_error(named, str(exc))
-    if settings.candidates > config.max_candidates:
+    if request.candidates > config.max_candidates:
         return request_error("candidates", f"at most {config.max_candidates} per request on this service")
+    if request.search_steps:
+        return request_error("search_steps", "this service runs no latent search (use geosane generate)")
     data, weights = config.offered("data"), config.offered("prompt_weights")
-    return GenerateConfig(
-        **{
-            **asdict(settings),
-            "data": data.get(settings.data or "", settings.data),
-            "prompt_weights": weights.get(settings.prompt_weights or ""),
-        }
+    return replace(
+        request,
+        data=data.get(request.data or "", request.data),
+        prompt_weights=weights.get(request.prompt_weights or ""),
     )
 
 
-def offered_only(body: dict[str, Any], config: ServeConfig) -> tuple[str, str] | None:
+def offered_only(request: GenerateConfig, config: ServeConfig) -> tuple[str, str] | None:
     """The field and reason where a request names something the service does not offer (a path, a server-side
-    option, an unknown dataset or weights), before anything on the server is looked at; None when all is offered."""
+    option, an unknown dataset or weights), before anything on the server is looked at.
+
+    Args:
+        request: the request's settings.
+        config: the service's settings (its allow-lists).
+
+    Returns:
+        The field and the reason, or None when all is offered.
+    """
     import timm
 
-    from geosane.collection.sources import TIMM_SIZE_OPTIONS, parse_timm
-    from geosane.datasets import REGISTRY, accepted_options, parse_spec
+    from geosane.collection.sources import TIMM_SIZE_OPTIONS
+    from geosane.datasets import REGISTRY, accepted_options
+    from geosane.spec import parse_spec
 
-    prompt = body["prompt"]
-    if not prompt.startswith("timm:"):
-        return "prompt", "expected timm:NAME[?in_chans=C&num_classes=K]"
     try:
-        arch, options = parse_timm(prompt)
-    except (GeoSANEError, ValueError) as exc:
+        spec = parse_spec(request.prompt, "timm")
+    except GeoSANEError as exc:
         return "prompt", str(exc)
+    arch, options = spec.name, spec.options
     allowed = ("in_chans", "num_classes", *TIMM_SIZE_OPTIONS)
     for key, value in options.items():
         if key not in allowed:
@@ -117,20 +94,20 @@ def offered_only(body: dict[str, Any], config: ServeConfig) -> tuple[str, str] |
     if not timm.is_model(arch):
         return "prompt", "not a timm architecture"
     weights = config.offered("prompt_weights")
-    if body.get("prompt_weights") is not None and body["prompt_weights"] not in weights:
+    if request.prompt_weights is not None and request.prompt_weights not in weights:
         return "prompt_weights", f"not weights this service offers; offered: {', '.join(weights) or 'none'}"
-    data = body.get("data")
+    data = request.data
     if data is None or data in config.offered("data"):
         return None
-    name, sep, query = data.partition("?")
+    try:
+        dataset = parse_spec(data)
+    except GeoSANEError as exc:
+        return "data", str(exc)
+    name = dataset.name
     if name not in REGISTRY:
         offered = [*sorted(REGISTRY), *config.offered("data")]
         return "data", f"not a dataset this service offers; offered: {', '.join(offered)}"
-    try:
-        _, parsed = parse_spec(data)
-    except GeoSANEError as exc:
-        return "data", str(exc)
-    for key, value in parsed.items():
+    for key, value in dataset.options.items():
         if key not in accepted_options(name) or key in SERVER_OPTIONS:
             takes = sorted(set(accepted_options(name)) - set(SERVER_OPTIONS))
             return "data", f"{name} takes no option {key!r} here; it takes: {', '.join(takes) or 'none'}"

@@ -18,7 +18,7 @@ from geosane.errors import GeoSANEError
 from geosane.generation import AnchorCache, GenerateConfig
 from geosane.serve.config import ServeConfig
 from geosane.serve.jobs import HEARTBEAT_SECONDS, TableClient, job_table
-from geosane.serve.requests import JOB_ID, parse_request
+from geosane.serve.requests import JOB_ID, admitted
 
 __all__ = ["JOB", "DamagedResult", "GenerationService", "Metrics"]
 
@@ -30,13 +30,26 @@ IDLE_SECONDS = 0.5
 
 
 class Metrics:
-    """The service's own Prometheus metrics, exported by Ray's metrics agent beside Ray Serve's (requests and
-    latencies per route): requests by answer, generation jobs by outcome and their duration. Outside Ray (the
-    service used in-process), nothing is recorded."""
+    """The service's one record of what happened on this replica: counts (``/healthz`` shows them) and, where Ray
+    runs the service, the same as Prometheus metrics exported by Ray's metrics agent beside Ray Serve's own:
+    requests by answer, generation jobs by outcome and their duration, and reuses of encoded anchors."""
+
+    #: The counts, in the order ``/healthz`` shows them.
+    COUNTS = (
+        "requests",
+        "cache_hits",
+        "rejected",
+        "invalid",
+        "anchor_cache_hits",
+        "replica_jobs_done",
+        "replica_jobs_failed",
+    )
 
     def __init__(self) -> None:
         import sys
 
+        self.counts = dict.fromkeys(self.COUNTS, 0)
+        self.lock = threading.Lock()
         self.enabled = "ray" in sys.modules and sys.modules["ray"].is_initialized()
         if self.enabled:
             from ray.util.metrics import Counter, Histogram
@@ -47,22 +60,48 @@ class Metrics:
                 "geosane_job_seconds", "seconds a generation job took", boundaries=[1, 5, 15, 30, 60, 120, 300, 900]
             )
 
-    def request(self, status: int) -> None:
-        """One request answered with ``status``."""
+    def count(self, name: str) -> None:
+        """One more of ``name`` (one of :data:`COUNTS`)."""
+        with self.lock:
+            self.counts[name] += 1
+
+    def request(self, status: int, cached: bool = False) -> None:
+        """One request answered with ``status`` (``cached``: from storage).
+
+        Args:
+            status: the HTTP status.
+            cached: answered from a finished job in storage.
+        """
+        self.count("requests")
+        if cached:
+            self.count("cache_hits")
+        if status == 429:
+            self.count("rejected")
+        if status == 422:
+            self.count("invalid")
         if self.enabled:
             self.requests.inc(tags={"status": str(status)})
 
-    def job(self, outcome: str, seconds: float | None = None) -> None:
+    def job(self, outcome: str, seconds: float | None = None, anchors_reused: bool = False) -> None:
         """One job finished (``done``, with its duration) or ``failed``.
 
         Args:
             outcome: ``done`` or ``failed``.
             seconds: how long it took.
+            anchors_reused: its fitted, encoded anchors came from the anchor cache.
         """
+        self.count(f"replica_jobs_{outcome}")
+        if anchors_reused:
+            self.count("anchor_cache_hits")
         if self.enabled:
             self.jobs.inc(tags={"outcome": outcome})
             if seconds is not None:
                 self.seconds.observe(seconds)
+
+    def snapshot(self) -> dict[str, int]:
+        """The counts now."""
+        with self.lock:
+            return dict(self.counts)
 
 
 class DamagedResult(GeoSANEError):
@@ -79,12 +118,11 @@ class GenerationService:
 
         self.config = config
         self.autoencoder = Autoencoder.load(config.autoencoder)
-        collection = self.autoencoder.info.get("collection")
+        self.autoencoder.info.setdefault("url", config.autoencoder)
+        collection = self.autoencoder.anchors
         self.collection_version = Collection(collection).version if collection else None
-        self.anchors = AnchorCache(config.anchor_cache)  # a new seed or bandwidth reuses the encoded anchors
-        self.counts = {"requests": 0, "cache_hits": 0, "rejected": 0, "anchor_cache_hits": 0}
+        self.anchors: AnchorCache = AnchorCache(config.anchor_cache)  # a new seed or bandwidth reuses them encoded
         self.metrics = Metrics()
-        self.lock = threading.Lock()
         self.replica = uuid.uuid4().hex[:12]
         self.table = TableClient(
             table if table is not None else job_table(config.storage, config.max_queue * config.replicas)
@@ -108,36 +146,30 @@ class GenerationService:
             raise GeoSANEError(f"{job!r} is not a job id")
         return storage.join(self.config.storage, job)
 
-    def submit(self, body: Any) -> tuple[int, dict[str, Any]]:
-        """Check a request and queue it: 202 queued (or joined to the same job in flight), 200 already done (from
-        storage), 422 invalid, 429 queue full.
+    def submit(self, request: GenerateConfig) -> tuple[int, dict[str, Any]]:
+        """Hold a request (valid settings) to what the service offers and queue it: 202 queued (or joined to the
+        same job in flight), 200 already done (from storage), 422 not offered here, 429 queue full.
 
         Args:
-            body: the request's JSON.
+            request: the request's settings.
 
         Returns:
             HTTP status and the answer.
         """
-        status, answer = self.answer(body)
-        self.metrics.request(status)
+        status, answer = self.answer(request)
+        self.metrics.request(status, cached=bool(answer.get("cached")))
         return status, answer
 
-    def answer(self, body: Any) -> tuple[int, dict[str, Any]]:
+    def answer(self, request: GenerateConfig) -> tuple[int, dict[str, Any]]:
         """:meth:`submit`'s answer."""
-        with self.lock:
-            self.counts["requests"] += 1
-        parsed = parse_request(body, self.config)
-        if isinstance(parsed, tuple):
-            return parsed
-        job = self.job_id(parsed)
+        settings = admitted(request, self.config)
+        if isinstance(settings, tuple):
+            return settings
+        job = self.job_id(settings)
         if storage.exists(storage.join(self.folder(job), JOB)):
-            with self.lock:
-                self.counts["cache_hits"] += 1
             return 200, {"id": job, **self.state(job), "cached": True}
-        outcome, state = self.table("submit", job, asdict(parsed))
+        outcome, state = self.table("submit", job, asdict(settings))
         if outcome == "full":
-            with self.lock:
-                self.counts["rejected"] += 1
             return 429, {"error": f"the queue is full ({state['busy']} jobs); retry later"}
         return 202, {"id": job, **state}
 
@@ -166,12 +198,12 @@ class GenerationService:
         Returns:
             None when done, else why it failed (the job fails, the service does not).
         """
-        from geosane.generation import generate, write_generated
+        from geosane.generation import Generator, write_generated
 
         try:
-            settings = {k: v for k, v in asdict(config).items() if k != "prompt"}
             started = time.perf_counter()
-            generated = generate(self.autoencoder, config.prompt, use_ray=False, cache=self.anchors, **settings)
+            generator = Generator(config, self.autoencoder, cache=self.anchors)
+            generated = generator.generate(use_ray=False)
             written = write_generated(generated, self.folder(job))
             stems = [posixpath.basename(w).removesuffix(".safetensors") for w in written]
             files = [stem + ext for stem in stems for ext in (".safetensors", ".json", ".md")]
@@ -185,9 +217,7 @@ class GenerationService:
                 "collection_version": self.collection_version,
             }
             storage.write_bytes(storage.join(self.folder(job), JOB), json.dumps(summary, indent=1).encode())
-            with self.lock:
-                self.counts["anchor_cache_hits"] = self.anchors.hits
-            self.metrics.job("done", time.perf_counter() - started)
+            self.metrics.job("done", time.perf_counter() - started, anchors_reused=generator.cache_hit)
             return None
         except Exception as exc:
             log.exception("job %s failed", job)
@@ -216,7 +246,7 @@ class GenerationService:
 
     def summary(self) -> dict[str, Any]:
         """This replica's counts and the service's job counts (from the shared table)."""
-        return {**self.counts, **{f"jobs_{k}": v for k, v in self.table("summary").items()}}
+        return {**self.metrics.snapshot(), **{f"jobs_{k}": v for k, v in self.table("summary").items()}}
 
     def read(self, job: str, name: str) -> bytes | None:
         """A finished job's file, checked against the SHA-256 its ``job.json`` records (and, for weights, their

@@ -8,12 +8,21 @@ generation, zoo or bench).
 
 from geosane.tasks.data import TaskData, load_task
 from geosane.tasks.fine_tune import Distillation, FineTuning, Recipe, batch_loss
-from geosane.tasks.metrics import detection_target, metric_name, parameters, score, score_samples
+from geosane.tasks.metrics import (
+    detection_target,
+    is_weight,
+    metric_name,
+    parameters,
+    score,
+    score_samples,
+    weight_distance,
+)
 from geosane.tasks.models import (
     TASKS,
     DetectionModel,
     SegmentationModel,
     backbone_features,
+    backbone_weights,
     create_model,
     load_backbone,
     sized_for_input,
@@ -28,9 +37,11 @@ __all__ = [
     "SegmentationModel",
     "TaskData",
     "backbone_features",
+    "backbone_weights",
     "batch_loss",
     "create_model",
     "detection_target",
+    "is_weight",
     "load_backbone",
     "load_task",
     "metric_name",
@@ -38,4 +49,5 @@ __all__ = [
     "score",
     "score_samples",
     "sized_for_input",
+    "weight_distance",
 ]

@@ -5,19 +5,31 @@ benchmarks all score with :func:`score`, so a recorded metric and a benchmark's 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
 
 from geosane.tasks.data import TaskData
 
-__all__ = ["detection_target", "device_of", "metric_name", "parameters", "score", "score_samples", "to_device"]
+__all__ = [
+    "detection_target",
+    "device_of",
+    "is_weight",
+    "metric_name",
+    "parameters",
+    "score",
+    "score_samples",
+    "to_device",
+    "weight_distance",
+]
 
 
 def metric_name(task: str) -> str:
     """The task's metric: accuracy, map (multi-label), miou or map50."""
-    return {"classification": "accuracy", "multilabel": "map", "segmentation": "miou", "detection": "map50"}[task]
+    from geosane.tasks.models import TASKS
+
+    return TASKS[task]
 
 
 def detection_target(target: Any) -> dict[str, torch.Tensor]:
@@ -117,3 +129,46 @@ def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, list | tuple):
         return type(value)(to_device(v, device) for v in value)
     return value
+
+
+def is_weight(key: str, value: torch.Tensor, skip: tuple[str, ...] = ()) -> bool:
+    """Whether a tensor counts in weight-space distances: floating point, not BatchNorm statistics (they are
+    re-estimated), not under a ``skip`` prefix (a new head).
+
+    Args:
+        key: the tensor's name.
+        value: the tensor.
+        skip: key prefixes left out.
+
+    Returns:
+        Whether it counts.
+    """
+    return (
+        value.is_floating_point()
+        and not key.endswith(("running_mean", "running_var"))
+        and not (skip and key.startswith(skip))
+    )
+
+
+def weight_distance(
+    weights: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], skip: tuple[str, ...] = ()
+) -> float:
+    """Normalized distance in weight space, ``||w - r|| / ||r||`` over the floating-point tensors both hold (not
+    BatchNorm statistics, nor the ``skip`` prefixes: a new head): how far a model moved from where it started.
+
+    Args:
+        weights: a model's weights.
+        reference: the weights it is compared with.
+        skip: key prefixes left out.
+
+    Returns:
+        The distance (0 for identical weights).
+    """
+    difference = norm = 0.0
+    for key, value in weights.items():
+        other = reference.get(key)
+        if other is None or other.shape != value.shape or not is_weight(key, value, skip):
+            continue
+        difference += float((value.double() - other.double()).pow(2).sum())
+        norm += float(other.double().pow(2).sum())
+    return (difference / norm) ** 0.5 if norm else float("nan")

@@ -18,18 +18,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from geosane.errors import GeoSANEError
+from geosane.registry import Registry
 
 __all__ = [
-    "TASKS",
     "DetectionModel",
     "SegmentationModel",
+    "TASKS",
     "backbone_features",
+    "backbone_weights",
     "create_model",
-    "sized_for_input",
     "load_backbone",
+    "sized_for_input",
 ]
 
-TASKS = ("classification", "multilabel", "segmentation", "detection")
+#: The tasks a task model is built for, each with the metric it is scored by (:func:`geosane.tasks.metric_name`).
+TASKS: Registry[str] = Registry(
+    "task", {"classification": "accuracy", "multilabel": "map", "segmentation": "miou", "detection": "map50"}
+)
 
 
 def backbone_features(backbone: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -212,3 +217,17 @@ def load_backbone(module: nn.Module, state_dict: dict[str, torch.Tensor]) -> Non
         shapes = [f"{k} {tuple(own[k].shape)}" for k in missing[:3]]
         raise GeoSANEError(f"generated weights lack {len(missing)} backbone tensor(s) of these shapes: {shapes}")
     module.load_state_dict(loaded, strict=True)
+
+
+def backbone_weights(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A task model's backbone under the names of the timm classifier (a segmentation or detection model of the zoo
+    keeps its timm ``features_only`` backbone as ``backbone.``; the inverse of :func:`load_backbone`'s renaming);
+    a classifier's weights as they are. Its head is left behind: a prompt gets its own."""
+    prefix = "backbone."
+    if not any(k.startswith(prefix) for k in state_dict):
+        return state_dict
+    return {
+        re.sub(r"^(\w+?)_(\d+)\.", r"\1.\2.", k[len(prefix) :].removeprefix("model.")): v
+        for k, v in state_dict.items()
+        if k.startswith(prefix)
+    }

@@ -32,20 +32,20 @@ def test_the_shipped_set_stays_within_30_mb() -> None:
 def test_shipped_autoencoder_matches_its_card_and_reproduces_its_reference_error(url: str) -> None:
     card = registry.card(url)
     folder = registry.folder(url)  # raises on any file that differs from the card
-    assert registry.file_hashes(folder) == card["files"]
-    assert {"model.safetensors", "config.json", "CARD.md"} <= set(card["files"])
+    assert registry.file_hashes(folder) == card.files
+    assert {"model.safetensors", "config.json", "CARD.md"} <= set(card.files)
     autoencoder = geosane.Autoencoder.load(url)
     assert autoencoder.info["url"] == url
-    anchors = geosane.Collection(autoencoder.info["collection"])
-    reference = card["reference"]
-    assert reference["part"] == "held out"  # a model the autoencoder never trained on
-    record = anchors.record(reference["id"])
+    anchors = geosane.Collection(autoencoder.anchors)
+    reference = card.reference
+    assert reference.part == "held out"  # a model the autoencoder never trained on
+    record = anchors.record(reference.id)
     error = autoencoder.reconstruction_error(anchors.tokens(record))
-    assert error == pytest.approx(reference["normalized_error"], rel=1e-5)
+    assert error == pytest.approx(reference.normalized_error, rel=1e-5)
     # the card accounts for every anchor, its licence and what it learned from
-    assert len(anchors.records()) == card["anchors"]["count"]
-    assert sum(card["licences"]["models"].values()) == len(card["collection"]["models"])
-    assert all(r["licence"] in ("MIT", "Apache-2.0") for r in card["collection"]["models"])
+    assert len(anchors.records()) == card.anchors.count
+    assert sum(card.licences.models.values()) == len(card.collection.models)
+    assert all(r["licence"] in ("MIT", "Apache-2.0") for r in card.collection.models)
 
 
 def copy_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -53,7 +53,9 @@ def copy_shipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     copy = tmp_path / "shipped"
     shutil.copytree(registry.SHIPPED, copy)
     monkeypatch.setattr(registry, "SHIPPED", copy)
-    return copy / registry.DEFAULT.removeprefix(registry.PREFIX)
+    folder = copy / registry.DEFAULT.removeprefix(registry.PREFIX)
+    monkeypatch.setitem(registry.AUTOENCODERS.entries, registry.DEFAULT, folder)
+    return folder
 
 
 @pytest.mark.parametrize("damage", ["flip", "delete", "add"])
@@ -116,7 +118,7 @@ def test_the_bench_checks_held_out_tasks_against_everything_the_shipped_autoenco
     unseen = config("eurosat_rgb?classes=5-9")
     assert unseen.autoencoder == registry.DEFAULT
     report = check_held_out(unseen, collection_of(unseen))
-    learned = len(registry.card(registry.DEFAULT)["collection"]["models"])
+    learned = len(registry.card(registry.DEFAULT).collection.models)
     assert report[unseen.tasks[0].name]["checked_models"] == learned
     seen = config("eurosat_rgb")  # classes 0-4 of its test split were learned by the zoo models behind it
     with pytest.raises(GeoSANEError, match="trained on its test"):

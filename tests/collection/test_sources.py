@@ -6,14 +6,17 @@ import pickle
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from safetensors.torch import save_file
 
-from geosane.collection import sources
+from geosane import storage
+from geosane.collection import Collection, formats, sources
 from geosane.collection.formats import KEY_ORDER
 from geosane.errors import GeoSANEError
 
-from ..helpers import Exploit
+from ..helpers import TIMM_MODELS, Exploit, assert_bit_exact
+from .helpers import collect_and_export, timm_state
 
 
 def tiny_state() -> dict[str, torch.Tensor]:
@@ -119,7 +122,6 @@ def test_timm_sources() -> None:
 
 
 def test_timm_with_local_pretrained_file(tmp_path: Path) -> None:
-    import timm
 
     torch.manual_seed(5)
     trained = timm.create_model("test_vit", pretrained=False, num_classes=4).state_dict()
@@ -154,3 +156,56 @@ def test_onnx_initializers_are_read_without_running_the_model(tmp_path: Path) ->
         assert torch.equal(source.state_dict[init.name], torch.from_numpy(numpy_helper.to_array(init).copy()))
     # ordered by first use in the graph: the stem comes first, so its input channels are the model's
     assert source.in_chans == 6 and source.state_dict[next(iter(source.state_dict))].shape == (8, 6, 3, 3)
+
+
+@pytest.mark.parametrize("in_chans", [3, 13])
+@pytest.mark.parametrize("name", TIMM_MODELS)
+def test_timm_models_export_bit_exact(tmp_path: Path, name: str, in_chans: int) -> None:
+    sd = timm_state(name, in_chans=in_chans, num_classes=10)
+    assert_bit_exact(sd, collect_and_export(f"file://{tmp_path}/c", sd))
+
+
+TORCHGEO_MODELS = {
+    "resnet18": lambda m: m.resnet18(weights=None, in_chans=13),
+    "vit_small_patch16_224": lambda m: m.vit_small_patch16_224(weights=None, in_chans=13),
+    "swin_t": lambda m: m.swin_t(weights=None),
+    "dofa_small_patch16_224": lambda m: m.dofa_small_patch16_224(),
+    "farseg": lambda m: m.FarSeg(backbone="resnet18", classes=4, backbone_pretrained=False),
+    "fcsiamdiff": lambda m: m.FCSiamDiff(in_channels=4, classes=2, encoder_weights=None),
+}
+
+
+@pytest.mark.parametrize("name", TORCHGEO_MODELS)
+def test_torchgeo_models_export_bit_exact(tmp_path: Path, name: str) -> None:
+    import torchgeo.models
+
+    torch.manual_seed(0)
+    sd = TORCHGEO_MODELS[name](torchgeo.models).state_dict()
+    assert_bit_exact(sd, collect_and_export(str(tmp_path / "c"), sd, mode="per-channel"))
+
+
+def test_real_pretrained_weights_export_bit_exact(tmp_path: Path, shared: Path) -> None:
+    files = [shared / "weights/presto/default_model.pt"] + sorted((shared / "weights/galileo_nano").glob("*.pt"))
+    uris = [f.uri for f in sources.find([str(f) for f in files])]
+    collection = Collection(str(tmp_path / "c"))
+    added = collection.add((sources.load(u) for u in uris), progress=False)
+    assert len(added) == 5
+    for uri, record in zip(uris, added, strict=True):
+        original = torch.load(uri, map_location="cpu", weights_only=True)
+        assert_bit_exact(original, collection.export(record.id))
+        assert record.source_sha256 == __import__("hashlib").sha256(Path(uri).read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("group", ["ukis-csmask-1.0.0", "ukis-csmask-0.2.1"])
+def test_real_onnx_specialists_export_bit_exact(tmp_path: Path, group: str) -> None:
+    """The ukis-csmask cloud/shadow U-Nets, read from their registry wheels (set-up downloads them)."""
+    from geosane.collection import pretrained
+
+    uri = next(u for u in pretrained.expand(f"pretrained:{group}") if "6b" in u)
+    collection = Collection(str(tmp_path / "c"))
+    record = collection.add([sources.load(uri)], progress=False)[0]
+    assert record.in_chans == 6 and record.bands == pretrained.S2_6 and record.licence == "Apache-2.0"
+    assert record.num_params > (19_000_000 if group.endswith("1.0.0") else 7_000_000)
+    location = pretrained.location(uri)
+    original = formats.read_onnx(storage.read_bytes(location), location)
+    assert_bit_exact(original, collection.export(record.id))

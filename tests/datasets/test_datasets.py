@@ -144,7 +144,7 @@ def test_full_eurosat_ms_goes_through_torchgeo(root: Path, tmp_path: Path) -> No
 
 
 def test_dataset_specs_name_options_and_refuse_unknown_ones(root: Path) -> None:
-    assert datasets.parse_spec("cloudmask?holdout=landsat5") == ("cloudmask", {"holdout": "landsat5"})
+    assert datasets.parse_dataset("cloudmask?holdout=landsat5") == ("cloudmask", {"holdout": "landsat5"})
     held = datasets.get("cloudmask?holdout=landsat5", str(root))
     assert held.spec == "cloudmask?holdout=landsat5" and set(held.splits()["test"]) == {
         i for i in held.splits()["test"] if i.startswith("landsat5")

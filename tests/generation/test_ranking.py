@@ -7,7 +7,8 @@ import pytest
 import timm
 import torch
 
-from geosane.generation.ranking import box_chips, pixel_score
+from geosane.generation import RANKINGS, reestimate_batchnorm
+from geosane.generation.ranking import box_chips, diversity, pixel_score, rank, ranking_of
 
 
 @pytest.mark.parametrize(
@@ -68,3 +69,44 @@ def test_the_detection_score_rewards_features_that_find_the_boxes() -> None:
         transposed, _ = pixel_score(backbone, chips, masks.transpose(1, 2), 2)
     assert right > 0.8 and transposed < right - 0.2
     assert predicted.dtype == torch.long and set(predicted.unique().tolist()) <= {0, 1}
+
+
+def test_batchnorm_is_re_estimated_in_train_mode_without_touching_weights() -> None:
+    """Images come class by class (as datasets list them); the statistics must be the whole set's, not an average
+    of within-class ones."""
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=10).eval()
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    classes = [torch.randn(16, 3, 32, 32) + shift for shift in (-6.0, 0.0, 6.0)]  # three classes, far apart
+    images = torch.cat(classes)  # three equal batches: their cumulative average is the mean
+    layers = reestimate_batchnorm(model, images, batch=16)
+    assert layers == sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) and not model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
+    first = model.conv1[0] if isinstance(model.conv1, torch.nn.Sequential) else model.conv1
+    with torch.no_grad():
+        outputs = first(images)  # what the first BatchNorm sees
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    torch.testing.assert_close(bn.running_mean, outputs.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-4)
+    whole = outputs.var(dim=(0, 2, 3))
+    within = torch.stack([first(c).var(dim=(0, 2, 3)) for c in classes]).mean(0).detach()
+    assert torch.allclose(bn.running_var, whole, rtol=0.25)  # the whole set's variance ...
+    assert (bn.running_var > 1.5 * within).float().mean() > 0.5  # ... not the classes' own
+
+
+def test_every_task_model_has_one_ranking_and_the_best_comes_first() -> None:
+    kinds = {ranking_of(task, kept) for task in ("classification", "segmentation", "detection") for kept in (0, 1)}
+    assert kinds == set(RANKINGS)
+    model = torch.nn.Linear(1, 1)
+    ranked = rank([(model, {"candidate": i, "selection_score": s}) for i, s in enumerate([0.2, 0.7, 0.7, 0.1])])
+    assert [info["candidate"] for _, info in ranked] == [1, 2, 0, 3]  # ties: the earlier candidate
+
+
+def test_diversity_measures_candidates_against_each_other() -> None:
+    results = [
+        ({"w": torch.ones(4)}, {"distance": 0.0, "predictions": torch.tensor([0, 1])}),
+        ({"w": torch.ones(4) * 2}, {"distance": 1.0, "predictions": torch.tensor([0, 0])}),
+    ]
+    spread = diversity(results, ())
+    assert spread["candidates"] == 2 and spread["distance_to_anchor"] == {"mean": 0.5, "min": 0.0, "max": 1.0}
+    assert spread["pairwise_distance"]["mean"] == pytest.approx(0.5)  # ||1 - 2|| / ||2||
+    assert spread["prediction_disagreement"]["mean"] == 0.5

@@ -12,9 +12,16 @@ import pytest
 from safetensors.torch import load as load_safetensors
 
 import geosane
-from geosane.serve import DamagedResult, GenerationService, ServeConfig, parse_request
+from geosane.config import make
+from geosane.generation import GenerateConfig
+from geosane.serve import DamagedResult, GenerationService, ServeConfig
 
 REQUEST = {"prompt": "timm:test_resnet?num_classes=5", "candidates": 2, "seed": 3}
+
+
+def request(**changes) -> GenerateConfig:
+    """A request's body as the service receives it: generation's settings, validated."""
+    return make(GenerateConfig, **{**REQUEST, **changes})
 
 
 @pytest.fixture
@@ -42,7 +49,7 @@ def wait_done(service: GenerationService, job: str) -> dict:
 
 def test_identical_requests_are_answered_from_storage_with_the_librarys_weights(services, tmp_path: Path) -> None:
     service = services(storage=str(tmp_path / "jobs"))
-    status, answer = service.submit(dict(REQUEST))
+    status, answer = service.submit(request())
     assert status == 202 and answer["state"] == "queued"
     state = wait_done(service, answer["id"])
     assert state["state"] == "done", state
@@ -50,11 +57,11 @@ def test_identical_requests_are_answered_from_storage_with_the_librarys_weights(
     (expected,) = geosane.generate("geosane:small", REQUEST["prompt"], use_ray=False, candidates=2, seed=3)
     assert served.keys() == expected.state_dict.keys()
     assert all(bool((served[k] == expected.state_dict[k]).all()) for k in served)
-    again, cached = service.submit(dict(REQUEST))
+    again, cached = service.submit(request())
     assert again == 200 and cached["cached"] and cached["id"] == answer["id"]
-    assert service.summary()["jobs_started"] == 1 and service.counts["cache_hits"] == 1
+    assert service.summary()["jobs_started"] == 1 and service.metrics.snapshot()["cache_hits"] == 1
     other = services(storage=str(tmp_path / "jobs"))  # a new replica finds it in storage
-    assert other.submit(dict(REQUEST))[0] == 200
+    assert other.submit(request())[0] == 200
     assert service.read(answer["id"], "../../etc/passwd") is None
 
 
@@ -71,7 +78,7 @@ def test_ids_and_names_the_service_did_not_make_never_reach_storage(services, tm
 
 def test_a_damaged_result_is_an_error_naming_the_job_and_the_file(services, tmp_path: Path) -> None:
     service = services(storage=str(tmp_path / "jobs"))
-    job = service.submit(dict(REQUEST))[1]["id"]
+    job = service.submit(request())[1]["id"]
     assert wait_done(service, job)["state"] == "done"
     folder = tmp_path / "jobs" / job
     weights = (folder / "model-1.safetensors").read_bytes()
@@ -103,19 +110,18 @@ def test_a_request_that_changes_only_the_sampling_reuses_the_encoded_anchors(
     encodes = []
     encode = service.autoencoder.encode
     monkeypatch.setattr(service.autoencoder, "encode", lambda tokens: encodes.append(1) or encode(tokens))
-    first = service.submit(dict(REQUEST))[1]["id"]
+    first = service.submit(request())[1]["id"]
     assert wait_done(service, first)["state"] == "done" and len(encodes) == 1  # the prompt, its one anchor
-    wider = {**REQUEST, "bandwidth": 0.2, "candidates": 3}
-    second = service.submit(dict(wider))[1]["id"]
+    second = service.submit(request(bandwidth=0.2, candidates=3))[1]["id"]
     assert wait_done(service, second)["state"] == "done"
-    assert len(encodes) == 1 and service.counts["anchor_cache_hits"] == 1  # nothing encoded again
+    assert len(encodes) == 1 and service.metrics.snapshot()["anchor_cache_hits"] == 1  # nothing encoded again
     served = load_safetensors(service.read(second, "model-1.safetensors"))
     (expected,) = geosane.generate(
         "geosane:small", REQUEST["prompt"], use_ray=False, candidates=3, seed=3, bandwidth=0.2
     )
     assert all(bool((served[k] == expected.state_dict[k]).all()) for k in served)  # the same weights as without
-    service.submit({**REQUEST, "seed": 4})  # another seed: another prompt initialization, encoded afresh
-    assert wait_done(service, service.job_id(parse_request({**REQUEST, "seed": 4}, service.config)))["state"] == "done"
+    service.submit(request(seed=4))  # another seed: another prompt initialization, encoded afresh
+    assert wait_done(service, service.job_id(request(seed=4)))["state"] == "done"
     assert len(encodes) == 2
 
 
@@ -123,9 +129,9 @@ def test_a_full_queue_is_refused_with_429_and_a_job_in_flight_is_joined(services
     service = services(storage=str(tmp_path / "jobs"), max_queue=1)
     release = threading.Event()
     monkeypatch.setattr(service, "run", lambda job, config: release.wait(30) and None)
-    assert service.submit(dict(REQUEST))[0] == 202
-    assert service.submit(dict(REQUEST))[0] == 202  # the same job again: joined, not a second one
-    status, answer = service.submit({**REQUEST, "seed": 4})
+    assert service.submit(request())[0] == 202
+    assert service.submit(request())[0] == 202  # the same job again: joined, not a second one
+    status, answer = service.submit(request(seed=4))
     assert status == 429 and "queue is full" in answer["error"]
     release.set()
     summary = service.summary()
@@ -134,7 +140,7 @@ def test_a_full_queue_is_refused_with_429_and_a_job_in_flight_is_joined(services
 
 def test_a_failed_jobs_error_is_kept_for_every_reader(services, tmp_path: Path) -> None:
     service = services(storage=str(tmp_path / "jobs"))
-    job = service.submit({**REQUEST, "anchors": "dataset=no_such_data"})[1]["id"]
+    job = service.submit(request(anchors="dataset=no_such_data"))[1]["id"]
     state = wait_done(service, job)
     assert state["state"] == "failed" and "no_such_data" in state["error"]
 
@@ -143,13 +149,13 @@ def test_a_job_cut_short_is_redone_and_a_finished_one_survives_its_replica(servi
     """A replica killed mid-job leaves files but no ``job.json``: the job is not done, and a new replica redoes it;
     once done, any new replica serves it from storage."""
     first = services(storage=str(tmp_path / "jobs"))
-    job = first.job_id(parse_request(dict(REQUEST), first.config))
+    job = first.job_id(request())
     folder = tmp_path / "jobs" / job
     folder.mkdir(parents=True)
     (folder / "model-1.safetensors").write_bytes(b"half a file")  # what a killed replica left
     assert first.state(job)["state"] == "unknown" and first.read(job, "model-1.safetensors") is None
-    status, _ = first.submit(dict(REQUEST))
+    status, _ = first.submit(request())
     assert status == 202 and wait_done(first, job)["state"] == "done"
     assert load_safetensors(first.read(job, "model-1.safetensors"))  # rewritten whole
     replacement = services(storage=str(tmp_path / "jobs"))
-    assert replacement.submit(dict(REQUEST))[0] == 200 and replacement.summary()["jobs_started"] == 0
+    assert replacement.submit(request())[0] == 200 and replacement.summary()["jobs_started"] == 0
