@@ -48,6 +48,9 @@ class ZooGroup:
     search: dict[str, Any] = field(default_factory=dict)  # overrides the zoo's search space for this group
     model_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm arguments, e.g. {patch_size: 8}
     exclude: list[str] = field(default_factory=list)  # datasets whose images this group never trains on (held out)
+    # pretrained weights every lineage starts from (``pretrained:efficientnet_lite0``, a file): models fine-tuned from
+    # one checkpoint share its units; the stem goes to the data's bands by name (geosane.tasks.start_from)
+    start_from: str | None = None
 
 
 @settings
@@ -214,7 +217,11 @@ def fit_member(
         info["train"][0].shape[-1],
         **member["model_kwargs"],
     )
-    recipe = Recipe(member["epochs"], config["lr"], member["batch_size"], config["weight_decay"])
+    if member.get("start_from") and not resume:
+        started = start_weights(model, member, info)
+        log.info("%s starts from %s: %s", member["stem"], member["start_from"], started)
+    epochs, checkpoints = member_epochs(config, member)
+    recipe = Recipe(epochs, config["lr"], member["batch_size"], config["weight_decay"])
     tuning = FineTuning(model, info["train"], info["task"], recipe, member["seed"])
     start = 1
     if resume:
@@ -222,11 +229,11 @@ def fit_member(
         tuning.restore(resume["state"])
         start = int(resume["state"]["epoch"]) + 1
     metric = "test_accuracy" if info["task"] == "classification" else "test_miou"
-    for epoch in range(start, member["epochs"] + 1):
+    for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         loss = tuning.epoch()
         metrics = {"epoch": epoch, "train_loss": loss, "epoch_seconds": time.perf_counter() - began}
-        if epoch not in member["checkpoint_epochs"]:
+        if epoch not in checkpoints:
             report(metrics, None)
             continue
         metrics[metric] = score_samples(model, info["task"], x_test, y_test, len(info["classes"]))
@@ -237,6 +244,7 @@ def fit_member(
                 json.dumps(
                     {
                         **member,
+                        "epochs": epochs,
                         "lr": config["lr"],
                         "weight_decay": config["weight_decay"],
                         "epoch": epoch,
@@ -245,6 +253,41 @@ def fit_member(
                 )
             )
             report(metrics, folder)
+
+
+def member_epochs(config: dict[str, Any], member: dict[str, Any]) -> tuple[int, list[int]]:
+    """A member's epochs and checkpoint epochs: the group's, or, where the zoo's search draws ``epochs`` per lineage,
+    the drawn count (at most the group's), with checkpoints past it moved to its last epoch.
+
+    Args:
+        config: the trial's config (the drawn values).
+        member: the member.
+
+    Returns:
+        Epochs and the epochs to checkpoint at.
+    """
+    epochs = min(int(config.get("epochs", member["epochs"])), member["epochs"])
+    if epochs == member["epochs"]:
+        return epochs, list(member["checkpoint_epochs"])
+    return epochs, sorted({*(e for e in member["checkpoint_epochs"] if e < epochs), epochs})
+
+
+def start_weights(model: torch.nn.Module, member: dict[str, Any], info: dict[str, Any]) -> str:
+    """A member's model started from its group's pretrained weights (read safely), the stem on the data's bands.
+
+    Args:
+        model: the member's fresh task model.
+        member: the member (``start_from``, ``arch``).
+        info: its data's description (task, bands).
+
+    Returns:
+        How the weights were fitted.
+    """
+    from geosane.collection.sources import load
+    from geosane.tasks import start_from
+
+    source = load(member["start_from"])
+    return start_from(model, member["arch"], info["task"], source.state_dict, (source.bands, list(info["bands"])))
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -340,6 +383,7 @@ def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooCo
             "arch": member["arch"],
             "dataset": member["dataset"],
             "epoch": str(member["epoch"]),
+            "epochs": str(member["epochs"]),
             "seed": str(member["seed"]),
             "lr": f"{member['lr']:.3g}",
             "weight_decay": f"{member['weight_decay']:.3g}",
@@ -347,5 +391,6 @@ def checkpoint_source(checkpoint, data: dict[str, dict[str, Any]], config: ZooCo
             **({"train_limit": str(member["train_limit"])} if member.get("train_limit") else {}),
             **({"exclude": ",".join(member["exclude"])} if member.get("exclude") else {}),
             "lineage": f"{config.name}/{member['dataset']}/{member['arch']}/seed{member['seed']}",
+            **({"started_from": member["start_from"]} if member.get("start_from") else {}),
         },
     )

@@ -68,3 +68,28 @@ def test_a_group_never_trains_on_the_images_it_excludes(shared: Path) -> None:
     # the RGB versions of the multispectral patches in the train split are left out, and nothing else
     assert set(rgb_train) - set(kept) == set(rgb_train) & multispectral != set()
     assert training_ids("eurosat_rgb", [], root, limit=100) == datasets.get("eurosat_rgb", root).load_ids("train", 100)
+
+
+def test_epochs_drawn_per_lineage_keep_two_checkpoints() -> None:
+    """Where the search draws ``epochs``, a lineage trains that many (at most the group's), and a checkpoint past
+    its end moves to its last epoch; without a draw the group's epochs and checkpoints stand."""
+    from geosane.zoo import member_epochs
+
+    member = {"epochs": 4, "checkpoint_epochs": [2, 4]}
+    assert member_epochs({"epochs": 3}, member) == (3, [2, 3])
+    assert member_epochs({"epochs": 4}, member) == (4, [2, 4]) == member_epochs({}, member)
+    assert member_epochs({"epochs": 9}, member) == (4, [2, 4])
+    finetune = ZooConfig.from_yaml(Path(__file__).parents[1] / "sweeps" / "zoo-finetune.yaml")
+    lineages = sum(g.trials for g in finetune.groups)
+    assert lineages >= 24 and all(g.start_from for g in finetune.groups)
+    for group in finetune.groups:
+        drawn = {**finetune.search, **group.search}["epochs"]["choice"]
+        for epochs in drawn:  # every drawn count keeps two checkpoints
+            assert (
+                len(
+                    member_epochs(
+                        {"epochs": epochs}, {"epochs": group.epochs, "checkpoint_epochs": group.checkpoint_epochs}
+                    )[1]
+                )
+                == 2
+            )

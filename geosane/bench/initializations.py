@@ -23,6 +23,7 @@ from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, parse_initializat
 from geosane.bench.context import TrialContext, load_into
 from geosane.bench.pruning import prune_to
 from geosane.errors import GeoSANEError
+from geosane.spec import parse_spec
 from geosane.tasks import parameters, score
 
 __all__ = ["INITIALIZATIONS", "build_initial_model", "prompt_record", "recorded_score"]
@@ -195,4 +196,4 @@ def distilled(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
 @INITIALIZATIONS.register("specialist")
 def specialist(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     """A real pretrained remote-sensing model for the task (:data:`SPECIALISTS`)."""
-    return SPECIALISTS[context.data.spec.split("?")[0]](context)
+    return SPECIALISTS[parse_spec(context.data.spec).name](context)

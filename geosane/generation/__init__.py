@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from geosane.lazy import exports
 
 if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one module loads no other
-    from geosane.generation.anchors import adapt_input, band_mapped_input, fit_to_prompt, parse_query
+    from geosane.generation.anchors import fit_to_prompt, parse_query
     from geosane.generation.cards import GeneratedCard, card_markdown, write_generated
     from geosane.generation.config import SAMPLINGS, GenerateConfig, Generated
     from geosane.generation.generator import AnchorCache, Generator, generate
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # names resolve on first use (geosane.lazy): importing one mo
 EXPORTS = {
     **dict.fromkeys(("SAMPLINGS", "GenerateConfig", "Generated"), "geosane.generation.config"),
     **dict.fromkeys(("Prompt", "build_prompt", "head_keys"), "geosane.generation.prompt"),
-    **dict.fromkeys(("adapt_input", "band_mapped_input", "fit_to_prompt", "parse_query"), "geosane.generation.anchors"),
+    **dict.fromkeys(("fit_to_prompt", "parse_query"), "geosane.generation.anchors"),
     **dict.fromkeys(("AnchorCache", "Generator", "generate"), "geosane.generation.generator"),
     **dict.fromkeys(("RANKINGS", "reestimate_batchnorm"), "geosane.generation.ranking"),
     **dict.fromkeys(("sample_latents",), "geosane.generation.sampling"),

@@ -17,12 +17,11 @@ from geosane.errors import GeoSANEError
 from geosane.generation.config import GenerateConfig
 from geosane.generation.prompt import Prompt
 from geosane.generation.target import TargetData
+from geosane.tasks import adapt_input, band_mapped_input
 
 __all__ = [
     "Anchor",
     "WeightsOnDisk",
-    "adapt_input",
-    "band_mapped_input",
     "find_anchors",
     "fit_to_prompt",
     "keeps_head",
@@ -183,55 +182,6 @@ def fit_to_prompt(
     if set(state_dict) - set(prompt.shapes) - {k for k in state_dict if k.startswith(prompt.head)}:
         how.add("layers the prompt lacks dropped")
     return fitted, ", ".join(sorted(how)) or "as is"
-
-
-def adapt_input(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """An input convolution for ``in_chans`` bands from one trained on others, as timm adapts RGB stems: the filters
-    repeated over the new bands in order and rescaled, or, for fewer bands, summed onto them, so that a constant
-    image gives the same response. timm's ``adapt_input_conv`` assumes a 3-band source (it returns a 6-band stem
-    unchanged for a 3-band target).
-
-    Args:
-        weight: ``[out, bands, k, k]`` filters.
-        in_chans: the bands the prompt takes.
-
-    Returns:
-        ``[out, in_chans, k, k]`` filters.
-    """
-    from timm.models import adapt_input_conv
-
-    bands = weight.shape[1]
-    if bands == 3:
-        return adapt_input_conv(in_chans, weight)
-    if bands >= in_chans:  # fewer bands: source band s adds onto band s mod in_chans
-        folded = weight.new_zeros(weight.shape[0], in_chans, *weight.shape[2:])
-        for band in range(bands):
-            folded[:, band % in_chans] += weight[:, band]
-        return folded
-    return weight.repeat(1, -(-in_chans // bands), 1, 1)[:, :in_chans] * (bands / in_chans)
-
-
-def band_mapped_input(
-    weight: torch.Tensor, anchor_bands: list[str] | None, target_bands: list[str] | None
-) -> torch.Tensor | None:
-    """An input convolution for the target's bands from one trained on the anchor's, by band name: each of the anchor's
-    filters goes to its band's channel, other bands start at zero, so the generated model first sees exactly what
-    the anchor saw (EuroSAT RGB's B04, B03, B02 inside the 13 multispectral bands). None when a band is missing.
-
-    Args:
-        weight: the anchor's input filters.
-        anchor_bands: the bands the anchor was trained on.
-        target_bands: the target data's bands.
-
-    Returns:
-        The mapped filters, or None.
-    """
-    if not anchor_bands or not target_bands or not set(anchor_bands) <= set(target_bands):
-        return None
-    mapped = weight.new_zeros(weight.shape[0], len(target_bands), *weight.shape[2:])
-    for channel, band in enumerate(anchor_bands):
-        mapped[:, target_bands.index(band)] = weight[:, channel]
-    return mapped
 
 
 def find_anchors(

@@ -27,8 +27,13 @@ from geosane.tasks.models import (
     load_backbone,
     sized_for_input,
 )
+from geosane.tasks.starts import SAME_BANDS, adapt_input, band_mapped_input, start_from
 
 __all__ = [
+    "SAME_BANDS",
+    "adapt_input",
+    "band_mapped_input",
+    "start_from",
     "TASKS",
     "DetectionModel",
     "Distillation",

@@ -10,7 +10,7 @@ import torch
 
 from geosane.collection import Collection, sources
 from geosane.errors import GeoSANEError
-from geosane.generation import GenerateConfig, adapt_input, band_mapped_input, build_prompt, fit_to_prompt, parse_query
+from geosane.generation import GenerateConfig, build_prompt, fit_to_prompt, parse_query
 
 from .conftest import make_generator
 
@@ -25,34 +25,6 @@ def test_an_anchor_keeps_its_classifier_where_it_fits_the_prompt() -> None:
         assert prompt.head == ("fc.weight", "fc.bias") and how == "as is"
         assert torch.equal(fitted["fc.weight"], (anchor if classes == 10 else own)["fc.weight"])
         assert torch.equal(fitted["conv1.0.weight"], anchor["conv1.0.weight"])
-
-
-def test_rgb_filters_go_to_their_bands_in_a_multispectral_stem() -> None:
-    from geosane.datasets.eurosat import EuroSATMS, EuroSATRGB
-
-    rgb, ms = list(EuroSATRGB.bands), list(EuroSATMS.bands)
-    weight = torch.randn(8, 3, 3, 3)
-    mapped = band_mapped_input(weight, rgb, ms)
-    assert mapped is not None and mapped.shape == (8, 13, 3, 3)
-    for channel, band in enumerate(rgb):  # B04, B03, B02 land where the 13-band data has them
-        assert torch.equal(mapped[:, ms.index(band)], weight[:, channel])
-    others = [i for i, band in enumerate(ms) if band not in rgb]
-    assert not mapped[:, others].any()
-    assert band_mapped_input(weight, ["Red", "Green", "Blue"], ms) is None  # names it cannot place: timm's adaptation
-
-
-@pytest.mark.parametrize(("bands", "target"), [(3, 13), (6, 3), (6, 12), (13, 4)])
-def test_an_input_convolution_adapts_to_any_band_count_keeping_its_response_to_a_constant_image(
-    bands: int, target: int
-) -> None:
-    torch.manual_seed(0)
-    weight = torch.randn(8, bands, 3, 3)
-    adapted = adapt_input(weight, target)
-    assert adapted.shape == (8, target, 3, 3)
-    before = torch.nn.functional.conv2d(torch.ones(1, bands, 5, 5), weight)
-    after = torch.nn.functional.conv2d(torch.ones(1, target, 5, 5), adapted)
-    if target % bands == 0 or bands >= target:  # exact when the bands repeat whole or fold onto fewer
-        assert torch.allclose(before, after, atol=1e-5)
 
 
 def test_query_anchors_are_fitted_to_the_prompt_at_one_collection_version(
