@@ -15,15 +15,15 @@ trial and epoch, a Markdown summary, convergence curves, TensorBoard logs, the c
 are written by :func:`write_results`.
 
 Owns, in the order a sweep goes: its settings (``config``), what a trial's initialization may use (``context``),
-the initializations registry (``initializations``, with ``ablations``, ``pruning``, the ``foundation`` model and the
-real ``specialists``), the held-out
+the initializations registry (``initializations``, with ``ablations``, ``merging``, ``pruning``, the ``foundation``
+model and the real ``specialists``), the held-out
 checks (``held_out``), the runner (``runner``) and the results (``results``).
 
 May import: generation (the ``generated`` initialization), the collection (read only), the autoencoder,
 ``geosane.tasks``, ``geosane.datasets`` and the shared pieces. Never the zoo or training.
 """
 
-from geosane.bench import ablations, foundation, specialists  # register their initializations  # noqa: F401
+from geosane.bench import ablations, foundation, merging, specialists  # register their initializations  # noqa: F401
 from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, Asha, BenchConfig, BenchTask
 from geosane.bench.context import TrialContext
 from geosane.bench.held_out import check_held_out, held_out_problems

@@ -33,7 +33,16 @@ from geosane.generation import Generator
 from geosane.registry import Registry
 from geosane.tasks import backbone_weights, is_weight, weight_distance
 
-__all__ = ["BASELINES", "best_anchor", "generated_distances", "noise_like", "soup_of"]
+__all__ = [
+    "BASELINES",
+    "Weights",
+    "as_initialization",
+    "best_anchor",
+    "generated_distances",
+    "noise_like",
+    "notes",
+    "soup_of",
+]
 
 Weights = Mapping[str, torch.Tensor]
 

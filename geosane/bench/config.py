@@ -42,8 +42,15 @@ SPECIALISTS: Registry[Initialization] = Registry("specialist")
 
 #: Generation settings an initialization's name may change (``generated?bandwidth=0.2&search_steps=3``), so that one
 #: sweep measures each setting against the same baselines, seeds and intervals.
-VARIANT_SETTINGS = ("sampling", "bandwidth", "candidates", "search_steps", "search_lr")
-SETTING_TYPES = {"sampling": str, "bandwidth": float, "candidates": int, "search_steps": int, "search_lr": float}
+VARIANT_SETTINGS = ("anchors", "sampling", "bandwidth", "candidates", "search_steps", "search_lr")
+SETTING_TYPES = {
+    "anchors": str,  # generated?anchors=started_from=pretrained:efficientnet_lite0 (an anchor query, or prompt)
+    "sampling": str,
+    "bandwidth": float,
+    "candidates": int,
+    "search_steps": int,
+    "search_lr": float,
+}
 
 
 def parse_initialization(name: str) -> tuple[str, dict[str, Any]]:

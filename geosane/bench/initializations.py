@@ -6,6 +6,7 @@
 | ``generated`` | the generation API's top candidate for the trial's prompt and seed, ranked on the selection split |
 | ``prompt`` | the prompt's own weights, or the best-recorded collection model of the architecture elsewhere |
 | ``anchor``, ``decoded``, ``noised``, ``soup`` | the baselines that separate the latent space from copying |
+| ``merged`` | the anchors merged by DARE and task arithmetic onto the checkpoint they started from |
 | ``foundation`` | a real remote-sensing foundation model's encoder with a new head (``geosane.bench.foundation``) |
 | ``pruned`` | the best larger collection model of the task and architecture, structurally pruned to the target's size |
 | ``distilled`` | the target from scratch, trained with a larger collection model's soft targets |

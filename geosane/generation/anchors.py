@@ -123,7 +123,7 @@ def select_records(collection: Any, query: dict[str, str]) -> list[Any]:
 def fit_to_prompt(
     state_dict: dict[str, torch.Tensor],
     prompt: Prompt,
-    own: Mapping[str, torch.Tensor],
+    own: Mapping[str, torch.Tensor] | None,
     in_chans: int | None,
     bands: tuple[list[str] | None, list[str] | None] = (None, None),
 ) -> tuple[dict[str, torch.Tensor], str]:
@@ -134,7 +134,7 @@ def fit_to_prompt(
     Args:
         state_dict: the anchor's weights.
         prompt: the built prompt.
-        own: the prompt's own weights (its classifier fills one that does not fit).
+        own: the prompt's own weights (its classifier fills one that does not fit; None: left out).
         in_chans: the bands the anchor takes.
         bands: the anchor's and the target's band names.
 
@@ -148,7 +148,8 @@ def fit_to_prompt(
     for key, target in prompt.shapes.items():
         if key in prompt.head:
             same = key in state_dict and state_dict[key].shape == target.shape
-            fitted[key] = state_dict[key].to(target.dtype) if same else own[key]
+            if same or own is not None:  # without the prompt's own weights, a classifier that does not fit is left out
+                fitted[key] = state_dict[key].to(target.dtype) if same else own[key]  # type: ignore[index]
             continue
         if key not in state_dict:
             raise GeoSANEError(f"{key!r} of the prompt is not in the anchor")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import cachetools
 import torch
@@ -38,7 +38,7 @@ from torch import nn
 from geosane.autoencoder import Autoencoder, Latents
 from geosane.config import make
 from geosane.generation import cards
-from geosane.generation.anchors import Anchor, WeightsOnDisk, find_anchors, keeps_head
+from geosane.generation.anchors import Anchor, WeightsOnDisk, find_anchors, fit_to_prompt, keeps_head
 from geosane.generation.candidates import Weights, decoder, into_model, seed_of
 from geosane.generation.config import GenerateConfig, Generated
 from geosane.generation.prompt import build_prompt
@@ -158,6 +158,23 @@ class Generator:
                 anchor.state_dict = WeightsOnDisk(anchor.state_dict)
             self.encoded[index] = self.autoencoder.encode(self.reader(index))
         return self.encoded[index]
+
+    def fit(
+        self, weights: Mapping[str, torch.Tensor], in_chans: int | None, bands: list[str] | None = None
+    ) -> tuple[dict[str, torch.Tensor], str]:
+        """Other weights (a checkpoint the anchors started from, say) fitted to the prompt as an anchor is: cropped,
+        the stem on the target's bands, the classifier where it fits (else left out).
+
+        Args:
+            weights: a timm classifier's weights.
+            in_chans: the bands they take.
+            bands: the bands they were trained on.
+
+        Returns:
+            The fitted weights, and how they were fitted.
+        """
+        target = self.target.bands if self.target else None
+        return fit_to_prompt(dict(weights), self.prompt, None, in_chans, (bands, target))
 
     def reader(self, index: int) -> TokenReader:
         """Anchor ``index``'s tokens, read from its weights as they are needed (its layout and kept tensors)."""

@@ -99,7 +99,10 @@ def start_from(
 
     from geosane.tasks.models import load_backbone
 
-    stem = f"{timm.models.get_pretrained_cfg(arch).first_conv}.weight"
+    cfg = timm.models.get_pretrained_cfg(arch)
+    if cfg is None:
+        raise GeoSANEError(f"{arch}: timm knows no stem or classifier of it (no pretrained config)")
+    stem = f"{cfg.first_conv}.weight"
     weights = dict(weights)
     in_chans = len(bands[1]) if bands[1] else None
     how = "stem as is"
@@ -113,7 +116,7 @@ def start_from(
         return how + ", new head"
     own = model.state_dict()
     fits = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    head = timm.models.get_pretrained_cfg(arch).classifier
+    head = cfg.classifier
     heads = (head,) if isinstance(head, str) else tuple(head or ())
     missing = [k for k in own if k not in fits and not k.startswith(tuple(f"{h}." for h in heads))]
     if missing:

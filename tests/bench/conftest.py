@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from geosane.autoencoder import Autoencoder, AutoencoderConfig
 from geosane.bench import BenchConfig, BenchTask
@@ -32,9 +33,12 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     torch.manual_seed(0)
     Autoencoder(AutoencoderConfig(token_size=32, window=32), {"step": 0}).save(str(root / "autoencoder"))
     found = []
+    start = root / "start.safetensors"  # the checkpoint the RGB classifiers say they started from (merged reads it)
+    save_file(sources.load("timm:test_resnet?num_classes=10&seed=9").state_dict, str(start))
     for seed in (0, 1):
         source = sources.load(f"timm:test_resnet?num_classes=10&seed={seed}")
         source.tags = {"dataset": "eurosat_rgb", "arch": "test_resnet", "exclude": "eurosat_ms", "train_limit": "64"}
+        source.tags["started_from"] = str(start)
         source.metrics = {"test_accuracy": 0.5 + seed / 10}
         found.append(source)
     torch.manual_seed(2)
@@ -130,6 +134,7 @@ PAIRS = [
     *((init, task) for init in ("anchor", "decoded", "noised", "soup") for task in ("eurosat_ms", "cloudmask")),
     *((init, "eurosat_ms-vit") for init in ("generated", "noised")),
     ("foundation", "eurosat_ms"),
+    ("merged", "eurosat_ms"),
     ("specialist", "cloudmask"),
     *((init, "eurosat_rgb-light") for init in ("generated", "scratch", "pruned", "distilled")),
 ]

@@ -26,6 +26,7 @@ from .conftest import SWEEPS
         "bench-hetero.yaml",
         "bench-budget.yaml",
         "bench-budget-clouds.yaml",
+        "bench-imagenet.yaml",
     ],
 )
 def test_committed_sweeps_validate(name: str, shared: Path) -> None:
