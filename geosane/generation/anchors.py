@@ -214,7 +214,8 @@ def find_anchors(
     from geosane.tasks import backbone_weights
 
     if config.anchors == "prompt":
-        return [Anchor(prompt.arch, own, "the prompt itself")], None
+        weights, how = prompt_on_bands(config, prompt, own, target_bands)
+        return [Anchor(prompt.arch, weights, how)], None
     query = parse_query(config.anchors)
     if not collection:
         raise GeoSANEError("anchors from a query need a collection (--collection URL); the autoencoder names none")
@@ -241,6 +242,40 @@ def find_anchors(
     if misfits:
         log.warning("%d model(s) matching %s do not fit the prompt and are skipped", len(misfits), query)
     return anchors, {"url": collection, "version": pinned.pinned}
+
+
+def prompt_on_bands(
+    config: GenerateConfig, prompt: Prompt, own: dict[str, torch.Tensor], target_bands: list[str] | None
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The prompt's own weights as an anchor: where its prompt weights were trained on other bands that the target
+    names (ImageNet's red, green and blue among Sentinel-2's 13), their input convolution goes to those bands by name,
+    the others at zero, instead of timm's cyclic adaptation.
+
+    Args:
+        config: the generation's settings (``prompt_weights``).
+        prompt: the built prompt.
+        own: its own weights (timm adapted a pretrained stem to the prompt's bands).
+        target_bands: the target data's bands.
+
+    Returns:
+        The weights, and how they were fitted.
+    """
+    from geosane.collection.sources import load
+    from geosane.tasks import SAME_BANDS
+
+    if not config.prompt_weights or not target_bands:
+        return own, "the prompt itself"
+    source = load(config.prompt_weights)
+    stem = next((k for k, v in own.items() if v.dim() == 4 and v.shape[1] == prompt.in_chans), "")
+    trained = source.state_dict.get(stem)
+    if trained is None or trained.dim() != 4 or trained.shape[1] == prompt.in_chans or not source.bands:
+        return own, "the prompt itself"
+    names = [[SAME_BANDS.get(b, b) for b in bands] for bands in (source.bands, target_bands)]
+    mapped = band_mapped_input(trained, names[0], names[1])
+    if mapped is None:
+        return own, "the prompt itself"
+    fitted = f"the prompt itself, input convolution mapped by band ({', '.join(source.bands)})"
+    return {**own, stem: mapped.to(own[stem].dtype)}, fitted
 
 
 def keeps_head(anchors: list[Anchor], prompt: Prompt, target: TargetData | None) -> bool:

@@ -4,6 +4,8 @@ classifier kept where it fits; and a query that finds nothing says what exists."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -62,3 +64,25 @@ def test_a_query_that_finds_nothing_says_what_exists(autoencoder: str, collectio
         parse_query("family")
     with pytest.raises(GeoSANEError, match="need a collection"):
         make_generator(autoencoder, "timm:test_resnet", anchors="dataset=eurosat_rgb")
+
+
+def test_an_imagenet_prompt_on_thirteen_bands_keeps_its_colours_on_their_bands(autoencoder: str, shared: Path) -> None:
+    """The paper's protocol on Sentinel-2: the ImageNet prompt's red, green and blue filters go to B04, B03 and B02
+    (timm would repeat them cyclically over the 13 bands), the other bands start at zero."""
+    from geosane.collection.sources import load
+
+    generator = make_generator(
+        autoencoder,
+        "timm:tf_efficientnet_lite0?in_chans=13&num_classes=10",
+        data_root=str(shared / "data"),
+        prompt_weights="pretrained:efficientnet_lite0",
+        data="eurosat_ms",
+    )
+    (anchor,) = generator.anchors
+    assert anchor.fitted == "the prompt itself, input convolution mapped by band (Red, Green, Blue)"
+    stem, imagenet = anchor.state_dict["conv_stem.weight"], load("pretrained:efficientnet_lite0").state_dict
+    bands = generator.target.bands
+    for channel, band in enumerate(("B04", "B03", "B02")):
+        assert torch.equal(stem[:, bands.index(band)], imagenet["conv_stem.weight"][:, channel])
+    assert int(stem.abs().sum(dim=(0, 2, 3)).ne(0).sum()) == 3
+    assert torch.equal(anchor.state_dict["blocks.6.0.conv_pwl.weight"], imagenet["blocks.6.0.conv_pwl.weight"])
