@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+import torch
 from torch import nn
 
 from geosane.bench.config import INITIALIZATIONS, SPECIALISTS, parse_initialization
@@ -73,14 +74,35 @@ def generated(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
     }
 
 
-def best_record(context: TrialContext, records: list[Any], what: str) -> Any:
-    """The record whose model scores best on the task's *selection* split (never test)."""
+def best_record(context: TrialContext, records: list[Any], what: str, own_classes: bool = True) -> Any:
+    """The record whose model scores best on the task's *selection* split (never test): with its own head where it
+    learned the task's classes, else by a linear probe on its frozen features (fitted on the train split).
+
+    Args:
+        context: the trial.
+        records: the candidates.
+        what: how to name them in an error.
+        own_classes: whether they learned the task's classes.
+
+    Returns:
+        The best record (ties: the first by name).
+
+    Raises:
+        GeoSANEError: no candidates.
+    """
+    from geosane.tasks.probes import linear_probe, pooled_features
+
     if not records:
         raise GeoSANEError(f"no collection model for {what} in {context.collection}")
-    scored = []
+    data, scored = context.data, []
     for record in records:
         model = collection_model(context, record)
-        scored.append((score(model, context.data, "selection"), record.name, record))
+        if own_classes:
+            value = score(model, data, "selection")
+        else:
+            train, selection = pooled_features(model, data.train[0]), pooled_features(model, data.selection[0])
+            value = linear_probe(train, data.train[1].numpy(), selection, data.selection[1].numpy(), context.seed)
+        scored.append((value, record.name, record))
     scored.sort(key=lambda s: (-s[0], s[1]))
     return scored[0][2]
 
@@ -105,6 +127,32 @@ def trained_on_task(context: TrialContext) -> list[Any]:
         and r.task == context.data.task
         and "arch" in r.tags
     ]
+
+
+def domain_models(context: TrialContext) -> tuple[list[Any], bool]:
+    """Collection models of the task's domain, and whether they learned its classes: those trained on the task's data
+    for its classes where there are any; for a held-out task, those of the same dataset's other classes (the zoo's
+    models of EuroSAT classes 0-4 for classes 5-9), whose heads are replaced.
+
+    Args:
+        context: the trial.
+
+    Returns:
+        The records, and whether they learned the task's classes.
+    """
+    own = trained_on_task(context)
+    if own:
+        return own, True
+    name = parse_spec(context.data.spec).name
+    others = [
+        r
+        for r in context.records()
+        if "arch" in r.tags
+        and r.task == context.data.task
+        and r.tags.get("dataset")
+        and parse_spec(r.tags["dataset"]).name == name
+    ]
+    return others, False
 
 
 def recorded_score(record: Any) -> float | None:
@@ -166,31 +214,51 @@ def prompt(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
 
 @INITIALIZATIONS.register("pruned")
 def pruned(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
-    """The best larger collection model of the task and the target's architecture (selection split), structurally
-    pruned to the target's size (pruning keeps the architecture: a larger ViT pruned is no lighter ResNet)."""
+    """The best larger collection model of the task's domain and the target's family (selection split), structurally
+    pruned to the target's size (a Lite2 pruned to a Lite0's parameters; a larger ViT pruned is no lighter ResNet).
+    A model of the domain's other classes (a held-out task) gets a seeded new head first."""
+    from geosane.collection.sources import timm_family
+
     target = parameters(context.target_model())
-    larger = [r for r in trained_on_task(context) if r.num_params > target and r.tags["arch"] == context.task.arch]
-    record = best_record(context, larger, f"{context.task.arch} on {context.data.spec} larger than {target:,}")
+    family = timm_family(context.task.arch)
+    domain, own_classes = domain_models(context)
+    larger = [r for r in domain if r.num_params > target and timm_family(r.tags["arch"]) == family]
+    record = best_record(context, larger, f"{family} of {context.data.spec} larger than {target:,}", own_classes)
     model: Any = collection_model(context, record)  # a timm classifier
+    if not own_classes:
+        torch.manual_seed(context.seed)
+        model.reset_classifier(context.data.num_classes)
     example = context.data.train[0][:2]
     small, ratio = prune_to(model, target, example, [model.get_classifier()])
-    what = f"{record.name} ({record.num_params:,} parameters) pruned by {ratio:.2f} (DepGraph, L2)"
+    head = "" if own_classes else ", a new head for the task's classes"
+    what = f"{record.name} ({record.num_params:,} parameters) pruned by {ratio:.2f} (DepGraph, L2){head}"
     return small, {"source": what, "chosen_from": len(larger)}
 
 
 @INITIALIZATIONS.register("distilled")
 def distilled(context: TrialContext) -> tuple[nn.Module, dict[str, Any]]:
-    """The target from scratch; fine-tuning adds the soft targets of the best larger collection model (selection
-    split) to the labels. The teacher rides along as ``model.teacher`` (not a parameter of the student)."""
+    """The target from scratch; fine-tuning adds the soft targets of the best larger collection model of the task's
+    domain (selection split) to the labels. A teacher of the domain's other classes (a held-out task) answers through
+    a linear head fitted on its frozen features of the task's train split. The teacher rides along as
+    ``model.teacher`` (not a parameter of the student)."""
+    from geosane.tasks.probes import pooled_features, probe_head
+
     model = context.target_model()
     target = parameters(model)
-    larger = [r for r in trained_on_task(context) if r.num_params > target]
-    record = best_record(context, larger, f"{context.data.spec} larger than {target:,} parameters")
-    teacher = collection_model(context, record)
+    domain, own_classes = domain_models(context)
+    larger = [r for r in domain if r.num_params > target]
+    record = best_record(context, larger, f"{context.data.spec} larger than {target:,} parameters", own_classes)
+    teacher: Any = collection_model(context, record)
+    if not own_classes:
+        features = pooled_features(teacher, context.data.train[0])
+        head = probe_head(features, context.data.train[1].numpy(), context.data.num_classes, context.seed)
+        teacher.reset_classifier(context.data.num_classes)
+        teacher.get_classifier().load_state_dict(head.state_dict())
     for p in teacher.parameters():
         p.requires_grad_(False)
     object.__setattr__(model, "teacher", teacher)  # not registered: the student's state dict stays its own
-    what = f"timm default initialization, distilled from {record.name} ({record.num_params:,})"
+    probe = "" if own_classes else ", through a linear head fitted on its features of the train split"
+    what = f"timm default initialization, distilled from {record.name} ({record.num_params:,}){probe}"
     return model, {"source": what, "chosen_from": len(larger)}
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["few_shot", "linear_probe", "pooled_features", "probe_scores"]
+__all__ = ["few_shot", "linear_probe", "pooled_features", "probe_head", "probe_scores"]
 
 
 @torch.no_grad()
@@ -59,6 +59,38 @@ def linear_probe(train: np.ndarray, train_y: np.ndarray, test: np.ndarray, test_
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     probe.fit(train, train_y)
     return float((probe.predict(test) == test_y).mean())
+
+
+def probe_head(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int = 0) -> nn.Linear:
+    """A linear head fitted as :func:`linear_probe` fits one (logistic regression on standardized features), with the
+    standardization folded into its weights: it takes a classifier's pooled features as they come.
+
+    Args:
+        features: ``[N, F]`` pooled features.
+        labels: their classes.
+        num_classes: the head's outputs (a class absent from ``labels`` is never predicted).
+        seed: seeds the solver.
+
+    Returns:
+        The head, ``F -> num_classes``.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler().fit(features)
+    fitted = LogisticRegression(max_iter=2000, random_state=seed).fit(scaler.transform(features), labels)
+    coef, intercept = fitted.coef_, fitted.intercept_
+    if len(fitted.classes_) == 2:  # one row for two classes: the second's logit minus the first's
+        coef, intercept = np.stack([-coef[0] / 2, coef[0] / 2]), np.array([-intercept[0] / 2, intercept[0] / 2])
+    weight = np.zeros((num_classes, features.shape[1]))
+    bias = np.full(num_classes, -1e4)  # a class the labels lack is never predicted
+    weight[fitted.classes_] = coef / scaler.scale_
+    bias[fitted.classes_] = intercept - (coef * scaler.mean_ / scaler.scale_).sum(1)
+    head = nn.Linear(features.shape[1], num_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(weight))
+        head.bias.copy_(torch.from_numpy(bias))
+    return head
 
 
 def few_shot(labels: np.ndarray, shots: int, seed: int) -> np.ndarray:

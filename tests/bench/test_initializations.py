@@ -126,3 +126,29 @@ def test_generated_starts_from_the_tasks_prompt_weights(
     (anchor,) = context.generator().anchors
     assert all(torch.equal(anchor.state_dict[k], v) for k, v in pretrained.items() if k in anchor.state_dict)
     assert sum(k in anchor.state_dict for k in pretrained) >= len(pretrained) - 2  # all but the head at most
+
+
+def test_a_held_out_task_prunes_and_distils_from_its_domains_other_classes(
+    workspace: dict[str, str], data_root: str
+) -> None:
+    """For EuroSAT classes 5-9 no collection model learned the task's classes: ``pruned`` and ``distilled`` take the
+    domain's models of the other classes (chosen by a linear probe on the selection split), pruned with a new head
+    of the task's five classes, or teaching through a linear head fitted on the train split's features."""
+    from geosane.bench import load_task
+
+    spec = replace(TASKS["eurosat_rgb-light"], data="eurosat_rgb?classes=5-9")
+    data = load_task(spec.data, data_root, spec.train_limit, spec.selection_limit, spec.test_limit)
+    context = TrialContext(config_for(workspace, data_root, [spec]), spec, data, seed=2, lr=spec.lrs[0])
+    context.collection = workspace["collection"]
+    model, notes = build_initial_model("pruned", context)
+    assert "a new head for the task's classes" in notes["source"] and notes["chosen_from"] == 2  # the two ResNets
+    target = context.target_model()
+    assert abs(notes["parameters"] - sum(p.numel() for p in target.parameters())) < 0.05 * notes["parameters"]
+    with torch.no_grad():
+        assert model(data.train[0][:4]).shape == (4, 5)
+    student, notes = build_initial_model("distilled", context)
+    teacher = student.teacher
+    assert "linear head fitted on its features of the train split" in notes["source"]
+    with torch.no_grad():
+        predicted = teacher(data.train[0]).argmax(1)
+    assert float((predicted == data.train[1]).float().mean()) > 0.5  # the fitted head answers in the task's classes
