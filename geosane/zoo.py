@@ -25,7 +25,7 @@ from geosane.config import Seed, load_config, settings
 from geosane.errors import GeoSANEError
 from geosane.storage import absolute
 
-__all__ = ["ZooConfig", "ZooGroup", "run_zoo", "load_data", "fit_member"]
+__all__ = ["ZooConfig", "ZooGroup", "fit_member", "load_data", "member_epochs", "run_zoo", "start_weights"]
 
 log = logging.getLogger(__name__)
 

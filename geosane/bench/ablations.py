@@ -161,7 +161,16 @@ def soup_of(states: list[Weights]) -> Weights:
 
 
 def notes(what: str, info: dict[str, Any], **more: Any) -> dict[str, Any]:
-    """What an ablation's model records: where it came from, its selection score, its distance to the best anchor."""
+    """What an ablation's model records: where it came from, its selection score, its distance to the best anchor.
+
+    Args:
+        what: where the model came from.
+        info: its notes from :meth:`~geosane.generation.Generator.make_ready` (the selection score).
+        **more: more to record (``distance``, ``chosen_from``).
+
+    Returns:
+        The notes.
+    """
     return {"source": what, "selection": info.get("selection_score"), **more}
 
 
