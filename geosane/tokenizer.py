@@ -26,6 +26,7 @@ from typing import Any, Literal, Mapping
 import numpy as np
 import torch
 
+from geosane.config import settings
 from geosane.errors import GeoSANEError
 
 __all__ = [
@@ -79,7 +80,7 @@ WEIGHT_NAME = re.compile(r"^(?P<stem>.*)(weight|kernel)(?P<tail>:\d+)?$")
 MAX_TOKEN_SIZE = 65_536
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class TokenizerConfig:
     """How weights become tokens: values per token and how matrices are cut."""
 
@@ -92,8 +93,9 @@ class TokenizerConfig:
                 f"token_size must be between 1 and {MAX_TOKEN_SIZE:,} values, got {self.token_size:,} (a token is "
                 "one row of the autoencoder's input; rows of more values do not fit a network or its memory)"
             )
-        if self.mode not in MODES:
-            raise GeoSANEError(f"unknown tokenizer mode {self.mode!r}; expected one of {', '.join(MODES)}")
+
+
+DEFAULT_TOKENIZER = TokenizerConfig()  # DESIGN.md's token language (230 values, dense), every tokenizing default
 
 
 @dataclass(frozen=True)
@@ -284,7 +286,7 @@ def matching_bias(name: str, weight: torch.Tensor, state_dict: Mapping[str, torc
     return None
 
 
-def plan_layout(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Layout:
+def plan_layout(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = DEFAULT_TOKENIZER) -> Layout:
     """Decide, without touching values, which tensors become which tokens.
 
     Args:
@@ -427,7 +429,7 @@ def token_positions(layout: Layout, first: int, last: int) -> torch.Tensor:
     return torch.stack([index, layer_index, index - starts[layer_index]], dim=1)
 
 
-def tokenize(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = TokenizerConfig()) -> Tokens:
+def tokenize(state_dict: Mapping[str, torch.Tensor], config: TokenizerConfig = DEFAULT_TOKENIZER) -> Tokens:
     """Turn a state dict into tokens, mask, positions and the layout that inverts them.
 
     Args:

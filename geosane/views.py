@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from geosane.config import settings
+
 __all__ = [
     "HiddenUnits",
     "ViewConfig",
@@ -34,7 +36,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class ViewConfig:
     """Windows and views: their length, noise, erasing, windows per pass, permutation and shift."""
 

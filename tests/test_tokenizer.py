@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from geosane.config import make
 from geosane.errors import GeoSANEError
 from geosane.tokenizer import Layout, TokenizerConfig, detokenize, plan_layout, tokenize
 
@@ -107,8 +108,10 @@ def test_detokenize_rejects_wrong_shapes() -> None:
 def test_config_is_validated() -> None:
     with pytest.raises(GeoSANEError, match="token_size"):
         TokenizerConfig(token_size=0)
-    with pytest.raises(GeoSANEError, match="mode"):
-        TokenizerConfig(mode="sparse")  # type: ignore[arg-type]
+    with pytest.raises(GeoSANEError, match="TokenizerConfig: mode: Input should be 'dense' or 'per-channel'"):
+        make(TokenizerConfig, mode="sparse")
+    with pytest.raises(GeoSANEError, match="TokenizerConfig: token_size: Input should be a valid integer"):
+        make(TokenizerConfig, token_size="many")
 
 
 # --------------------------------------------------------------------------------------- fuzzing

@@ -3,9 +3,12 @@ the named sizes from a CPU test to the published 0.9B model."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from typing import Any
 
+import pydantic
+
+from geosane.config import field_problems, settings
 from geosane.errors import GeoSANEError
 from geosane.registry import Registry
 from geosane.tokenizer import MODES, TokenizerConfig
@@ -13,7 +16,7 @@ from geosane.tokenizer import MODES, TokenizerConfig
 __all__ = ["SIZES", "AutoencoderConfig"]
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class AutoencoderConfig:
     """The network's shape, the token language it reads, and how whole models are cut into windows."""
 
@@ -99,12 +102,15 @@ class AutoencoderConfig:
             The settings.
 
         Raises:
-            GeoSANEError: a setting this GeoSANE does not know.
+            GeoSANEError: a setting this GeoSANE does not know, or a value of the wrong type.
         """
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise GeoSANEError(f"{source}: unknown autoencoder setting(s) {unknown}")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except pydantic.ValidationError as exc:
+            raise GeoSANEError(f"{source}: autoencoder settings: " + "; ".join(field_problems(exc))) from None
 
 
 #: Named sizes: ``tiny`` for CPU tests and the demo, ``small`` for a laptop (tokens of 32 values), ``compact`` (a 4x

@@ -6,24 +6,28 @@ masked, normalized MSE of the method; it counts real values only, never a token'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
+from geosane.config import settings
 from geosane.scale import Scale
 from geosane.tokenizer import prefix_mask
 
 __all__ = ["LossConfig", "geosane_loss", "masked_mse", "nt_xent", "training_losses"]
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class LossConfig:
     """The loss's weights: ``gamma`` of the contrastive term, at softmax ``temperature``."""
 
     gamma: float = 0.05
     temperature: float = 0.1
+
+
+#: The loss weights of DESIGN.md.
+DEFAULT_LOSS = LossConfig()
 
 
 def masked_mse(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -64,7 +68,7 @@ def geosane_loss(
     projections: tuple[torch.Tensor, torch.Tensor],
     targets: tuple[torch.Tensor, torch.Tensor],
     masks: tuple[torch.Tensor, torch.Tensor],
-    config: LossConfig = LossConfig(),
+    config: LossConfig = DEFAULT_LOSS,
 ) -> dict[str, torch.Tensor]:
     """Each view reconstructs its clean window (all standardized); their projections attract each other.
 

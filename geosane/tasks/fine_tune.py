@@ -12,7 +12,7 @@ generator that orders batches and draws flips; :meth:`FineTuning.epoch` trains o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 import torch
@@ -25,7 +25,7 @@ from geosane.tasks.metrics import detection_target, device_of, to_device
 __all__ = ["Distillation", "FineTuning", "Recipe", "batch_loss"]
 
 
-@settings
+@settings(frozen=True)
 class Distillation:
     """Knowledge distillation: ``alpha`` of the loss from the teacher's soft targets at ``temperature``."""
 
@@ -33,7 +33,7 @@ class Distillation:
     alpha: float = 0.5
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class Recipe:
     """How long and how fast: the budget every initialization of a task gets."""
 

@@ -16,12 +16,12 @@ part of the state dict and unused here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geosane.config import settings
 from geosane.errors import GeoSANEError
 
 __all__ = [
@@ -54,7 +54,7 @@ STATIC_GROUPS = {"LS": 1, "location": 3, "DW_static": 9, "WC_static": 5}
 BASE_GSD_M = 10.0
 
 
-@dataclass(frozen=True)
+@settings(frozen=True)
 class GalileoSettings:
     """The nano encoder's sizes (the released ``config.json``: width 128, depth 4, 8 heads, patches of 8)."""
 
