@@ -90,7 +90,7 @@ def main() -> None:
                 "data": DATA[bands],
                 "parameters": sum(p.numel() for p in reference.parameters()),
                 "generate_seconds": round(seconds, 1),
-                "distance_to_anchor": generated.card.get("distance_to_anchor"),
+                "distance_to_anchor": generated.card.distance_to_anchor,
                 "generated": fine_tuned(generated.model, data, args.epochs, args.lr, args.seed),
                 "scratch": fine_tuned(scratch, data, args.epochs, args.lr, args.seed),
             }
