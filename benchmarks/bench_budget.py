@@ -5,7 +5,8 @@ largest budget's.
 
     .venv/bin/python benchmarks/bench_budget.py benchmarks/results/bench-budget
 
-Writes ``budget.json`` beside the results.
+Writes ``budget.json`` and ``budget.md`` beside the results, and adds the budgets' paired differences (with the
+smallest difference each could detect) to the sweep's ``results.md``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ sys.path.insert(0, str(Path(__file__).parent))
 from measure import save  # noqa: E402
 
 HEADER = "| steps | test (mean) | selection minus longest | test minus longest |"
+
+
+def embed(results: Path, lines: list[str]) -> None:
+    """The budgets' paired differences, with what each could detect, at the end of the sweep's ``results.md`` (in
+    place of an earlier copy or pointer), so that its table stands with them."""
+    text = results.read_text()
+    for marker in ("\n# Budgets: each minus the longest", "\nPaired differences between the budgets"):
+        text = text.split(marker)[0]
+    section = [f"#{line}" if line.startswith("#") else line for line in lines]  # one level down
+    results.write_text(text.rstrip() + "\n\n" + "\n".join(section) + "\n")
 
 
 def main() -> None:
@@ -63,9 +74,13 @@ def main() -> None:
             for column in ("selection_score", "test_score"):
                 paired = (mine[column] - longest[column]).dropna()
                 mean, spread, ci = interval(paired)
-                cells.append(
-                    f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}]; detects {detectable(spread, len(paired)):.3f}"
-                )
+                if task == budgets.index[-1]:
+                    cells.append("(the reference)")
+                elif spread == 0:  # every seed's difference the same: no spread to size an interval or a power by
+                    cells.append(f"{mean:+.3f} on every seed; no spread over {len(paired)} seeds to detect by")
+                else:
+                    found_ci = f"{mean:+.3f} [{mean - ci:+.3f}, {mean + ci:+.3f}]"
+                    cells.append(f"{found_ci}; detects {detectable(spread, len(paired)):.3f}")
             lines.append(f"| {int(b['steps'])} | {b['test']:.3f} | {cells[0]} | {cells[1]} |")
         lines.append("")
         found.append(
@@ -77,6 +92,7 @@ def main() -> None:
             }
         )
     (folder / "budget.md").write_text("\n".join(lines))
+    embed(folder / "results.md", lines)
     save({"budgets": found}, folder / "budget.json")
 
 

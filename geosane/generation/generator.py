@@ -125,7 +125,12 @@ class Generator:
             version = Collection(self.collection).version
         bands = tuple(self.target.bands) if self.target else ()
         config = self.config
-        return (self.autoencoder_url, config.prompt, config.prompt_weights, config.seed, config.anchors) + (
+        return (
+            self.autoencoder_url,
+            config.prompt,
+            config.prompt_weights,
+            config.seed,
+            config.anchors,
             self.collection,
             version,
             bands,
