@@ -14,13 +14,11 @@ from typing import Any
 
 from geosane.bench.choices import PROBES, results_frame
 from geosane.bench.config import BenchConfig
-from geosane.bench.runner import BenchRun
+from geosane.bench.runner import TABLE_EPOCHS, BenchRun
 from geosane.bench.statistics import detectable, interval
 
 __all__ = ["TABLE_EPOCHS", "markdown", "plot_curves", "summary_table", "verdict", "write_results"]
 
-#: The epochs the summary table shows besides the last one.
-TABLE_EPOCHS = (0, 1, 5)
 PROBE_NAMES = {"linear_probe": "linear probe", "few_shot_probe": "10-shot probe"}
 
 
@@ -237,8 +235,9 @@ def protocol(task: Any, config: BenchConfig, extended: dict[str, float]) -> str:
 
 
 def plot_curves(table: Any, task: str, path: str) -> None:
-    """Test score per epoch at each initialization's chosen learning rate, mean over seeds with a band of one std
-    (``ddof=1``), one line per initialization.
+    """Selection score per epoch (the split scored after every epoch; the test split is scored only at the tables'
+    epochs) at each initialization's chosen learning rate, mean over seeds with a band of one std (``ddof=1``), one
+    line per initialization.
 
     Args:
         table: :func:`results_frame`.
@@ -253,11 +252,11 @@ def plot_curves(table: Any, task: str, path: str) -> None:
     rows = table[(table["task"] == task) & table["chosen"]]
     figure, axis = plt.subplots(figsize=(6, 4))
     for init, group in rows.groupby("initialization"):
-        stats = group.dropna(subset=["test_score"]).groupby("epoch")["test_score"].agg(["mean", "std"]).fillna(0)
+        stats = group.groupby("epoch")["selection_score"].agg(["mean", "std"]).fillna(0)
         axis.plot(stats.index, stats["mean"], marker="o", markersize=3, label=init)
         axis.fill_between(stats.index, stats["mean"] - stats["std"], stats["mean"] + stats["std"], alpha=0.2)
     axis.set_xlabel("fine-tuning epoch")
-    axis.set_ylabel(f"test {rows['metric'].iloc[0]}")
+    axis.set_ylabel(f"selection {rows['metric'].iloc[0]}")
     axis.set_title(task)
     axis.grid(alpha=0.3)
     axis.legend()

@@ -29,6 +29,9 @@ __all__ = ["BenchRun", "asha", "collection_of", "fine_tune", "run_bench", "run_p
 
 log = logging.getLogger(__name__)
 
+#: The epochs at which a trial scores the test split besides its last one (the results tables' columns).
+TABLE_EPOCHS = (0, 1, 5)
+
 
 def fine_tune(
     model: nn.Module,
@@ -37,8 +40,9 @@ def fine_tune(
     resume: dict[str, Any] | None = None,
 ) -> None:
     """Score at epoch 0, then fine-tune with the task's budget (the one recipe, :class:`geosane.tasks.FineTuning`),
-    scoring on selection after every epoch and on test at epochs 0, 1, 5, the last and every tenth of the run, and
-    reporting after every epoch.
+    scoring on selection after every epoch (the curves) and on test only at the epochs the tables read
+    (:data:`TABLE_EPOCHS` and the last: a whole test split is the trial's largest evaluation), reporting after every
+    epoch.
 
     Args:
         model: the trial's model, as its initialization built it.
@@ -67,8 +71,7 @@ def fine_tune(
         model.load_state_dict(resume["model"])
         tuning.restore(resume)
         start = resume["epoch"] + 1
-    # the test split at the epochs the tables read and every tenth of the run (its curve); selection after every one
-    tested = {0, 1, 5, epochs, *range(0, epochs + 1, max(1, epochs // 10))}
+    tested = {*TABLE_EPOCHS, epochs}
     for epoch in range(start, epochs + 1):
         began = time.perf_counter()
         loss = tuning.epoch() if epoch > 0 else float("nan")
@@ -102,6 +105,7 @@ def run_trial(config: dict[str, Any], bench: BenchConfig, data: dict[int, TaskDa
     trial = config["trial"]
     common = {"config": bench, "seed": trial["seed"], **collection}
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    torch.set_flush_denormal(True)  # weights averaged or decoded can leave denormal values, many times slower on a CPU
     task = bench.tasks[trial["task"]]
     context = TrialContext(task=task, data=data[trial["task"]], lr=trial.get("lr", task.lrs[0]), **common)
     model, notes = build_initial_model(trial["init"], context)
