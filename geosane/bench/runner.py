@@ -25,7 +25,7 @@ from geosane.errors import GeoSANEError
 from geosane.tasks import FineTuning, Recipe, TaskData, load_task, metric_name, score
 from geosane.tasks.probes import probe_scores
 
-__all__ = ["BenchRun", "asha", "collection_of", "fine_tune", "run_bench", "run_phases", "run_trial"]
+__all__ = ["TABLE_EPOCHS", "BenchRun", "asha", "collection_of", "fine_tune", "run_bench", "run_phases", "run_trial"]
 
 log = logging.getLogger(__name__)
 
