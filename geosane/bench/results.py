@@ -141,7 +141,8 @@ def markdown(summary: Any, config: BenchConfig, info: dict[str, Any]) -> str:
         "split; every initialization from existing weights gets the same head rule, BatchNorm re-estimation and "
         "best-of-N choice on the selection split. Paired differences are per seed, initialization minus "
         "`generated`: an interval that excludes zero is the only claim made. Beside each, the smallest difference "
-        "the run could detect (80% power, two-sided 5%, from the observed paired spread). N is the number of "
+        "the run could detect (80% power, two-sided 5%, from the observed paired spread); in the score tables, "
+        "`final: detects` is the same for two unpaired rows of that row's spread. N is the number of "
         "candidates an initialization was chosen among on the selection split (1: no choice). The probes score "
         "frozen features before any fine-tuning: a logistic regression on the train split (`linear probe`) and on "
         "10 images a class (`10-shot probe`), on the test split.",
@@ -195,13 +196,19 @@ def task_section(task: Any, rows: Any, config: BenchConfig, info: dict[str, Any]
         "",
         f"Learning rates: {protocol(task, config, info.get('extended', {}).get(task.name, {}))}",
         "",
-        "| initialization | N | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |" + probe_columns,
-        "|---|---|---|---|---|---|---|---|" + "---|" * len(probes),
+        "| initialization | N | parameters | lr | epoch 0 | epoch 1 | epoch 5 | final |"
+        + probe_columns
+        + " final: detects |",
+        "|---|---|---|---|---|---|---|---|" + "---|" * len(probes) + "---|",
     ]
     for _, row in rows.iterrows():
         cells = " | ".join(cell(row, key) for key in compared)
         n = int(row.get("chosen_from", 1))
-        lines.append(f"| {row['initialization']} | {n} | {row['parameters']:,} | {row['lr']:g} | {cells} |")
+        # two rows with this row's spread, unpaired: the smallest final difference between them the seeds could detect
+        detects = detectable(math.sqrt(2) * float(row["final_std"]), int(row["seeds"]))
+        lines.append(
+            f"| {row['initialization']} | {n} | {row['parameters']:,} | {row['lr']:g} | {cells} | {detects:.3f} |"
+        )
     if "generated" in set(rows["initialization"]):
         lines += ["", "| minus generated | epoch 0 | epoch 1 | epoch 5 | final |" + probe_columns]
         lines.append("|---|---|---|---|---|" + "---|" * len(probes))
